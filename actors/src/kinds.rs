@@ -12,7 +12,7 @@ use crate::protocol::Behavior;
 use crate::transfer::{self, Transfer};
 
 /// A command for any kind, as it travels through the runtime.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum AnyCommand {
     Account(account::Command),
     Transfer(transfer::Command),

@@ -233,7 +233,7 @@ pub struct Env {
 pub trait Behavior: 'static {
     /// The kind's name in addresses and URLs.
     const KIND: &'static str;
-    type State: Serialize + DeserializeOwned + Default + Clone + Debug + Send + 'static;
+    type State: Serialize + DeserializeOwned + Default + Clone + Debug + Send + Unpin + 'static;
     type Command: Debug + Send + 'static;
 
     /// The messages clients may send, with their payload schemas.

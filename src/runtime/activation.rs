@@ -1,0 +1,467 @@
+//! One activation: an actix actor hosting one (kind, id) and its state.
+//!
+//! Group commit, first level: messages are handled one at a time, but their
+//! changes, replies and idempotency records collect in a [`Batch`]. Once
+//! the mailbox holds nothing more (actix polls spawned futures only after
+//! draining the mailbox), the batch becomes one store commit, awaited with
+//! `ctx.wait` so no message is handled while it is being made durable.
+//! Replies leave only after the commit succeeds; if it fails they get `503`
+//! and the state is reloaded, so the actor never keeps what it did not
+//! persist.
+
+use std::any::Any;
+use std::num::NonZeroUsize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use backon::{ExponentialBuilder, Retryable};
+use lru::LruCache;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use troupe_actors::{Address, Behavior, Effect, Env, ErrorCode, Outcome, ReplyPlan, Step};
+
+use super::idempotency::{IdempotencyRecord, IdempotencyRequest};
+use super::shard::SlotStatus;
+use super::supervision::{Supervision, SupervisionEvent};
+use super::{Answer, Envelope, Runtime};
+use crate::store::{Commit, IdempotencyWrite, Snapshot, StoreError};
+
+/// What a shard delivers to an activation.
+pub enum Delivery {
+    Message(Envelope),
+    /// Stop: the shard saw the activation idle and removed it.
+    Passivate,
+}
+
+impl Message for Delivery {
+    type Result = ();
+}
+
+type ReplyTx = oneshot::Sender<Answer>;
+
+/// Everything handled since the last commit.
+#[derive(Default)]
+struct Batch {
+    dirty: bool,
+    entries: Vec<(u64, Vec<u8>)>,
+    idempotency: Vec<(String, IdempotencyRecord)>,
+    replies: Vec<(ReplyTx, Answer)>,
+    journal: Vec<(ReplyTx, u64, u32)>,
+    settle: Option<Outcome>,
+    effect: Option<Effect>,
+}
+
+impl Batch {
+    fn writes(&self) -> bool {
+        self.dirty || !self.idempotency.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.writes() && self.replies.is_empty() && self.journal.is_empty() && self.settle.is_none() && self.effect.is_none()
+    }
+}
+
+pub struct Activation<B: Behavior> {
+    address: Address,
+    key: String,
+    runtime: Runtime,
+    status: Rc<SlotStatus>,
+    state: B::State,
+    /// Version of `state`, counting changes not yet durable.
+    version: u64,
+    durable_version: u64,
+    loaded: bool,
+    batch: Batch,
+    flush_scheduled: bool,
+    /// Callers answered when the behaviour settles (a transfer's `start`).
+    parked: Vec<(ReplyTx, bool)>,
+    idempotency: Option<LruCache<String, IdempotencyRecord>>,
+    supervision: Supervision,
+    /// A restart to perform, after this backoff, once the batch is flushed.
+    restart: Option<Duration>,
+}
+
+impl<B: Behavior> Actor for Activation<B> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.load(None, ctx);
+    }
+}
+
+impl<B: Behavior> Handler<Delivery> for Activation<B> {
+    type Result = ();
+
+    fn handle(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        match delivery {
+            Delivery::Message(envelope) => self.receive(envelope, ctx),
+            Delivery::Passivate => ctx.stop(),
+        }
+    }
+}
+
+impl<B: Behavior> Activation<B> {
+    /// Starts an activation on the current arbiter.
+    pub fn spawn(address: Address, runtime: Runtime, status: Rc<SlotStatus>) -> Recipient<Delivery> {
+        let capacity = runtime.options().mailbox_capacity;
+        Activation::<B>::create(move |ctx| {
+            ctx.set_mailbox_capacity(capacity);
+            Self {
+                key: address.to_string(),
+                address,
+                runtime,
+                status,
+                state: B::State::default(),
+                version: 0,
+                durable_version: 0,
+                loaded: false,
+                batch: Batch::default(),
+                flush_scheduled: false,
+                parked: Vec::new(),
+                idempotency: None,
+                supervision: Supervision::default(),
+                restart: None,
+            }
+        })
+        .recipient()
+    }
+
+    fn receive(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if now >= envelope.deadline {
+            return self.respond(envelope.reply, Answer::error(ErrorCode::DeadlineExceeded, "the deadline passed while the message waited in the mailbox"));
+        }
+        if self.supervision.failed(now) {
+            let message = format!("{} is failing repeatedly; retry later", self.address);
+            return self.respond(envelope.reply, Answer::error(ErrorCode::Unavailable, message));
+        }
+        if !self.loaded {
+            return self.load(Some(envelope), ctx);
+        }
+        let Some(request) = envelope.idempotency.clone() else {
+            return self.process(envelope, ctx);
+        };
+        if let Some(record) = self.cached_record(&request.key) {
+            return self.replay(envelope, &request, record);
+        }
+        let store = self.runtime.store().clone();
+        let (actor, key) = (self.key.clone(), request.key.clone());
+        let lookup = async move { store.idempotency(&actor, &key).await };
+        ctx.wait(lookup.into_actor(self).map(move |found, act, ctx| match found {
+            Ok(None) => act.process(envelope, ctx),
+            Ok(Some(bytes)) => match serde_json::from_slice::<IdempotencyRecord>(&bytes) {
+                Ok(record) => {
+                    act.cache().put(request.key.clone(), record.clone());
+                    act.replay(envelope, &request, record);
+                }
+                Err(e) => act.respond(envelope.reply, Answer::error(ErrorCode::Internal, format!("unreadable idempotency record: {e}"))),
+            },
+            Err(e) => act.respond(envelope.reply, unavailable(&e)),
+        }));
+    }
+
+    fn cached_record(&mut self, key: &str) -> Option<IdempotencyRecord> {
+        if let Some((_, r)) = self.batch.idempotency.iter().find(|(k, _)| k == key) {
+            return Some(r.clone());
+        }
+        self.idempotency.as_mut()?.get(key).cloned()
+    }
+
+    fn cache(&mut self) -> &mut LruCache<String, IdempotencyRecord> {
+        let size = NonZeroUsize::new(self.runtime.options().idempotency_cache).unwrap_or(NonZeroUsize::MIN);
+        self.idempotency.get_or_insert_with(|| LruCache::new(size))
+    }
+
+    fn replay(&mut self, envelope: Envelope, request: &IdempotencyRequest, record: IdempotencyRecord) {
+        let answer = if record.fingerprint == request.fingerprint {
+            Answer { outcome: record.outcome, replayed: true }
+        } else {
+            Answer::error(ErrorCode::IdempotencyKeyReused, format!("idempotency key {:?} was used with another request", request.key))
+        };
+        self.answer(envelope.reply, answer);
+    }
+
+    fn env(&self) -> Env {
+        Env { id: self.address.id.clone(), now: chrono::Utc::now(), version: self.version }
+    }
+
+    fn process(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
+        let Some(command) = B::from_any(envelope.command) else {
+            return self.respond(envelope.reply, Answer::error(ErrorCode::Internal, "message routed to the wrong kind"));
+        };
+        let env = self.env();
+        let _span = tracing::debug_span!(parent: &envelope.span, "actor.handle", actor.kind = B::KIND, actor.id = %self.address.id).entered();
+        match catch_unwind(AssertUnwindSafe(|| B::handle(&self.state, command, &env))) {
+            Ok(step) => self.apply(step, Some((envelope.reply, envelope.idempotency)), ctx),
+            Err(panic) => self.crashed(Some(envelope.reply), panic.as_ref(), ctx),
+        }
+    }
+
+    fn apply(&mut self, step: Step<B::State>, caller: Option<(ReplyTx, Option<IdempotencyRequest>)>, ctx: &mut Context<Self>) {
+        if let Some(change) = step.change {
+            self.state = change.state;
+            self.version += 1;
+            self.batch.dirty = true;
+            for (seq, entry) in change.entries {
+                self.batch.entries.push((seq, entry.to_string().into_bytes()));
+            }
+        }
+        if let Some(effect) = step.effects.into_iter().next() {
+            self.batch.effect = Some(effect);
+        }
+        if let Some(outcome) = step.settle {
+            self.batch.settle = Some(outcome);
+        }
+        if let Some((reply, idempotency)) = caller {
+            match step.reply {
+                ReplyPlan::Now(outcome) => {
+                    if let Some(request) = idempotency {
+                        let record = IdempotencyRecord { fingerprint: request.fingerprint, outcome: outcome.clone() };
+                        self.cache().put(request.key.clone(), record.clone());
+                        self.batch.idempotency.push((request.key, record));
+                    }
+                    self.answer(reply, Answer { outcome, replayed: step.replayed });
+                }
+                ReplyPlan::Park => self.parked.push((reply, step.replayed)),
+                ReplyPlan::Journal { after, limit } => self.batch.journal.push((reply, after, limit)),
+            }
+        }
+        self.schedule_flush(ctx);
+    }
+
+    /// Answers at once when nothing before it waits to be durable, else
+    /// after the batch's commit.
+    fn answer(&mut self, reply: ReplyTx, answer: Answer) {
+        if self.batch.writes() || !self.batch.replies.is_empty() || self.flush_scheduled {
+            self.batch.replies.push((reply, answer));
+        } else {
+            self.respond(reply, answer);
+        }
+    }
+
+    fn respond(&self, reply: ReplyTx, answer: Answer) {
+        let _ = reply.send(answer);
+        self.status.done();
+    }
+
+    /// Flushes once the mailbox is drained: actix polls spawned futures
+    /// after the mailbox, so everything already waiting joins this batch.
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_scheduled || (self.batch.is_empty() && self.restart.is_none()) {
+            return;
+        }
+        self.flush_scheduled = true;
+        ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| act.flush(ctx)));
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.flush_scheduled = false;
+        let mut batch = std::mem::take(&mut self.batch);
+        let commit = batch.writes().then(|| Commit {
+            actor: self.key.clone(),
+            expected_version: self.durable_version,
+            version: self.version,
+            state: batch.dirty.then(|| serde_json::to_vec(&self.state).unwrap_or_default()),
+            entries: std::mem::take(&mut batch.entries),
+            idempotency: batch
+                .idempotency
+                .drain(..)
+                .map(|(key, record)| IdempotencyWrite { key, value: serde_json::to_vec(&record).unwrap_or_default() })
+                .collect(),
+            pending: B::is_pending(&self.state),
+        });
+        let pages: Vec<(u64, u32)> = batch.journal.iter().map(|(_, after, limit)| (*after, *limit)).collect();
+        let store = self.runtime.store().clone();
+        let key = self.key.clone();
+        let version = self.version;
+        let work = async move {
+            if let Some(commit) = commit {
+                store.commit(commit).await?;
+            }
+            let mut read = Vec::with_capacity(pages.len());
+            for (after, limit) in pages {
+                read.push(store.entries(&key, after, limit.saturating_add(1)).await);
+            }
+            Ok::<_, StoreError>(read)
+        };
+        ctx.wait(work.into_actor(self).map(move |result, act, ctx| act.flushed(batch, version, result, ctx)));
+    }
+
+    fn flushed(&mut self, batch: Batch, version: u64, result: Result<Vec<Result<Vec<Vec<u8>>, StoreError>>, StoreError>, ctx: &mut Context<Self>) {
+        match result {
+            Ok(pages) => {
+                self.durable_version = version;
+                for (reply, answer) in batch.replies {
+                    self.respond(reply, answer);
+                }
+                for ((reply, _, limit), page) in batch.journal.into_iter().zip(pages) {
+                    let answer = match page {
+                        Ok(rows) => Answer::new(Ok(troupe_actors::Reply::ok(journal_page(rows, limit)))),
+                        Err(e) => unavailable(&e),
+                    };
+                    self.respond(reply, answer);
+                }
+                if let Some(outcome) = batch.settle {
+                    for (reply, replayed) in std::mem::take(&mut self.parked) {
+                        self.respond(reply, Answer { outcome: outcome.clone(), replayed });
+                    }
+                }
+                if let Some(effect) = batch.effect {
+                    self.run_effect(effect, ctx);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(actor = %self.address, error.message = %e, "commit failed; reloading durable state");
+                for (reply, _) in batch.replies {
+                    self.respond(reply, unavailable(&e));
+                }
+                for (reply, _, _) in batch.journal {
+                    self.respond(reply, unavailable(&e));
+                }
+                self.loaded = false;
+                self.idempotency = None;
+                if self.restart.is_none() {
+                    self.load(None, ctx);
+                }
+            }
+        }
+        if let Some(backoff) = self.restart.take() {
+            self.restart_after(backoff, ctx);
+        }
+    }
+
+    /// Loads durable state, then handles `then` if it was waiting for it.
+    fn load(&mut self, then: Option<Envelope>, ctx: &mut Context<Self>) {
+        self.status.busy.set(true);
+        let store = self.runtime.store().clone();
+        let key = self.key.clone();
+        let work = async move { store.load(&key).await };
+        ctx.wait(work.into_actor(self).map(move |loaded, act, ctx| {
+            act.status.busy.set(false);
+            match loaded.and_then(decode::<B>) {
+                Ok((state, version)) => {
+                    act.state = state;
+                    act.version = version;
+                    act.durable_version = version;
+                    act.loaded = true;
+                    act.idempotency = None;
+                    if let Some(effect) = B::resume(&act.state, &act.env()) {
+                        act.run_effect(effect, ctx);
+                    }
+                }
+                Err(e) => tracing::warn!(actor = %act.address, error.message = %e, "loading state failed"),
+            }
+            if let Some(envelope) = then {
+                if act.loaded {
+                    act.receive(envelope, ctx);
+                } else {
+                    act.respond(envelope.reply, Answer::error(ErrorCode::Unavailable, "the store is unavailable; retry later"));
+                }
+            }
+        }));
+    }
+
+    /// Runs an ask to another actor, retrying transient failures with
+    /// exponential backoff, and feeds the outcome back to the behaviour.
+    fn run_effect(&mut self, effect: Effect, ctx: &mut Context<Self>) {
+        self.status.busy.set(true);
+        let runtime = self.runtime.clone();
+        let timeout = runtime.options().effect_timeout;
+        let Effect { target, command, idempotency_key } = effect;
+        let idempotency = idempotency_key.map(|key| IdempotencyRequest::internal(key, &command));
+        let attempt = move || {
+            let (runtime, target, command, idempotency) = (runtime.clone(), target.clone(), command.clone(), idempotency.clone());
+            async move {
+                let deadline = Instant::now() + timeout;
+                let answer = runtime.ask(target, command, deadline, idempotency).await;
+                match &answer.outcome {
+                    Err(r) if r.code.is_transient() => Err(answer),
+                    _ => Ok(answer),
+                }
+            }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times();
+        let work = attempt.retry(backoff).notify(|answer: &Answer, wait| {
+            tracing::debug!(outcome = ?answer.outcome, ?wait, "actor-to-actor ask failed; retrying");
+        });
+        ctx.spawn(work.into_actor(self).map(|answer, act, ctx| {
+            act.status.busy.set(false);
+            let outcome = match answer {
+                Ok(a) | Err(a) => a.outcome,
+            };
+            act.effect_done(outcome, ctx);
+        }));
+    }
+
+    fn effect_done(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
+        if !self.loaded || self.restart.is_some() {
+            // The state this effect belonged to was reloaded; resumption re-asks.
+            return;
+        }
+        let env = self.env();
+        match catch_unwind(AssertUnwindSafe(|| B::on_effect(&self.state, outcome, &env))) {
+            Ok(step) => self.apply(step, None, ctx),
+            Err(panic) => self.crashed(None, panic.as_ref(), ctx),
+        }
+    }
+
+    /// Contains a panic: the message that caused it gets `500`, what the
+    /// batch already holds is still committed, then the state is reloaded.
+    fn crashed(&mut self, reply: Option<ReplyTx>, panic: &(dyn Any + Send), ctx: &mut Context<Self>) {
+        let cause = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let event = self.supervision.on_panic(Instant::now(), &self.runtime.options().restart);
+        tracing::error!(actor = %self.address, error.message = %cause, event = ?event, "actor panicked");
+        if let Some(reply) = reply {
+            let message = format!("{} crashed while handling this message; it restarts from its last durable state", self.address);
+            self.answer(reply, Answer::error(ErrorCode::Internal, message));
+        }
+        self.restart = Some(match event {
+            SupervisionEvent::Restarting { backoff, .. } => backoff,
+            SupervisionEvent::GaveUp { .. } => Duration::ZERO,
+        });
+        self.status.busy.set(true);
+        self.schedule_flush(ctx);
+    }
+
+    fn restart_after(&mut self, backoff: Duration, ctx: &mut Context<Self>) {
+        self.loaded = false;
+        ctx.wait(fut::wrap_future::<_, Self>(tokio::time::sleep(backoff)).map(|(), act, ctx| act.load(None, ctx)));
+    }
+}
+
+fn decode<B: Behavior>(snapshot: Option<Snapshot>) -> Result<(B::State, u64), StoreError> {
+    match snapshot {
+        None => Ok((B::State::default(), 0)),
+        Some(s) => serde_json::from_slice(&s.state)
+            .map(|state| (state, s.version))
+            .map_err(|e| StoreError::Corrupt(format!("state of version {}: {e}", s.version))),
+    }
+}
+
+/// `{"entries": [...], "next": seq-or-null}` from `limit + 1` rows.
+fn journal_page(rows: Vec<Vec<u8>>, limit: u32) -> Value {
+    let mut entries: Vec<Value> = rows.iter().filter_map(|r| serde_json::from_slice(r).ok()).collect();
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    let next = if more { entries.last().and_then(|e| e.get("seq")).cloned().unwrap_or(Value::Null) } else { Value::Null };
+    json!({ "entries": entries, "next": next })
+}
+
+fn unavailable(e: &StoreError) -> Answer {
+    let message = match e {
+        StoreError::Conflict { .. } => format!("{e}; retry"),
+        _ => format!("{e}; retry later"),
+    };
+    Answer::error(ErrorCode::Unavailable, message)
+}

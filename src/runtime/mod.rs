@@ -1,0 +1,212 @@
+//! Virtual actors: addressed by (kind, id), activated on their first message
+//! from durable state, passivated when idle, restarted after a panic.
+//!
+//! ```text
+//! HTTP handler --try_send--> Shard (one per arbiter thread, picked by hash of the address)
+//!                              | directory: address -> activation, created on first use
+//!                              v
+//!                            Activation<B> (bounded mailbox; batches what is waiting,
+//!                              |             persists once, replies once durable)
+//!                              v
+//!                            Store (group commit: many actors, one fsync)
+//! ```
+//!
+//! Nothing is shared between shards but the store; a shard and its
+//! activations live on one thread, so routing inside a shard costs no
+//! synchronisation.
+
+mod activation;
+mod idempotency;
+mod shard;
+mod supervision;
+
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix::{Addr, Arbiter};
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use troupe_actors::{kinds, Address, AnyCommand, ErrorCode, Outcome, Rejection};
+
+pub use idempotency::{IdempotencyRecord, IdempotencyRequest};
+pub use supervision::{RestartPolicy, SupervisionEvent};
+
+use crate::store::Store;
+use shard::{Route, Shard};
+
+/// The runtime's tunables; every one of them can change while running.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Capacity of each activation's mailbox; a full mailbox answers `429`.
+    pub mailbox_capacity: usize,
+    /// Capacity of each shard's mailbox.
+    pub shard_mailbox_capacity: usize,
+    /// An activation idle this long is passivated.
+    pub idle_timeout: Duration,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    /// Deadline of each attempt of an actor-to-actor ask.
+    pub effect_timeout: Duration,
+    pub restart: RestartPolicy,
+    /// Idempotency records each activation keeps in memory.
+    pub idempotency_cache: usize,
+}
+
+/// The answer to one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub outcome: Outcome,
+    /// The outcome repeats an earlier one (`Idempotent-Replayed: true`).
+    pub replayed: bool,
+}
+
+impl Answer {
+    pub fn new(outcome: Outcome) -> Self {
+        Self { outcome, replayed: false }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(Err(Rejection::new(code, message)))
+    }
+}
+
+/// A message on its way to an activation.
+#[derive(Debug)]
+pub struct Envelope {
+    pub command: AnyCommand,
+    pub deadline: Instant,
+    pub idempotency: Option<IdempotencyRequest>,
+    pub reply: oneshot::Sender<Answer>,
+    /// The sender's span: handling is recorded as its child.
+    pub span: tracing::Span,
+}
+
+/// A cheap, cloneable handle on the runtime.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: OnceLock<Vec<Addr<Shard>>>,
+    options: ArcSwap<RuntimeOptions>,
+    store: Arc<dyn Store>,
+    draining: AtomicBool,
+}
+
+impl Runtime {
+    /// Starts one shard per arbiter thread.
+    pub fn start(store: Arc<dyn Store>, options: RuntimeOptions, threads: usize) -> Self {
+        let runtime = Self {
+            inner: Arc::new(Inner {
+                shards: OnceLock::new(),
+                options: ArcSwap::from_pointee(options),
+                store,
+                draining: AtomicBool::new(false),
+            }),
+        };
+        let shards = (0..threads.max(1))
+            .map(|index| {
+                let arbiter = Arbiter::new();
+                let rt = runtime.clone();
+                let addr = actix::Actor::start_in_arbiter(&arbiter.handle(), move |ctx| {
+                    Shard::new(index, rt, ctx)
+                });
+                // The arbiter thread lives as long as the actix system.
+                drop(arbiter);
+                addr
+            })
+            .collect();
+        let _ = runtime.inner.shards.set(shards);
+        runtime
+    }
+
+    pub fn options(&self) -> Arc<RuntimeOptions> {
+        self.inner.options.load_full()
+    }
+
+    /// Replaces the tunables; new activations and new requests see them.
+    pub fn set_options(&self, options: RuntimeOptions) {
+        self.inner.options.store(Arc::new(options));
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The deadline of a request that asked for `timeout` (or none).
+    pub fn deadline(&self, timeout: Option<Duration>) -> Instant {
+        let options = self.inner.options.load();
+        Instant::now() + timeout.unwrap_or(options.default_timeout).min(options.max_timeout)
+    }
+
+    /// Sends `command` to the actor at `address` and waits for its answer
+    /// until `deadline`. Every failure comes back as an [`Answer`] with the
+    /// API's code: `429` when a mailbox is full, `504` past the deadline.
+    pub async fn ask(
+        &self,
+        address: Address,
+        command: AnyCommand,
+        deadline: Instant,
+        idempotency: Option<IdempotencyRequest>,
+    ) -> Answer {
+        let Some(shards) = self.inner.shards.get() else {
+            return Answer::error(ErrorCode::Unavailable, "the runtime is starting");
+        };
+        let shard = &shards[shard_of(&address, shards.len())];
+        let (reply, rx) = oneshot::channel();
+        let span = tracing::Span::current();
+        let envelope = Envelope { command, deadline, idempotency, reply, span };
+        if shard.try_send(Route { address, envelope }).is_err() {
+            return Answer::error(ErrorCode::Overloaded, "the runtime is overloaded; retry later");
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Answer::error(ErrorCode::Internal, "the actor stopped before answering"),
+            Err(_) => Answer::error(ErrorCode::DeadlineExceeded, "the request's deadline passed"),
+        }
+    }
+
+    /// Wakes every actor whose durable state has unfinished work, so that
+    /// transfers interrupted by a crash finish without a client's help.
+    ///
+    /// # Errors
+    /// When the store cannot list them.
+    pub async fn resume_pending(&self) -> Result<usize, crate::store::StoreError> {
+        let pending = self.inner.store.pending().await?;
+        let count = pending.len();
+        for key in pending {
+            let Some((kind, id)) = key.split_once('/') else { continue };
+            let (Some(kind), Ok(id)) = (kinds::kind(kind), troupe_actors::ActorId::parse(id)) else {
+                tracing::warn!(actor = %key, "skipping unknown pending actor");
+                continue;
+            };
+            let Ok(command) = kinds::parse(kind, "get", serde_json::Value::Null) else { continue };
+            let runtime = self.clone();
+            let deadline = self.deadline(None);
+            actix::spawn(async move {
+                runtime.ask(Address::new(kind, id), command, deadline, None).await;
+            });
+        }
+        Ok(count)
+    }
+
+    pub fn set_draining(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Picks the shard of an address. SipHash with fixed keys: stable across
+/// runs, so a bench or a log can tell which thread owns an actor.
+fn shard_of(address: &Address, shards: usize) -> usize {
+    let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    let hash = hasher.hash_one((address.kind, address.id.as_str()));
+    (hash % shards as u64) as usize
+}

@@ -1,0 +1,115 @@
+//! Durable storage of actor state, behind one interface the runtime uses.
+//!
+//! The unit of writing is a [`Commit`]: one actor's new state, the journal
+//! entries and idempotency records that came with it, applied atomically
+//! and only if the stored version is still the one the activation loaded
+//! (compare-and-set), so a stale activation can never overwrite newer state.
+//! Implementations coalesce the commits of many actors into one durable
+//! transaction (group commit); a commit's future resolves only once it is
+//! durable.
+
+mod embedded;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use embedded::EmbeddedStore;
+
+/// An actor's durable state and the version it was written at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub version: u64,
+    pub state: Vec<u8>,
+}
+
+/// A stored idempotency record, kept for the configured retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyWrite {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// One actor's atomic change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commit {
+    /// The actor, as `kind/id`.
+    pub actor: String,
+    /// The version the change was computed from; 0 for an actor never stored.
+    pub expected_version: u64,
+    pub version: u64,
+    /// `None` when only idempotency records are written.
+    pub state: Option<Vec<u8>>,
+    /// Journal entries by sequence number.
+    pub entries: Vec<(u64, Vec<u8>)>,
+    pub idempotency: Vec<IdempotencyWrite>,
+    /// Whether the actor has unfinished work to resume after a restart.
+    pub pending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The stored version is not the expected one: another activation wrote.
+    #[error("version conflict on {actor}: expected {expected}, found {found}")]
+    Conflict { actor: String, expected: u64, found: u64 },
+    /// The store cannot be reached or refused the operation; retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored bytes could not be understood.
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+}
+
+/// What the runtime needs from a store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and metrics: `embedded`, `redis`.
+    fn backend(&self) -> &'static str;
+
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot answer.
+    async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Applies the commit atomically once it is durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the stored version moved; nothing of
+    /// the commit is applied then.
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    /// Journal entries with a sequence number above `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot answer.
+    async fn entries(&self, actor: &str, after: u64, limit: u32) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// An unexpired idempotency record.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot answer.
+    async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every actor whose last commit said it has work pending.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot answer.
+    async fn pending(&self) -> Result<Vec<String>, StoreError>;
+
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot answer.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Waits for queued commits and releases the store.
+    async fn close(&self);
+}
+
+/// Settings every store implementation shares.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long idempotency records are kept.
+    pub idempotency_retention: Duration,
+    /// The most commits one durable transaction takes.
+    pub max_batch: usize,
+    /// Commits waiting for the writer before senders wait.
+    pub queue: usize,
+}
