@@ -1,2 +1,10 @@
+//! troupe: an actor-based message-passing service whose flagship business is
+//! a ledger. See README.md for the architecture.
+#![forbid(unsafe_code)]
+
+pub mod http;
 pub mod runtime;
+pub mod settings;
+pub mod startup;
 pub mod store;
+pub mod telemetry;

@@ -22,6 +22,7 @@ use crate::kinds::{AnyCommand, MessageSpec};
 pub enum ErrorCode {
     InvalidRequest,
     NotFound,
+    MethodNotAllowed,
     AlreadyExists,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -43,6 +44,7 @@ impl ErrorCode {
         match self {
             Self::InvalidRequest => "invalid_request",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::AlreadyExists => "already_exists",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",

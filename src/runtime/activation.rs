@@ -60,7 +60,11 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        !self.writes() && self.replies.is_empty() && self.journal.is_empty() && self.settle.is_none() && self.effect.is_none()
+        !self.writes()
+            && self.replies.is_empty()
+            && self.journal.is_empty()
+            && self.settle.is_none()
+            && self.effect.is_none()
     }
 }
 
@@ -105,7 +109,11 @@ impl<B: Behavior> Handler<Delivery> for Activation<B> {
 
 impl<B: Behavior> Activation<B> {
     /// Starts an activation on the current arbiter.
-    pub fn spawn(address: Address, runtime: Runtime, status: Rc<SlotStatus>) -> Recipient<Delivery> {
+    pub fn spawn(
+        address: Address,
+        runtime: Runtime,
+        status: Rc<SlotStatus>,
+    ) -> Recipient<Delivery> {
         let capacity = runtime.options().mailbox_capacity;
         Activation::<B>::create(move |ctx| {
             ctx.set_mailbox_capacity(capacity);
@@ -132,11 +140,20 @@ impl<B: Behavior> Activation<B> {
     fn receive(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
         let now = Instant::now();
         if now >= envelope.deadline {
-            return self.respond(envelope.reply, Answer::error(ErrorCode::DeadlineExceeded, "the deadline passed while the message waited in the mailbox"));
+            return self.respond(
+                envelope.reply,
+                Answer::error(
+                    ErrorCode::DeadlineExceeded,
+                    "the deadline passed while the message waited in the mailbox",
+                ),
+            );
         }
         if self.supervision.failed(now) {
             let message = format!("{} is failing repeatedly; retry later", self.address);
-            return self.respond(envelope.reply, Answer::error(ErrorCode::Unavailable, message));
+            return self.respond(
+                envelope.reply,
+                Answer::error(ErrorCode::Unavailable, message),
+            );
         }
         if !self.loaded {
             return self.load(Some(envelope), ctx);
@@ -150,17 +167,27 @@ impl<B: Behavior> Activation<B> {
         let store = self.runtime.store().clone();
         let (actor, key) = (self.key.clone(), request.key.clone());
         let lookup = async move { store.idempotency(&actor, &key).await };
-        ctx.wait(lookup.into_actor(self).map(move |found, act, ctx| match found {
-            Ok(None) => act.process(envelope, ctx),
-            Ok(Some(bytes)) => match serde_json::from_slice::<IdempotencyRecord>(&bytes) {
-                Ok(record) => {
-                    act.cache().put(request.key.clone(), record.clone());
-                    act.replay(envelope, &request, record);
-                }
-                Err(e) => act.respond(envelope.reply, Answer::error(ErrorCode::Internal, format!("unreadable idempotency record: {e}"))),
-            },
-            Err(e) => act.respond(envelope.reply, unavailable(&e)),
-        }));
+        ctx.wait(
+            lookup
+                .into_actor(self)
+                .map(move |found, act, ctx| match found {
+                    Ok(None) => act.process(envelope, ctx),
+                    Ok(Some(bytes)) => match serde_json::from_slice::<IdempotencyRecord>(&bytes) {
+                        Ok(record) => {
+                            act.cache().put(request.key.clone(), record.clone());
+                            act.replay(envelope, &request, record);
+                        }
+                        Err(e) => act.respond(
+                            envelope.reply,
+                            Answer::error(
+                                ErrorCode::Internal,
+                                format!("unreadable idempotency record: {e}"),
+                            ),
+                        ),
+                    },
+                    Err(e) => act.respond(envelope.reply, unavailable(&e)),
+                }),
+        );
     }
 
     fn cached_record(&mut self, key: &str) -> Option<IdempotencyRecord> {
@@ -171,26 +198,48 @@ impl<B: Behavior> Activation<B> {
     }
 
     fn cache(&mut self) -> &mut LruCache<String, IdempotencyRecord> {
-        let size = NonZeroUsize::new(self.runtime.options().idempotency_cache).unwrap_or(NonZeroUsize::MIN);
+        let size = NonZeroUsize::new(self.runtime.options().idempotency_cache)
+            .unwrap_or(NonZeroUsize::MIN);
         self.idempotency.get_or_insert_with(|| LruCache::new(size))
     }
 
-    fn replay(&mut self, envelope: Envelope, request: &IdempotencyRequest, record: IdempotencyRecord) {
+    fn replay(
+        &mut self,
+        envelope: Envelope,
+        request: &IdempotencyRequest,
+        record: IdempotencyRecord,
+    ) {
         let answer = if record.fingerprint == request.fingerprint {
-            Answer { outcome: record.outcome, replayed: true }
+            Answer {
+                outcome: record.outcome,
+                replayed: true,
+            }
         } else {
-            Answer::error(ErrorCode::IdempotencyKeyReused, format!("idempotency key {:?} was used with another request", request.key))
+            Answer::error(
+                ErrorCode::IdempotencyKeyReused,
+                format!(
+                    "idempotency key {:?} was used with another request",
+                    request.key
+                ),
+            )
         };
         self.answer(envelope.reply, answer);
     }
 
     fn env(&self) -> Env {
-        Env { id: self.address.id.clone(), now: chrono::Utc::now(), version: self.version }
+        Env {
+            id: self.address.id.clone(),
+            now: chrono::Utc::now(),
+            version: self.version,
+        }
     }
 
     fn process(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
         let Some(command) = B::from_any(envelope.command) else {
-            return self.respond(envelope.reply, Answer::error(ErrorCode::Internal, "message routed to the wrong kind"));
+            return self.respond(
+                envelope.reply,
+                Answer::error(ErrorCode::Internal, "message routed to the wrong kind"),
+            );
         };
         let env = self.env();
         let _span = tracing::debug_span!(parent: &envelope.span, "actor.handle", actor.kind = B::KIND, actor.id = %self.address.id).entered();
@@ -200,13 +249,20 @@ impl<B: Behavior> Activation<B> {
         }
     }
 
-    fn apply(&mut self, step: Step<B::State>, caller: Option<(ReplyTx, Option<IdempotencyRequest>)>, ctx: &mut Context<Self>) {
+    fn apply(
+        &mut self,
+        step: Step<B::State>,
+        caller: Option<(ReplyTx, Option<IdempotencyRequest>)>,
+        ctx: &mut Context<Self>,
+    ) {
         if let Some(change) = step.change {
             self.state = change.state;
             self.version += 1;
             self.batch.dirty = true;
             for (seq, entry) in change.entries {
-                self.batch.entries.push((seq, entry.to_string().into_bytes()));
+                self.batch
+                    .entries
+                    .push((seq, entry.to_string().into_bytes()));
             }
         }
         if let Some(effect) = step.effects.into_iter().next() {
@@ -219,14 +275,25 @@ impl<B: Behavior> Activation<B> {
             match step.reply {
                 ReplyPlan::Now(outcome) => {
                     if let Some(request) = idempotency {
-                        let record = IdempotencyRecord { fingerprint: request.fingerprint, outcome: outcome.clone() };
+                        let record = IdempotencyRecord {
+                            fingerprint: request.fingerprint,
+                            outcome: outcome.clone(),
+                        };
                         self.cache().put(request.key.clone(), record.clone());
                         self.batch.idempotency.push((request.key, record));
                     }
-                    self.answer(reply, Answer { outcome, replayed: step.replayed });
+                    self.answer(
+                        reply,
+                        Answer {
+                            outcome,
+                            replayed: step.replayed,
+                        },
+                    );
                 }
                 ReplyPlan::Park => self.parked.push((reply, step.replayed)),
-                ReplyPlan::Journal { after, limit } => self.batch.journal.push((reply, after, limit)),
+                ReplyPlan::Journal { after, limit } => {
+                    self.batch.journal.push((reply, after, limit))
+                }
             }
         }
         self.schedule_flush(ctx);
@@ -264,16 +331,25 @@ impl<B: Behavior> Activation<B> {
             actor: self.key.clone(),
             expected_version: self.durable_version,
             version: self.version,
-            state: batch.dirty.then(|| serde_json::to_vec(&self.state).unwrap_or_default()),
+            state: batch
+                .dirty
+                .then(|| serde_json::to_vec(&self.state).unwrap_or_default()),
             entries: std::mem::take(&mut batch.entries),
             idempotency: batch
                 .idempotency
                 .drain(..)
-                .map(|(key, record)| IdempotencyWrite { key, value: serde_json::to_vec(&record).unwrap_or_default() })
+                .map(|(key, record)| IdempotencyWrite {
+                    key,
+                    value: serde_json::to_vec(&record).unwrap_or_default(),
+                })
                 .collect(),
             pending: B::is_pending(&self.state),
         });
-        let pages: Vec<(u64, u32)> = batch.journal.iter().map(|(_, after, limit)| (*after, *limit)).collect();
+        let pages: Vec<(u64, u32)> = batch
+            .journal
+            .iter()
+            .map(|(_, after, limit)| (*after, *limit))
+            .collect();
         let store = self.runtime.store().clone();
         let key = self.key.clone();
         let version = self.version;
@@ -287,10 +363,19 @@ impl<B: Behavior> Activation<B> {
             }
             Ok::<_, StoreError>(read)
         };
-        ctx.wait(work.into_actor(self).map(move |result, act, ctx| act.flushed(batch, version, result, ctx)));
+        ctx.wait(
+            work.into_actor(self)
+                .map(move |result, act, ctx| act.flushed(batch, version, result, ctx)),
+        );
     }
 
-    fn flushed(&mut self, batch: Batch, version: u64, result: Result<Vec<Result<Vec<Vec<u8>>, StoreError>>, StoreError>, ctx: &mut Context<Self>) {
+    fn flushed(
+        &mut self,
+        batch: Batch,
+        version: u64,
+        result: Result<Vec<Result<Vec<Vec<u8>>, StoreError>>, StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
         match result {
             Ok(pages) => {
                 self.durable_version = version;
@@ -299,14 +384,22 @@ impl<B: Behavior> Activation<B> {
                 }
                 for ((reply, _, limit), page) in batch.journal.into_iter().zip(pages) {
                     let answer = match page {
-                        Ok(rows) => Answer::new(Ok(troupe_actors::Reply::ok(journal_page(rows, limit)))),
+                        Ok(rows) => {
+                            Answer::new(Ok(troupe_actors::Reply::ok(journal_page(rows, limit))))
+                        }
                         Err(e) => unavailable(&e),
                     };
                     self.respond(reply, answer);
                 }
                 if let Some(outcome) = batch.settle {
                     for (reply, replayed) in std::mem::take(&mut self.parked) {
-                        self.respond(reply, Answer { outcome: outcome.clone(), replayed });
+                        self.respond(
+                            reply,
+                            Answer {
+                                outcome: outcome.clone(),
+                                replayed,
+                            },
+                        );
                     }
                 }
                 if let Some(effect) = batch.effect {
@@ -352,13 +445,21 @@ impl<B: Behavior> Activation<B> {
                         act.run_effect(effect, ctx);
                     }
                 }
-                Err(e) => tracing::warn!(actor = %act.address, error.message = %e, "loading state failed"),
+                Err(e) => {
+                    tracing::warn!(actor = %act.address, error.message = %e, "loading state failed")
+                }
             }
             if let Some(envelope) = then {
                 if act.loaded {
                     act.receive(envelope, ctx);
                 } else {
-                    act.respond(envelope.reply, Answer::error(ErrorCode::Unavailable, "the store is unavailable; retry later"));
+                    act.respond(
+                        envelope.reply,
+                        Answer::error(
+                            ErrorCode::Unavailable,
+                            "the store is unavailable; retry later",
+                        ),
+                    );
                 }
             }
         }));
@@ -370,10 +471,19 @@ impl<B: Behavior> Activation<B> {
         self.status.busy.set(true);
         let runtime = self.runtime.clone();
         let timeout = runtime.options().effect_timeout;
-        let Effect { target, command, idempotency_key } = effect;
+        let Effect {
+            target,
+            command,
+            idempotency_key,
+        } = effect;
         let idempotency = idempotency_key.map(|key| IdempotencyRequest::internal(key, &command));
         let attempt = move || {
-            let (runtime, target, command, idempotency) = (runtime.clone(), target.clone(), command.clone(), idempotency.clone());
+            let (runtime, target, command, idempotency) = (
+                runtime.clone(),
+                target.clone(),
+                command.clone(),
+                idempotency.clone(),
+            );
             async move {
                 let deadline = Instant::now() + timeout;
                 let answer = runtime.ask(target, command, deadline, idempotency).await;
@@ -406,7 +516,9 @@ impl<B: Behavior> Activation<B> {
             return;
         }
         let env = self.env();
-        match catch_unwind(AssertUnwindSafe(|| B::on_effect(&self.state, outcome, &env))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            B::on_effect(&self.state, outcome, &env)
+        })) {
             Ok(step) => self.apply(step, None, ctx),
             Err(panic) => self.crashed(None, panic.as_ref(), ctx),
         }
@@ -414,16 +526,26 @@ impl<B: Behavior> Activation<B> {
 
     /// Contains a panic: the message that caused it gets `500`, what the
     /// batch already holds is still committed, then the state is reloaded.
-    fn crashed(&mut self, reply: Option<ReplyTx>, panic: &(dyn Any + Send), ctx: &mut Context<Self>) {
+    fn crashed(
+        &mut self,
+        reply: Option<ReplyTx>,
+        panic: &(dyn Any + Send),
+        ctx: &mut Context<Self>,
+    ) {
         let cause = panic
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        let event = self.supervision.on_panic(Instant::now(), &self.runtime.options().restart);
+        let event = self
+            .supervision
+            .on_panic(Instant::now(), &self.runtime.options().restart);
         tracing::error!(actor = %self.address, error.message = %cause, event = ?event, "actor panicked");
         if let Some(reply) = reply {
-            let message = format!("{} crashed while handling this message; it restarts from its last durable state", self.address);
+            let message = format!(
+                "{} crashed while handling this message; it restarts from its last durable state",
+                self.address
+            );
             self.answer(reply, Answer::error(ErrorCode::Internal, message));
         }
         self.restart = Some(match event {
@@ -436,7 +558,10 @@ impl<B: Behavior> Activation<B> {
 
     fn restart_after(&mut self, backoff: Duration, ctx: &mut Context<Self>) {
         self.loaded = false;
-        ctx.wait(fut::wrap_future::<_, Self>(tokio::time::sleep(backoff)).map(|(), act, ctx| act.load(None, ctx)));
+        ctx.wait(
+            fut::wrap_future::<_, Self>(tokio::time::sleep(backoff))
+                .map(|(), act, ctx| act.load(None, ctx)),
+        );
     }
 }
 
@@ -451,10 +576,21 @@ fn decode<B: Behavior>(snapshot: Option<Snapshot>) -> Result<(B::State, u64), St
 
 /// `{"entries": [...], "next": seq-or-null}` from `limit + 1` rows.
 fn journal_page(rows: Vec<Vec<u8>>, limit: u32) -> Value {
-    let mut entries: Vec<Value> = rows.iter().filter_map(|r| serde_json::from_slice(r).ok()).collect();
+    let mut entries: Vec<Value> = rows
+        .iter()
+        .filter_map(|r| serde_json::from_slice(r).ok())
+        .collect();
     let more = entries.len() > limit as usize;
     entries.truncate(limit as usize);
-    let next = if more { entries.last().and_then(|e| e.get("seq")).cloned().unwrap_or(Value::Null) } else { Value::Null };
+    let next = if more {
+        entries
+            .last()
+            .and_then(|e| e.get("seq"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
     json!({ "entries": entries, "next": next })
 }
 

@@ -21,12 +21,18 @@ pub struct IdempotencyRequest {
 impl IdempotencyRequest {
     /// For a client's request: the fingerprint covers the message and payload.
     pub fn new(key: String, message: &str, payload: &serde_json::Value) -> Self {
-        Self { key, fingerprint: fingerprint(&[message.as_bytes(), payload.to_string().as_bytes()]) }
+        Self {
+            key,
+            fingerprint: fingerprint(&[message.as_bytes(), payload.to_string().as_bytes()]),
+        }
     }
 
     /// For an internal leg, whose command is fixed by its key.
     pub fn internal(key: String, command: &impl std::fmt::Debug) -> Self {
-        Self { key, fingerprint: fingerprint(&[format!("{command:?}").as_bytes()]) }
+        Self {
+            key,
+            fingerprint: fingerprint(&[format!("{command:?}").as_bytes()]),
+        }
     }
 }
 
@@ -43,7 +49,11 @@ fn fingerprint(parts: &[&[u8]]) -> String {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
     }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -56,7 +66,13 @@ mod tests {
         let a: serde_json::Value = serde_json::from_str(r#"{"b": 1, "a": 2}"#).unwrap();
         let b = json!({"a": 2, "b": 1});
         let fa = IdempotencyRequest::new("k".into(), "deposit", &a).fingerprint;
-        assert_eq!(fa, IdempotencyRequest::new("k".into(), "deposit", &b).fingerprint);
-        assert_ne!(fa, IdempotencyRequest::new("k".into(), "withdraw", &b).fingerprint);
+        assert_eq!(
+            fa,
+            IdempotencyRequest::new("k".into(), "deposit", &b).fingerprint
+        );
+        assert_ne!(
+            fa,
+            IdempotencyRequest::new("k".into(), "withdraw", &b).fingerprint
+        );
     }
 }

@@ -65,7 +65,10 @@ pub struct Answer {
 
 impl Answer {
     pub fn new(outcome: Outcome) -> Self {
-        Self { outcome, replayed: false }
+        Self {
+            outcome,
+            replayed: false,
+        }
     }
 
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -140,7 +143,10 @@ impl Runtime {
     /// The deadline of a request that asked for `timeout` (or none).
     pub fn deadline(&self, timeout: Option<Duration>) -> Instant {
         let options = self.inner.options.load();
-        Instant::now() + timeout.unwrap_or(options.default_timeout).min(options.max_timeout)
+        Instant::now()
+            + timeout
+                .unwrap_or(options.default_timeout)
+                .min(options.max_timeout)
     }
 
     /// Sends `command` to the actor at `address` and waits for its answer
@@ -159,9 +165,18 @@ impl Runtime {
         let shard = &shards[shard_of(&address, shards.len())];
         let (reply, rx) = oneshot::channel();
         let span = tracing::Span::current();
-        let envelope = Envelope { command, deadline, idempotency, reply, span };
+        let envelope = Envelope {
+            command,
+            deadline,
+            idempotency,
+            reply,
+            span,
+        };
         if shard.try_send(Route { address, envelope }).is_err() {
-            return Answer::error(ErrorCode::Overloaded, "the runtime is overloaded; retry later");
+            return Answer::error(
+                ErrorCode::Overloaded,
+                "the runtime is overloaded; retry later",
+            );
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => answer,
@@ -179,16 +194,23 @@ impl Runtime {
         let pending = self.inner.store.pending().await?;
         let count = pending.len();
         for key in pending {
-            let Some((kind, id)) = key.split_once('/') else { continue };
-            let (Some(kind), Ok(id)) = (kinds::kind(kind), troupe_actors::ActorId::parse(id)) else {
+            let Some((kind, id)) = key.split_once('/') else {
+                continue;
+            };
+            let (Some(kind), Ok(id)) = (kinds::kind(kind), troupe_actors::ActorId::parse(id))
+            else {
                 tracing::warn!(actor = %key, "skipping unknown pending actor");
                 continue;
             };
-            let Ok(command) = kinds::parse(kind, "get", serde_json::Value::Null) else { continue };
+            let Ok(command) = kinds::parse(kind, "get", serde_json::Value::Null) else {
+                continue;
+            };
             let runtime = self.clone();
             let deadline = self.deadline(None);
             actix::spawn(async move {
-                runtime.ask(Address::new(kind, id), command, deadline, None).await;
+                runtime
+                    .ask(Address::new(kind, id), command, deadline, None)
+                    .await;
             });
         }
         Ok(count)

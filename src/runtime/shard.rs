@@ -61,9 +61,14 @@ impl Shard {
     pub fn new(index: usize, runtime: Runtime, ctx: &mut Context<Self>) -> Self {
         let options = runtime.options();
         ctx.set_mailbox_capacity(options.shard_mailbox_capacity);
-        let sweep = (options.idle_timeout / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let sweep =
+            (options.idle_timeout / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
         ctx.run_interval(sweep, Shard::passivate_idle);
-        Self { index, runtime, directory: HashMap::new() }
+        Self {
+            index,
+            runtime,
+            directory: HashMap::new(),
+        }
     }
 
     fn activate(&mut self, address: &Address) -> &Slot {
@@ -73,8 +78,12 @@ impl Shard {
             last_used: Cell::new(Instant::now()),
         });
         let addr = match address.kind {
-            Transfer::KIND => Activation::<Transfer>::spawn(address.clone(), self.runtime.clone(), status.clone()),
-            _ => Activation::<Account>::spawn(address.clone(), self.runtime.clone(), status.clone()),
+            Transfer::KIND => {
+                Activation::<Transfer>::spawn(address.clone(), self.runtime.clone(), status.clone())
+            }
+            _ => {
+                Activation::<Account>::spawn(address.clone(), self.runtime.clone(), status.clone())
+            }
         };
         let key = (address.kind, address.id.clone());
         self.directory.insert(key.clone(), Slot { addr, status });
@@ -87,7 +96,9 @@ impl Shard {
         let before = self.directory.len();
         self.directory.retain(|_, slot| {
             let s = &slot.status;
-            let keep = s.inflight.get() > 0 || s.busy.get() || now.duration_since(s.last_used.get()) < idle;
+            let keep = s.inflight.get() > 0
+                || s.busy.get()
+                || now.duration_since(s.last_used.get()) < idle;
             if !keep {
                 slot.addr.do_send(Delivery::Passivate);
             }
@@ -95,7 +106,12 @@ impl Shard {
         });
         let passivated = before - self.directory.len();
         if passivated > 0 {
-            tracing::debug!(shard = self.index, passivated, live = self.directory.len(), "passivated idle actors");
+            tracing::debug!(
+                shard = self.index,
+                passivated,
+                live = self.directory.len(),
+                "passivated idle actors"
+            );
         }
     }
 }
@@ -135,7 +151,10 @@ impl Handler<Route> for Shard {
             }
         }
         if let Delivery::Message(envelope) = delivery {
-            let _ = envelope.reply.send(Answer::error(ErrorCode::Unavailable, format!("{address} cannot be activated")));
+            let _ = envelope.reply.send(Answer::error(
+                ErrorCode::Unavailable,
+                format!("{address} cannot be activated"),
+            ));
         }
     }
 }

@@ -44,7 +44,11 @@ pub struct Supervision {
 impl Supervision {
     /// Records a panic at `now` and decides what follows.
     pub fn on_panic(&mut self, now: Instant, policy: &RestartPolicy) -> SupervisionEvent {
-        while self.restarts.front().is_some_and(|t| now.duration_since(*t) >= policy.window) {
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= policy.window)
+        {
             self.restarts.pop_front();
         }
         self.restarts.push_back(now);
@@ -56,7 +60,10 @@ impl Supervision {
             return SupervisionEvent::GaveUp { until };
         }
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        let backoff = policy.backoff.saturating_mul(factor).min(policy.max_backoff);
+        let backoff = policy
+            .backoff
+            .saturating_mul(factor)
+            .min(policy.max_backoff);
         SupervisionEvent::Restarting { attempt, backoff }
     }
 
@@ -95,7 +102,10 @@ mod tests {
             })
             .collect();
         assert_eq!(backoffs, vec![10, 20, 25]);
-        assert!(matches!(s.on_panic(now, &POLICY), SupervisionEvent::GaveUp { .. }));
+        assert!(matches!(
+            s.on_panic(now, &POLICY),
+            SupervisionEvent::GaveUp { .. }
+        ));
         assert!(s.failed(now + Duration::from_secs(9)));
         assert!(!s.failed(now + Duration::from_secs(10)));
     }
@@ -106,7 +116,10 @@ mod tests {
         let start = Instant::now();
         for i in 0..10 {
             let at = start + POLICY.window * i;
-            assert!(matches!(s.on_panic(at, &POLICY), SupervisionEvent::Restarting { attempt: 1, .. }));
+            assert!(matches!(
+                s.on_panic(at, &POLICY),
+                SupervisionEvent::Restarting { attempt: 1, .. }
+            ));
         }
     }
 }

@@ -71,18 +71,21 @@ impl EmbeddedStore {
         let retention = options.idempotency_retention.as_secs();
         std::thread::Builder::new()
             .name("troupe-store-writer".into())
-            .spawn(move || write_loop(&thread_db, rx, options.max_batch.max(1), retention, &thread_stats))
+            .spawn(move || {
+                write_loop(
+                    &thread_db,
+                    rx,
+                    options.max_batch.max(1),
+                    retention,
+                    &thread_stats,
+                )
+            })
             .map_err(|e| unavailable("start writer", e))?;
         Ok(Self { db, writer, stats })
     }
 
     pub fn stats(&self) -> &WriterStats {
         &self.stats
-    }
-
-    /// Queues a sweep of expired idempotency records.
-    pub async fn sweep(&self) {
-        let _ = self.writer.send(Request::Sweep).await;
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -107,12 +110,20 @@ impl Store for EmbeddedStore {
         let actor = actor.to_owned();
         self.read(move |db| {
             let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let table = txn.open_table(STATE).map_err(|e| unavailable("open state", e))?;
-            let Some(value) = table.get(actor.as_str()).map_err(|e| unavailable("read state", e))? else {
+            let table = txn
+                .open_table(STATE)
+                .map_err(|e| unavailable("open state", e))?;
+            let Some(value) = table
+                .get(actor.as_str())
+                .map_err(|e| unavailable("read state", e))?
+            else {
                 return Ok(None);
             };
             let (version, state) = split_u64(value.value())?;
-            Ok(Some(Snapshot { version, state: state.to_vec() }))
+            Ok(Some(Snapshot {
+                version,
+                state: state.to_vec(),
+            }))
         })
         .await
     }
@@ -123,16 +134,26 @@ impl Store for EmbeddedStore {
             .send(Request::Commit(commit, tx))
             .await
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
     }
 
-    async fn entries(&self, actor: &str, after: u64, limit: u32) -> Result<Vec<Vec<u8>>, StoreError> {
+    async fn entries(
+        &self,
+        actor: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let actor = actor.to_owned();
         self.read(move |db| {
             let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let table = txn.open_table(ENTRIES).map_err(|e| unavailable("open entries", e))?;
+            let table = txn
+                .open_table(ENTRIES)
+                .map_err(|e| unavailable("open entries", e))?;
             let from = (actor.as_str(), after.saturating_add(1));
-            let range = table.range(from..=(actor.as_str(), u64::MAX)).map_err(|e| unavailable("read entries", e))?;
+            let range = table
+                .range(from..=(actor.as_str(), u64::MAX))
+                .map_err(|e| unavailable("read entries", e))?;
             range
                 .take(limit as usize)
                 .map(|item| {
@@ -148,8 +169,13 @@ impl Store for EmbeddedStore {
         let (actor, key) = (actor.to_owned(), key.to_owned());
         self.read(move |db| {
             let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let table = txn.open_table(IDEMPOTENCY).map_err(|e| unavailable("open idempotency", e))?;
-            let Some(v) = table.get((actor.as_str(), key.as_str())).map_err(|e| unavailable("read idempotency", e))? else {
+            let table = txn
+                .open_table(IDEMPOTENCY)
+                .map_err(|e| unavailable("open idempotency", e))?;
+            let Some(v) = table
+                .get((actor.as_str(), key.as_str()))
+                .map_err(|e| unavailable("read idempotency", e))?
+            else {
                 return Ok(None);
             };
             let (expires, record) = split_u64(v.value())?;
@@ -161,7 +187,9 @@ impl Store for EmbeddedStore {
     async fn pending(&self) -> Result<Vec<String>, StoreError> {
         self.read(|db| {
             let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let table = txn.open_table(PENDING).map_err(|e| unavailable("open pending", e))?;
+            let table = txn
+                .open_table(PENDING)
+                .map_err(|e| unavailable("open pending", e))?;
             let iter = table.iter().map_err(|e| unavailable("read pending", e))?;
             iter.map(|item| {
                 let (k, _) = item.map_err(|e| unavailable("read pending", e))?;
@@ -176,7 +204,16 @@ impl Store for EmbeddedStore {
         if self.writer.is_closed() {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
-        self.read(|db| db.begin_read().map(drop).map_err(|e| unavailable("begin read", e))).await
+        self.read(|db| {
+            db.begin_read()
+                .map(drop)
+                .map_err(|e| unavailable("begin read", e))
+        })
+        .await
+    }
+
+    async fn sweep(&self) {
+        let _ = self.writer.send(Request::Sweep).await;
     }
 
     async fn close(&self) {
@@ -187,7 +224,13 @@ impl Store for EmbeddedStore {
     }
 }
 
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<Request>, max_batch: usize, retention: u64, stats: &WriterStats) {
+fn write_loop(
+    db: &Database,
+    mut rx: mpsc::Receiver<Request>,
+    max_batch: usize,
+    retention: u64,
+    stats: &WriterStats,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -227,7 +270,9 @@ fn write_batch(
 ) {
     let n = commits.len();
     let result = (|| -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let txn = db.begin_write().map_err(|e| unavailable("begin write", e))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| unavailable("begin write", e))?;
         let mut outcomes = Vec::with_capacity(n);
         for (commit, _) in &commits {
             outcomes.push(apply(&txn, commit, retention)?);
@@ -258,45 +303,75 @@ fn write_batch(
 
 /// Applies one commit inside the shared transaction. The outer `Result`
 /// fails the whole transaction; the inner one is this commit's own verdict.
-fn apply(txn: &WriteTransaction, c: &Commit, retention: u64) -> Result<Result<(), StoreError>, StoreError> {
-    let mut state = txn.open_table(STATE).map_err(|e| unavailable("open state", e))?;
-    let found = match state.get(c.actor.as_str()).map_err(|e| unavailable("read state", e))? {
+fn apply(
+    txn: &WriteTransaction,
+    c: &Commit,
+    retention: u64,
+) -> Result<Result<(), StoreError>, StoreError> {
+    let mut state = txn
+        .open_table(STATE)
+        .map_err(|e| unavailable("open state", e))?;
+    let found = match state
+        .get(c.actor.as_str())
+        .map_err(|e| unavailable("read state", e))?
+    {
         Some(v) => split_u64(v.value())?.0,
         None => 0,
     };
     if found != c.expected_version {
-        return Ok(Err(StoreError::Conflict { actor: c.actor.clone(), expected: c.expected_version, found }));
+        return Ok(Err(StoreError::Conflict {
+            actor: c.actor.clone(),
+            expected: c.expected_version,
+            found,
+        }));
     }
     if let Some(bytes) = &c.state {
         let mut value = Vec::with_capacity(8 + bytes.len());
         value.extend_from_slice(&c.version.to_be_bytes());
         value.extend_from_slice(bytes);
-        state.insert(c.actor.as_str(), value.as_slice()).map_err(|e| unavailable("write state", e))?;
+        state
+            .insert(c.actor.as_str(), value.as_slice())
+            .map_err(|e| unavailable("write state", e))?;
     }
-    let mut entries = txn.open_table(ENTRIES).map_err(|e| unavailable("open entries", e))?;
+    let mut entries = txn
+        .open_table(ENTRIES)
+        .map_err(|e| unavailable("open entries", e))?;
     for (seq, entry) in &c.entries {
-        entries.insert((c.actor.as_str(), *seq), entry.as_slice()).map_err(|e| unavailable("write entry", e))?;
+        entries
+            .insert((c.actor.as_str(), *seq), entry.as_slice())
+            .map_err(|e| unavailable("write entry", e))?;
     }
     if !c.idempotency.is_empty() {
         let expires = unix_now() + retention;
-        let mut idem = txn.open_table(IDEMPOTENCY).map_err(|e| unavailable("open idempotency", e))?;
-        let mut expiry = txn.open_table(EXPIRY).map_err(|e| unavailable("open expiry", e))?;
+        let mut idem = txn
+            .open_table(IDEMPOTENCY)
+            .map_err(|e| unavailable("open idempotency", e))?;
+        let mut expiry = txn
+            .open_table(EXPIRY)
+            .map_err(|e| unavailable("open expiry", e))?;
         for w in &c.idempotency {
             let mut value = Vec::with_capacity(8 + w.value.len());
             value.extend_from_slice(&expires.to_be_bytes());
             value.extend_from_slice(&w.value);
             idem.insert((c.actor.as_str(), w.key.as_str()), value.as_slice())
                 .map_err(|e| unavailable("write idempotency", e))?;
-            expiry.insert((expires, c.actor.as_str(), w.key.as_str()), ())
+            expiry
+                .insert((expires, c.actor.as_str(), w.key.as_str()), ())
                 .map_err(|e| unavailable("write expiry", e))?;
         }
     }
     if c.state.is_some() {
-        let mut pending = txn.open_table(PENDING).map_err(|e| unavailable("open pending", e))?;
+        let mut pending = txn
+            .open_table(PENDING)
+            .map_err(|e| unavailable("open pending", e))?;
         if c.pending {
-            pending.insert(c.actor.as_str(), ()).map_err(|e| unavailable("write pending", e))?;
+            pending
+                .insert(c.actor.as_str(), ())
+                .map_err(|e| unavailable("write pending", e))?;
         } else {
-            pending.remove(c.actor.as_str()).map_err(|e| unavailable("write pending", e))?;
+            pending
+                .remove(c.actor.as_str())
+                .map_err(|e| unavailable("write pending", e))?;
         }
     }
     Ok(Ok(()))
@@ -304,8 +379,12 @@ fn apply(txn: &WriteTransaction, c: &Commit, retention: u64) -> Result<Result<()
 
 fn sweep_expired(txn: &WriteTransaction) -> Result<(), StoreError> {
     let now = unix_now();
-    let mut expiry = txn.open_table(EXPIRY).map_err(|e| unavailable("open expiry", e))?;
-    let mut idem = txn.open_table(IDEMPOTENCY).map_err(|e| unavailable("open idempotency", e))?;
+    let mut expiry = txn
+        .open_table(EXPIRY)
+        .map_err(|e| unavailable("open expiry", e))?;
+    let mut idem = txn
+        .open_table(IDEMPOTENCY)
+        .map_err(|e| unavailable("open idempotency", e))?;
     let expired: Vec<(u64, String, String)> = expiry
         .range((0, "", "")..(now, "", ""))
         .map_err(|e| unavailable("read expiry", e))?
@@ -316,13 +395,18 @@ fn sweep_expired(txn: &WriteTransaction) -> Result<(), StoreError> {
         })
         .collect();
     for (t, actor, key) in &expired {
-        expiry.remove((*t, actor.as_str(), key.as_str())).map_err(|e| unavailable("sweep", e))?;
+        expiry
+            .remove((*t, actor.as_str(), key.as_str()))
+            .map_err(|e| unavailable("sweep", e))?;
         // A newer record under the same key has a later expiry: keep it.
-        let current = idem.get((actor.as_str(), key.as_str())).map_err(|e| unavailable("sweep", e))?
+        let current = idem
+            .get((actor.as_str(), key.as_str()))
+            .map_err(|e| unavailable("sweep", e))?
             .map(|v| split_u64(v.value()).map(|(e, _)| e))
             .transpose()?;
         if current.is_some_and(|e| e <= now) {
-            idem.remove((actor.as_str(), key.as_str())).map_err(|e| unavailable("sweep", e))?;
+            idem.remove((actor.as_str(), key.as_str()))
+                .map_err(|e| unavailable("sweep", e))?;
         }
     }
     if !expired.is_empty() {
@@ -348,7 +432,10 @@ fn split_u64(bytes: &[u8]) -> Result<(u64, &[u8]), StoreError> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {

@@ -51,7 +51,11 @@ pub struct Commit {
 pub enum StoreError {
     /// The stored version is not the expected one: another activation wrote.
     #[error("version conflict on {actor}: expected {expected}, found {found}")]
-    Conflict { actor: String, expected: u64, found: u64 },
+    Conflict {
+        actor: String,
+        expected: u64,
+        found: u64,
+    },
     /// The store cannot be reached or refused the operation; retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -81,7 +85,12 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot answer.
-    async fn entries(&self, actor: &str, after: u64, limit: u32) -> Result<Vec<Vec<u8>>, StoreError>;
+    async fn entries(
+        &self,
+        actor: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
 
     /// An unexpired idempotency record.
     ///
@@ -98,6 +107,9 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot answer.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Deletes expired idempotency records.
+    async fn sweep(&self);
 
     /// Waits for queued commits and releases the store.
     async fn close(&self);

@@ -1,0 +1,168 @@
+//! `/v1/accounts`: thin translations onto the account actor's messages.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use troupe_actors::account::Account;
+use troupe_actors::Behavior;
+use utoipa::IntoParams;
+
+use super::body::JsonBody;
+use super::context::RequestMeta;
+use super::error::ApiError;
+use super::openapi::{AccountView, ErrorBody, Movement};
+use super::{method_not_allowed, parse_id, send, Shape};
+use crate::runtime::Runtime;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/accounts/{id}")
+            .route(web::put().to(open))
+            .route(web::get().to(get))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/accounts/{id}/deposits")
+            .route(web::post().to(deposit))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/accounts/{id}/withdrawals")
+            .route(web::post().to(withdraw))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/accounts/{id}/entries")
+            .route(web::get().to(entries))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// Open an account; `200` when it already exists with the same settings.
+#[utoipa::path(put, path = "/v1/accounts/{id}", tag = "accounts",
+    request_body(content = Option<troupe_actors::account::OpenPayload>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Opened", body = AccountView),
+        (status = 200, description = "Already open with these settings", body = AccountView),
+        (status = 409, description = "Exists with other settings", body = ErrorBody),
+        (status = 400, body = ErrorBody)))]
+pub async fn open(
+    rt: web::Data<Runtime>,
+    meta: RequestMeta,
+    id: web::Path<String>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&meta, id.into_inner())?;
+    // PUT is idempotent by itself; a key adds nothing.
+    let meta = RequestMeta {
+        idempotency_key: None,
+        ..meta
+    };
+    send(
+        &rt,
+        &meta,
+        Account::KIND,
+        id,
+        "open",
+        body.0,
+        Shape::Resource,
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts",
+    responses((status = 200, body = AccountView), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    rt: web::Data<Runtime>,
+    meta: RequestMeta,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&meta, id.into_inner())?;
+    send(
+        &rt,
+        &meta,
+        Account::KIND,
+        id,
+        "get",
+        json!({}),
+        Shape::Resource,
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{id}/deposits", tag = "accounts",
+    request_body = troupe_actors::account::AmountPayload,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same body")),
+    responses((status = 200, body = Movement), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn deposit(
+    rt: web::Data<Runtime>,
+    meta: RequestMeta,
+    id: web::Path<String>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&meta, id.into_inner())?;
+    send(
+        &rt,
+        &meta,
+        Account::KIND,
+        id,
+        "deposit",
+        body.0,
+        Shape::Resource,
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{id}/withdrawals", tag = "accounts",
+    request_body = troupe_actors::account::AmountPayload,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same body")),
+    responses((status = 200, body = Movement), (status = 422, description = "insufficient_funds", body = ErrorBody)))]
+pub async fn withdraw(
+    rt: web::Data<Runtime>,
+    meta: RequestMeta,
+    id: web::Path<String>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&meta, id.into_inner())?;
+    send(
+        &rt,
+        &meta,
+        Account::KIND,
+        id,
+        "withdraw",
+        body.0,
+        Shape::Resource,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesQuery {
+    /// Only entries with a greater sequence number.
+    after: Option<u64>,
+    /// 1 to 1000, 100 by default.
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}/entries", tag = "accounts", params(EntriesQuery),
+    responses((status = 200, body = super::openapi::EntriesPage), (status = 404, body = ErrorBody)))]
+pub async fn entries(
+    rt: web::Data<Runtime>,
+    meta: RequestMeta,
+    id: web::Path<String>,
+    query: web::Query<EntriesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&meta, id.into_inner())?;
+    let EntriesQuery { after, limit } = query.into_inner();
+    send(
+        &rt,
+        &meta,
+        Account::KIND,
+        id,
+        "entries",
+        json!({ "after": after, "limit": limit }),
+        Shape::Resource,
+    )
+    .await
+}

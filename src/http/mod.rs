@@ -1,0 +1,135 @@
+//! The HTTP layer: routes translate a request into a message for an actor
+//! and the actor's answer into a response. Nothing here holds business
+//! state.
+
+mod accounts;
+mod actors;
+mod body;
+pub mod context;
+mod error;
+mod openapi;
+mod ops;
+mod transfers;
+
+use actix_web::http::header::HeaderName;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+use troupe_actors::kinds::{self, ParseFailure};
+use troupe_actors::{ActorId, Address, ErrorCode, Status};
+
+pub use context::RequestIds;
+pub use error::ApiError;
+
+use crate::runtime::{Answer, IdempotencyRequest, Runtime};
+use context::RequestMeta;
+
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// HTTP limits handlers and extractors read from app data.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub retry_after_s: u64,
+}
+
+/// Registers every route of API.md.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::PathConfig::default().error_handler(|e, req| {
+        ApiError::for_request(req, ErrorCode::InvalidRequest, format!("bad path: {e}")).into()
+    }))
+    .app_data(web::QueryConfig::default().error_handler(|e, req| {
+        ApiError::for_request(
+            req,
+            ErrorCode::InvalidRequest,
+            format!("bad query string: {e}"),
+        )
+        .into()
+    }))
+    .configure(accounts::routes)
+    .configure(transfers::routes)
+    .configure(actors::routes)
+    .configure(ops::routes)
+    .configure(openapi::routes);
+}
+
+/// The answer to a request for a path no route has.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::for_request(
+        &req,
+        ErrorCode::NotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}
+
+/// The answer to a method a resource does not accept.
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::for_request(
+        &req,
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
+}
+
+/// How a successful reply is laid out.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// The reply's body, `201` when the actor created something.
+    Resource,
+    /// `200 {"reply": ...}`, for the actor API.
+    Wrapped,
+}
+
+fn parse_id(meta: &RequestMeta, raw: String) -> Result<ActorId, ApiError> {
+    ActorId::parse(raw).map_err(|e| meta.error(ErrorCode::InvalidRequest, e.to_string()))
+}
+
+/// Sends one message and turns the answer into a response.
+async fn send(
+    runtime: &Runtime,
+    meta: &RequestMeta,
+    kind: &str,
+    id: ActorId,
+    message: &str,
+    payload: Value,
+    shape: Shape,
+) -> Result<HttpResponse, ApiError> {
+    let idempotency = meta
+        .idempotency_key
+        .clone()
+        .map(|key| IdempotencyRequest::new(key, message, &payload));
+    let command = kinds::parse(kind, message, payload).map_err(|e| match e {
+        ParseFailure::UnknownKind(_) | ParseFailure::UnknownMessage { .. } => {
+            meta.error(ErrorCode::NotFound, e.to_string())
+        }
+        ParseFailure::Invalid(e) => meta.error(ErrorCode::InvalidRequest, e.to_string()),
+    })?;
+    let address = Address::new(command.kind(), id);
+    let answer = runtime
+        .ask(address, command, meta.deadline, idempotency)
+        .await;
+    respond(answer, meta, shape)
+}
+
+fn respond(answer: Answer, meta: &RequestMeta, shape: Shape) -> Result<HttpResponse, ApiError> {
+    let Answer { outcome, replayed } = answer;
+    match outcome {
+        Ok(reply) => {
+            let mut response = match (shape, reply.status) {
+                (Shape::Resource, Status::Created) => HttpResponse::Created(),
+                _ => HttpResponse::Ok(),
+            };
+            if replayed {
+                response.insert_header((IDEMPOTENT_REPLAYED, "true"));
+            }
+            Ok(match shape {
+                Shape::Resource => response.json(reply.body),
+                Shape::Wrapped => response.json(json!({ "reply": reply.body })),
+            })
+        }
+        Err(rejection) => {
+            let mut error = ApiError::from_rejection(rejection, &meta.ids, meta.retry_after_s);
+            error.replayed = replayed;
+            Err(error)
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Operations routes: liveness, readiness and metrics.
+
+use std::time::Duration;
+
+use actix_web::http::header::ContentType;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+use troupe_actors::ErrorCode;
+
+use super::context::RequestMeta;
+use super::error::ApiError;
+use crate::runtime::Runtime;
+use crate::telemetry::Metrics;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "{\"status\": \"ok\"}")))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// `200` when the store answers and the server is not draining.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "{\"status\": \"ready\"}"), (status = 503, body = super::openapi::ErrorBody)))]
+pub async fn readyz(rt: web::Data<Runtime>, meta: RequestMeta) -> Result<HttpResponse, ApiError> {
+    if rt.is_draining() {
+        return Err(meta.error(ErrorCode::Unavailable, "the server is shutting down"));
+    }
+    match tokio::time::timeout(Duration::from_secs(2), rt.store().ping()).await {
+        Ok(Ok(())) => Ok(
+            HttpResponse::Ok().json(json!({ "status": "ready", "store": rt.store().backend() }))
+        ),
+        Ok(Err(e)) => Err(meta.error(ErrorCode::Unavailable, e.to_string())),
+        Err(_) => Err(meta.error(ErrorCode::Unavailable, "the store did not answer in time")),
+    }
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType(
+            prometheus::TEXT_FORMAT.parse().unwrap_or(mime::TEXT_PLAIN),
+        ))
+        .body(metrics.render())
+}

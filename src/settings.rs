@@ -1,0 +1,243 @@
+//! Typed settings, layered with the `config` crate (lowest to highest):
+//! `config/default.toml`, `config/{env}.toml`, `config/local.toml`,
+//! environment variables `TROUPE__SECTION__KEY`, then command-line flags.
+//!
+//! The defaults are also compiled in, so the binary runs from any directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+use crate::runtime::{RestartPolicy, RuntimeOptions};
+use crate::store::StoreOptions;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub store: StoreSettings,
+    pub runtime: RuntimeSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub port: u16,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub drain_delay_ms: u64,
+    pub shutdown_grace_ms: u64,
+    pub retry_after_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    Embedded,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: StoreBackend,
+    pub path: PathBuf,
+    pub max_batch: usize,
+    pub queue: usize,
+    pub idempotency_retention_s: u64,
+    pub sweep_interval_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    pub shards: usize,
+    pub mailbox_capacity: usize,
+    pub shard_mailbox_capacity: usize,
+    pub idle_timeout_ms: u64,
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    pub effect_timeout_ms: u64,
+    pub idempotency_cache: usize,
+    pub supervision: SupervisionSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionSettings {
+    pub max_restarts: u32,
+    pub window_ms: u64,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+/// Where to find the layers.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Directory of `default.toml`, `{env}.toml` and `local.toml`.
+    pub config_dir: Option<PathBuf>,
+    /// `development` when `None`.
+    pub env: Option<String>,
+    /// `(dotted.key, value)` pairs from flags: the highest layer.
+    pub overrides: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {key} = {value:?} is invalid: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+impl Settings {
+    /// Reads and validates every layer.
+    ///
+    /// # Errors
+    /// When a file cannot be parsed, a value has the wrong type, or a value
+    /// is out of range; the message names the key.
+    pub fn load(sources: &Sources) -> Result<Self, SettingsError> {
+        let dir = sources
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let env = sources.env.clone().unwrap_or_else(|| "development".into());
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        for name in ["default", env.as_str(), "local"] {
+            builder = builder.add_source(
+                File::from(dir.join(name))
+                    .format(FileFormat::Toml)
+                    .required(false),
+            );
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("TROUPE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (key, value) in &sources.overrides {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let positive: [(&'static str, u64); 9] = [
+            ("server.max_body_bytes", self.server.max_body_bytes as u64),
+            ("store.max_batch", self.store.max_batch as u64),
+            ("store.queue", self.store.queue as u64),
+            (
+                "runtime.mailbox_capacity",
+                self.runtime.mailbox_capacity as u64,
+            ),
+            (
+                "runtime.shard_mailbox_capacity",
+                self.runtime.shard_mailbox_capacity as u64,
+            ),
+            ("runtime.idle_timeout_ms", self.runtime.idle_timeout_ms),
+            (
+                "runtime.default_timeout_ms",
+                self.runtime.default_timeout_ms,
+            ),
+            ("runtime.effect_timeout_ms", self.runtime.effect_timeout_ms),
+            (
+                "runtime.supervision.window_ms",
+                self.runtime.supervision.window_ms,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(SettingsError::Invalid {
+                    key,
+                    value: value.to_string(),
+                    reason: "must be at least 1",
+                });
+            }
+        }
+        if self.runtime.max_timeout_ms < self.runtime.default_timeout_ms {
+            return Err(SettingsError::Invalid {
+                key: "runtime.max_timeout_ms",
+                value: self.runtime.max_timeout_ms.to_string(),
+                reason: "must not be below runtime.default_timeout_ms",
+            });
+        }
+        if self.server.bind.parse::<std::net::IpAddr>().is_err() && self.server.bind != "localhost"
+        {
+            return Err(SettingsError::Invalid {
+                key: "server.bind",
+                value: self.server.bind.clone(),
+                reason: "must be an IP address",
+            });
+        }
+        Ok(())
+    }
+
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        let r = &self.runtime;
+        let s = &r.supervision;
+        RuntimeOptions {
+            mailbox_capacity: r.mailbox_capacity,
+            shard_mailbox_capacity: r.shard_mailbox_capacity,
+            idle_timeout: Duration::from_millis(r.idle_timeout_ms),
+            default_timeout: Duration::from_millis(r.default_timeout_ms),
+            max_timeout: Duration::from_millis(r.max_timeout_ms),
+            effect_timeout: Duration::from_millis(r.effect_timeout_ms),
+            idempotency_cache: r.idempotency_cache,
+            restart: RestartPolicy {
+                max_restarts: s.max_restarts,
+                window: Duration::from_millis(s.window_ms),
+                backoff: Duration::from_millis(s.backoff_ms),
+                max_backoff: Duration::from_millis(s.max_backoff_ms),
+            },
+        }
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            idempotency_retention: Duration::from_secs(self.store.idempotency_retention_s),
+            max_batch: self.store.max_batch,
+            queue: self.store.queue,
+        }
+    }
+
+    /// Threads for HTTP workers and for actor shards: 0 means one per core.
+    pub fn threads(configured: usize) -> usize {
+        if configured > 0 {
+            configured
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.store.path
+    }
+}

@@ -1,0 +1,164 @@
+//! The composition root: the only place that names a concrete store.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{middleware, web, App, HttpServer};
+use anyhow::Context as _;
+
+use crate::http::{self, context, HttpLimits};
+use crate::runtime::Runtime;
+use crate::settings::{Settings, StoreBackend};
+use crate::store::{EmbeddedStore, Store};
+use crate::telemetry::Metrics;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    runtime: Runtime,
+    settings: Settings,
+}
+
+impl Application {
+    /// Opens the store, starts the runtime, binds the listener and resumes
+    /// unfinished transfers. Port 0 picks a free port ([`Self::port`]).
+    ///
+    /// # Errors
+    /// When the store cannot be opened or the address cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store: Arc<dyn Store> = match settings.store.backend {
+            StoreBackend::Embedded => {
+                let store = EmbeddedStore::open(settings.data_dir(), settings.store_options())
+                    .with_context(|| {
+                        format!("opening the store in {}", settings.data_dir().display())
+                    })?;
+                Arc::new(store)
+            }
+        };
+        spawn_sweeper(
+            store.clone(),
+            Duration::from_secs(settings.store.sweep_interval_s.max(1)),
+        );
+        let runtime = Runtime::start(
+            store,
+            settings.runtime_options(),
+            Settings::threads(settings.runtime.shards),
+        );
+        let listener = TcpListener::bind((settings.server.bind.as_str(), settings.server.port))
+            .with_context(|| {
+                format!("binding {}:{}", settings.server.bind, settings.server.port)
+            })?;
+        let port = listener.local_addr()?.port();
+
+        let metrics = Metrics::new();
+        let limits = HttpLimits {
+            max_body_bytes: settings.server.max_body_bytes,
+            retry_after_s: settings.server.retry_after_s,
+        };
+        let data = (
+            web::Data::new(runtime.clone()),
+            web::Data::new(metrics),
+            web::Data::new(limits),
+        );
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.0.clone())
+                .app_data(data.1.clone())
+                .app_data(data.2.clone())
+                .wrap(middleware::from_fn(context::request_ids))
+                .configure(http::routes)
+                .default_service(web::to(http::not_found))
+        })
+        .workers(Settings::threads(settings.server.workers))
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
+        .listen(listener)?
+        .run();
+
+        let resumed = runtime
+            .resume_pending()
+            .await
+            .context("listing pending transfers")?;
+        if resumed > 0 {
+            tracing::info!(resumed, "resuming unfinished actors");
+        }
+        Ok(Self {
+            port,
+            server,
+            runtime,
+            settings,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains: `/readyz` turns 503 for
+    /// `drain_delay_ms`, the listener closes, in-flight requests finish
+    /// within the grace period, and the store flushes what is queued.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            server,
+            runtime,
+            settings,
+            ..
+        } = self;
+        let handle = server.handle();
+        let drain_delay = Duration::from_millis(settings.server.drain_delay_ms);
+        let rt = runtime.clone();
+        actix_rt::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: draining");
+            rt.set_draining();
+            tokio::time::sleep(drain_delay).await;
+            handle.stop(true).await;
+        });
+        server.await?;
+        runtime.store().close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Deletes expired idempotency keys now and then.
+fn spawn_sweeper(store: Arc<dyn Store>, every: Duration) {
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            store.sweep().await;
+        }
+    });
+}
