@@ -100,6 +100,11 @@ impl Application {
         &self.runtime
     }
 
+    /// Stops the server as a signal would (graceful when `graceful`).
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     /// Serves until SIGTERM or SIGINT, then drains: `/readyz` turns 503 for
     /// `drain_delay_ms`, the listener closes, in-flight requests finish
     /// within the grace period, and the store flushes what is queued.

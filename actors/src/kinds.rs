@@ -113,10 +113,15 @@ pub fn catalog() -> Vec<KindSpec> {
 /// # Errors
 /// When the payload does not match `T`.
 pub fn payload<T: serde::de::DeserializeOwned>(payload: Value) -> Result<T, ParseError> {
-    let payload = if payload.is_null() {
-        Value::Object(Default::default())
-    } else {
-        payload
+    let payload = match payload {
+        Value::Null => Value::Object(Default::default()),
+        object @ Value::Object(_) => object,
+        // serde would read a struct from an array too; payloads are objects.
+        other => {
+            return Err(ParseError::new(format!(
+                "the payload must be a JSON object, got {other}"
+            )));
+        }
     };
     serde_json::from_value(payload).map_err(|e| ParseError::new(e.to_string()))
 }

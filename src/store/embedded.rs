@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -47,7 +48,8 @@ pub struct WriterStats {
 }
 
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    /// Taken out by `close`, which releases the file for another opener.
+    db: ArcSwapOption<Database>,
     writer: mpsc::Sender<Request>,
     stats: Arc<WriterStats>,
 }
@@ -72,16 +74,25 @@ impl EmbeddedStore {
         std::thread::Builder::new()
             .name("troupe-store-writer".into())
             .spawn(move || {
-                write_loop(
+                let closed = write_loop(
                     &thread_db,
                     rx,
                     options.max_batch.max(1),
                     retention,
                     &thread_stats,
-                )
+                );
+                // Release the file before telling `close` it may return.
+                drop(thread_db);
+                if let Some(done) = closed {
+                    let _ = done.send(());
+                }
             })
             .map_err(|e| unavailable("start writer", e))?;
-        Ok(Self { db, writer, stats })
+        Ok(Self {
+            db: ArcSwapOption::new(Some(db)),
+            writer,
+            stats,
+        })
     }
 
     pub fn stats(&self) -> &WriterStats {
@@ -93,7 +104,10 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
+        let db = self
+            .db
+            .load_full()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
@@ -221,16 +235,18 @@ impl Store for EmbeddedStore {
         if self.writer.send(Request::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
+        self.db.store(None);
     }
 }
 
+/// Runs until the channel closes or a `Close` arrives; returns its sender.
 fn write_loop(
     db: &Database,
     mut rx: mpsc::Receiver<Request>,
     max_batch: usize,
     retention: u64,
     stats: &WriterStats,
-) {
+) -> Option<oneshot::Sender<()>> {
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -253,11 +269,11 @@ fn write_loop(
         if !commits.is_empty() || sweep {
             write_batch(db, commits, sweep, retention, stats);
         }
-        if let Some(done) = closing {
-            let _ = done.send(());
-            return;
+        if closing.is_some() {
+            return closing;
         }
     }
+    None
 }
 
 /// One transaction, one fsync, for every commit in the batch.

@@ -1,0 +1,270 @@
+//! One way to start the service for a test: its own port, its own data
+//! directory, real HTTP over loopback. Logs stay silent unless `TEST_LOG`
+//! is set.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Once;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use troupe::settings::{LogFormat, LogSettings, Settings, Sources};
+use troupe::startup::Application;
+
+static LOGS: Once = Once::new();
+
+pub fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+/// The settings of a test server: defaults, a free port, `dir` as store.
+pub fn test_settings(dir: &Path) -> Settings {
+    let sources = Sources {
+        config_dir: Some(config_dir()),
+        env: Some("test".into()),
+        overrides: vec![
+            ("server.port".into(), "0".into()),
+            ("server.workers".into(), "2".into()),
+            ("runtime.shards".into(), "2".into()),
+            ("store.path".into(), dir.display().to_string()),
+        ],
+    };
+    Settings::load(&sources).expect("test settings load")
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: Client,
+    pub dir: TempDir,
+    pub app_runtime: troupe::runtime::Runtime,
+    handle: ServerHandle,
+    task: actix_rt::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TempDir::new().expect("temp dir"), |_| {}).await
+}
+
+pub async fn spawn_app_with(dir: TempDir, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    LOGS.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            troupe::telemetry::init_logging(&LogSettings {
+                filter: "info,troupe=debug".into(),
+                format: LogFormat::Pretty,
+            });
+        }
+    });
+    let mut settings = test_settings(dir.path());
+    tweak(&mut settings);
+    let app = Application::build(settings).await.expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.server_handle();
+    let app_runtime = app.runtime().clone();
+    let task = actix_rt::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: Client::new(),
+        dir,
+        app_runtime,
+        handle,
+        task,
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and closes the store; returns the data
+    /// directory for a restart.
+    pub async fn stop(self) -> TempDir {
+        self.handle.stop(true).await;
+        self.task
+            .await
+            .expect("server task")
+            .expect("server stops cleanly");
+        self.dir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_with_key(&self, path: &str, key: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn open(&self, id: &str) {
+        let r = self.put(&format!("/v1/accounts/{id}"), json!({})).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "opening {id}");
+    }
+
+    pub async fn deposit(&self, id: &str, amount: u64) -> Response {
+        self.post(
+            &format!("/v1/accounts/{id}/deposits"),
+            json!({ "amount": amount }),
+        )
+        .await
+    }
+
+    pub async fn balance(&self, id: &str) -> i64 {
+        let body = json_of(self.get(&format!("/v1/accounts/{id}")).await).await;
+        body["balance"].as_i64().expect("a balance")
+    }
+}
+
+pub async fn json_of(response: Response) -> Value {
+    response.json().await.expect("a JSON body")
+}
+
+/// Asserts the API's error shape and code, and returns the body.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    let body = json_of(response).await;
+    assert_eq!(body["error"]["code"], json!(code), "body: {body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert!(body["error"]["request_id"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert!(body["error"]["trace_id"]
+        .as_str()
+        .is_some_and(|m| m.len() == 32));
+    body
+}
+
+/// Every entry of an account, following `next`.
+pub async fn all_entries(client: &Client, base: &str, id: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let url = format!("{base}/v1/accounts/{id}/entries?after={after}&limit=1000");
+        let page: Value = client
+            .get(url)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        out.extend(page["entries"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_u64() {
+            Some(next) => after = next,
+            None => return out,
+        }
+    }
+}
+
+/// Checks that an account's journal replays to its balance: gapless
+/// sequence numbers, and each `balance_after` follows from the last.
+pub fn replay_journal(entries: &[Value]) -> i64 {
+    let mut balance = 0i64;
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["seq"].as_u64(), Some(i as u64 + 1), "gapless journal");
+        let amount = e["amount"].as_i64().expect("amount");
+        balance += match e["kind"].as_str() {
+            Some("deposit" | "transfer_credit" | "refund") => amount,
+            Some("withdrawal" | "transfer_debit") => -amount,
+            other => panic!("unknown entry kind {other:?}"),
+        };
+        assert_eq!(e["balance_after"].as_i64(), Some(balance), "entry {e}");
+    }
+    balance
+}
+
+/// A free loopback port for a child process.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The service as a child process on `port` with `dir` as its store.
+pub struct Child {
+    pub process: tokio::process::Child,
+    pub address: String,
+}
+
+impl Child {
+    pub async fn start(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"));
+        command
+            .args([
+                "--port",
+                &port.to_string(),
+                "--data-dir",
+                &dir.display().to_string(),
+            ])
+            .arg("--config-dir")
+            .arg(config_dir())
+            .env("TROUPE__RUNTIME__SHARDS", "2")
+            .env("TROUPE__SERVER__WORKERS", "2")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if std::env::var_os("TEST_LOG").is_none() {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let process = command.spawn().expect("the troupe binary starts");
+        let child = Self {
+            process,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        child.wait_ready().await;
+        child
+    }
+
+    async fn wait_ready(&self) {
+        let client = Client::new();
+        for _ in 0..300 {
+            if let Ok(r) = client.get(format!("{}/readyz", self.address)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the child did not become ready");
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.process.id().expect("a running child") as i32)
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests over real HTTP on loopback. Each test starts its own
+//! server on a free port with its own data directory.
+
+mod accounts;
+mod actors;
+mod concurrency;
+mod crash;
+mod errors;
+mod helpers;
+mod idempotency;
+mod restart;
+mod runtime;
+mod supervision;
+mod transfers;

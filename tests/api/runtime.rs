@@ -1,0 +1,104 @@
+//! Deadlines, bounded mailboxes and the operations routes.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::json;
+use tempfile::TempDir;
+use troupe_actors::account::Command;
+use troupe_actors::{ActorId, Address, Amount, AnyCommand, ErrorCode};
+
+use crate::helpers::{assert_error, json_of, spawn_app, spawn_app_with};
+
+#[actix_rt::test]
+async fn a_message_whose_deadline_passed_in_the_mailbox_is_dropped_unprocessed() {
+    let app = spawn_app().await;
+    app.open("a").await;
+    let deposit = AnyCommand::Account(Command::Deposit {
+        amount: Amount::new(5).unwrap(),
+    });
+    let past = tokio::time::Instant::now()
+        .checked_sub(Duration::from_millis(1))
+        .unwrap();
+    let address = Address::new("account", ActorId::parse("a").unwrap());
+    let answer = app.app_runtime.ask(address, deposit, past, None).await;
+    assert_eq!(
+        answer.outcome.unwrap_err().code,
+        ErrorCode::DeadlineExceeded
+    );
+    // Whatever the actor does with it, it must not apply it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(app.balance("a").await, 0);
+}
+
+#[actix_rt::test]
+async fn a_full_mailbox_answers_429_with_retry_after_and_loses_nothing_acknowledged() {
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| s.runtime.mailbox_capacity = 1).await;
+    app.open("hot").await;
+    let requests = (0..300).map(|_| app.deposit("hot", 1));
+    let responses = join_all(requests).await;
+    let mut accepted = 0;
+    let mut overloaded = 0;
+    for r in responses {
+        match r.status() {
+            StatusCode::OK => accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(r.headers()["retry-after"], "1");
+                assert_error(r, StatusCode::TOO_MANY_REQUESTS, "overloaded").await;
+                overloaded += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(overloaded > 0, "a mailbox of one never overflowed");
+    assert_eq!(app.balance("hot").await, accepted);
+}
+
+#[actix_rt::test]
+async fn health_readiness_openapi_and_metrics_answer() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(json_of(ready).await["store"], json!("embedded"));
+
+    let doc = json_of(app.get("/openapi.json").await).await;
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    for path in [
+        "/v1/accounts/{id}",
+        "/v1/accounts/{id}/deposits",
+        "/v1/accounts/{id}/entries",
+        "/v1/transfers",
+        "/v1/transfers/{id}",
+        "/v1/actors",
+        "/v1/actors/{kind}/{id}/{message}",
+        "/readyz",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("process_resident_memory_bytes"));
+}
+
+#[actix_rt::test]
+async fn idle_actors_are_passivated_and_come_back_with_their_state() {
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| s.runtime.idle_timeout_ms = 30).await;
+    app.open("sleepy").await;
+    app.deposit("sleepy", 9).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.balance("sleepy").await, 9);
+    assert_eq!(
+        json_of(app.deposit("sleepy", 1).await).await["version"],
+        json!(3)
+    );
+}
