@@ -41,6 +41,8 @@ impl Message for Delivery {
 }
 
 type ReplyTx = oneshot::Sender<Answer>;
+/// Raw journal rows read for one `entries` message.
+type Page = Result<Vec<Vec<u8>>, StoreError>;
 
 /// Everything handled since the last commit.
 #[derive(Default)]
@@ -373,7 +375,7 @@ impl<B: Behavior> Activation<B> {
         &mut self,
         batch: Batch,
         version: u64,
-        result: Result<Vec<Result<Vec<Vec<u8>>, StoreError>>, StoreError>,
+        result: Result<Vec<Page>, StoreError>,
         ctx: &mut Context<Self>,
     ) {
         match result {

@@ -1,0 +1,38 @@
+# troupe: `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help run test bench bench-http lint fmt clean deps
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+run: ## Serve on 127.0.0.1:8080 with the embedded store in ./data
+	$(CARGO) run --release
+
+deps: ## Install the system packages tests and benches need (Debian)
+	@scripts/deps.sh
+
+test: deps ## Run the whole test suite
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+bench: ## Criterion benches: in-process round trip, domain apply
+	$(CARGO) bench --workspace
+
+bench-http: deps ## Release build + wrk: baseline vs reads vs durable deposits, 1 and 2 workers
+	scripts/bench-http.sh
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+clean: ## Remove build output and the local data directory
+	$(CARGO) clean
+	rm -rf data
