@@ -56,7 +56,6 @@ pub struct StoreSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
-    pub shards: usize,
     pub mailbox_capacity: usize,
     pub shard_mailbox_capacity: usize,
     pub idle_timeout_ms: u64,

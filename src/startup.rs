@@ -41,11 +41,8 @@ impl Application {
             store.clone(),
             Duration::from_secs(settings.store.sweep_interval_s.max(1)),
         );
-        let runtime = Runtime::start(
-            store,
-            settings.runtime_options(),
-            Settings::threads(settings.runtime.shards),
-        );
+        let workers = Settings::threads(settings.server.workers);
+        let runtime = Runtime::new(store, settings.runtime_options(), workers);
         let listener = TcpListener::bind((settings.server.bind.as_str(), settings.server.port))
             .with_context(|| {
                 format!("binding {}:{}", settings.server.bind, settings.server.port)
@@ -63,6 +60,8 @@ impl Application {
             web::Data::new(limits),
         );
         let server = HttpServer::new(move || {
+            // Runs once on each worker thread: the worker hosts a shard.
+            data.0.host_shard_here();
             App::new()
                 .app_data(data.0.clone())
                 .app_data(data.1.clone())
@@ -71,7 +70,7 @@ impl Application {
                 .configure(http::routes)
                 .default_service(web::to(http::not_found))
         })
-        .workers(Settings::threads(settings.server.workers))
+        .workers(workers)
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
         .listen(listener)?

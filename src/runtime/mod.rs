@@ -13,7 +13,9 @@
 //!
 //! Nothing is shared between shards but the store; a shard and its
 //! activations live on one thread, so routing inside a shard costs no
-//! synchronisation.
+//! synchronisation. In the service each HTTP worker hosts one shard: a
+//! request whose actor lives on its own worker never leaves the thread
+//! (a cross-thread wake-up costs tens of microseconds on small VMs).
 
 mod activation;
 mod idempotency;
@@ -22,12 +24,12 @@ mod supervision;
 
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Arbiter};
-use arc_swap::ArcSwap;
-use tokio::sync::oneshot;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use troupe_actors::{kinds, Address, AnyCommand, ErrorCode, Outcome, Rejection};
 
@@ -94,37 +96,87 @@ pub struct Runtime {
 }
 
 struct Inner {
-    shards: OnceLock<Vec<Addr<Shard>>>,
+    shards: Vec<ShardSlot>,
     options: ArcSwap<RuntimeOptions>,
     store: Arc<dyn Store>,
     draining: AtomicBool,
 }
 
+/// Where one shard lives, once a thread hosts it.
+#[derive(Default)]
+struct ShardSlot {
+    addr: ArcSwapOption<Addr<Shard>>,
+    hosted: Notify,
+}
+
 impl Runtime {
-    /// Starts one shard per arbiter thread.
-    pub fn start(store: Arc<dyn Store>, options: RuntimeOptions, threads: usize) -> Self {
-        let runtime = Self {
+    /// A runtime with `shards` shards and no thread hosting them yet: each
+    /// HTTP worker calls [`Runtime::host_shard_here`], so a request and the
+    /// actors of its worker's shard share a thread and hand messages over
+    /// without a cross-thread wake-up.
+    pub fn new(store: Arc<dyn Store>, options: RuntimeOptions, shards: usize) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                shards: OnceLock::new(),
+                shards: (0..shards.max(1)).map(|_| ShardSlot::default()).collect(),
                 options: ArcSwap::from_pointee(options),
                 store,
                 draining: AtomicBool::new(false),
             }),
-        };
-        let shards = (0..threads.max(1))
-            .map(|index| {
-                let arbiter = Arbiter::new();
-                let rt = runtime.clone();
-                let addr = actix::Actor::start_in_arbiter(&arbiter.handle(), move |ctx| {
-                    Shard::new(index, rt, ctx)
-                });
-                // The arbiter thread lives as long as the actix system.
-                drop(arbiter);
-                addr
-            })
-            .collect();
-        let _ = runtime.inner.shards.set(shards);
+        }
+    }
+
+    /// A runtime whose shards each get an arbiter thread of their own (for
+    /// benches and tools that run no HTTP server).
+    pub fn start(store: Arc<dyn Store>, options: RuntimeOptions, threads: usize) -> Self {
+        let runtime = Self::new(store, options, threads);
+        for index in 0..runtime.inner.shards.len() {
+            let arbiter = Arbiter::new();
+            let rt = runtime.clone();
+            let addr = actix::Actor::start_in_arbiter(&arbiter.handle(), move |ctx| {
+                Shard::new(index, rt, ctx)
+            });
+            runtime.register(index, addr);
+            // The arbiter thread lives as long as the actix system.
+            drop(arbiter);
+        }
         runtime
+    }
+
+    /// Starts a shard on the current thread's arbiter, taking the first
+    /// slot that no live shard holds (a restarted worker takes over the
+    /// slot of the one that died). Returns the slot, if any was free.
+    pub fn host_shard_here(&self) -> Option<usize> {
+        let index = self
+            .inner
+            .shards
+            .iter()
+            .position(|slot| match &*slot.addr.load() {
+                None => true,
+                Some(addr) => !addr.connected(),
+            })?;
+        // Claim the slot before starting so a concurrent worker picks another.
+        let rt = self.clone();
+        let addr = <Shard as actix::Actor>::create(move |ctx| Shard::new(index, rt, ctx));
+        self.register(index, addr);
+        Some(index)
+    }
+
+    fn register(&self, index: usize, addr: Addr<Shard>) {
+        let slot = &self.inner.shards[index];
+        slot.addr.store(Some(Arc::new(addr)));
+        slot.hosted.notify_waiters();
+    }
+
+    /// The shard at `index`, waiting until `deadline` for a thread to host it.
+    async fn shard(&self, index: usize, deadline: Instant) -> Option<Arc<Addr<Shard>>> {
+        let slot = &self.inner.shards[index];
+        loop {
+            let hosted = slot.hosted.notified();
+            if let Some(addr) = slot.addr.load_full() {
+                return Some(addr);
+            }
+            tokio::time::timeout_at(deadline, hosted).await.ok()?;
+        }
     }
 
     pub fn options(&self) -> Arc<RuntimeOptions> {
@@ -159,10 +211,10 @@ impl Runtime {
         deadline: Instant,
         idempotency: Option<IdempotencyRequest>,
     ) -> Answer {
-        let Some(shards) = self.inner.shards.get() else {
+        let index = shard_of(&address, self.inner.shards.len());
+        let Some(shard) = self.shard(index, deadline).await else {
             return Answer::error(ErrorCode::Unavailable, "the runtime is starting");
         };
-        let shard = &shards[shard_of(&address, shards.len())];
         let (reply, rx) = oneshot::channel();
         let span = tracing::Span::current();
         let envelope = Envelope {

@@ -29,7 +29,6 @@ pub fn test_settings(dir: &Path) -> Settings {
         overrides: vec![
             ("server.port".into(), "0".into()),
             ("server.workers".into(), "2".into()),
-            ("runtime.shards".into(), "2".into()),
             ("store.path".into(), dir.display().to_string()),
         ],
     };
@@ -232,7 +231,6 @@ impl Child {
             ])
             .arg("--config-dir")
             .arg(config_dir())
-            .env("TROUPE__RUNTIME__SHARDS", "2")
             .env("TROUPE__SERVER__WORKERS", "2")
             .stdin(Stdio::null())
             .kill_on_drop(true);
