@@ -72,7 +72,6 @@ impl Batch {
 
 pub struct Activation<B: Behavior> {
     address: Address,
-    key: String,
     runtime: Runtime,
     status: Rc<SlotStatus>,
     state: B::State,
@@ -80,12 +79,13 @@ pub struct Activation<B: Behavior> {
     version: u64,
     durable_version: u64,
     loaded: bool,
-    batch: Batch,
+    /// Boxed and absent between batches: an idle activation stays small.
+    batch: Option<Box<Batch>>,
     flush_scheduled: bool,
     /// Callers answered when the behaviour settles (a transfer's `start`).
     parked: Vec<(ReplyTx, bool)>,
-    idempotency: Option<LruCache<String, IdempotencyRecord>>,
-    supervision: Supervision,
+    idempotency: Option<Box<LruCache<String, IdempotencyRecord>>>,
+    supervision: Option<Box<Supervision>>,
     /// A restart to perform, after this backoff, once the batch is flushed.
     restart: Option<Duration>,
 }
@@ -120,7 +120,6 @@ impl<B: Behavior> Activation<B> {
         Activation::<B>::create(move |ctx| {
             ctx.set_mailbox_capacity(capacity);
             Self {
-                key: address.to_string(),
                 address,
                 runtime,
                 status,
@@ -128,11 +127,11 @@ impl<B: Behavior> Activation<B> {
                 version: 0,
                 durable_version: 0,
                 loaded: false,
-                batch: Batch::default(),
+                batch: None,
                 flush_scheduled: false,
                 parked: Vec::new(),
                 idempotency: None,
-                supervision: Supervision::default(),
+                supervision: None,
                 restart: None,
             }
         })
@@ -150,7 +149,7 @@ impl<B: Behavior> Activation<B> {
                 ),
             );
         }
-        if self.supervision.failed(now) {
+        if self.supervision.as_mut().is_some_and(|s| s.failed(now)) {
             let message = format!("{} is failing repeatedly; retry later", self.address);
             return self.respond(
                 envelope.reply,
@@ -167,7 +166,7 @@ impl<B: Behavior> Activation<B> {
             return self.replay(envelope, &request, record);
         }
         let store = self.runtime.store().clone();
-        let (actor, key) = (self.key.clone(), request.key.clone());
+        let (actor, key) = (self.address.to_string(), request.key.clone());
         let lookup = async move { store.idempotency(&actor, &key).await };
         ctx.wait(
             lookup
@@ -192,8 +191,13 @@ impl<B: Behavior> Activation<B> {
         );
     }
 
+    fn batch(&mut self) -> &mut Batch {
+        self.batch.get_or_insert_with(Box::default)
+    }
+
     fn cached_record(&mut self, key: &str) -> Option<IdempotencyRecord> {
-        if let Some((_, r)) = self.batch.idempotency.iter().find(|(k, _)| k == key) {
+        let batched = self.batch.as_ref().and_then(|b| b.idempotency.iter().find(|(k, _)| k == key));
+        if let Some((_, r)) = batched {
             return Some(r.clone());
         }
         self.idempotency.as_mut()?.get(key).cloned()
@@ -202,7 +206,7 @@ impl<B: Behavior> Activation<B> {
     fn cache(&mut self) -> &mut LruCache<String, IdempotencyRecord> {
         let size = NonZeroUsize::new(self.runtime.options().idempotency_cache)
             .unwrap_or(NonZeroUsize::MIN);
-        self.idempotency.get_or_insert_with(|| LruCache::new(size))
+        self.idempotency.get_or_insert_with(|| Box::new(LruCache::new(size)))
     }
 
     fn replay(
@@ -260,18 +264,18 @@ impl<B: Behavior> Activation<B> {
         if let Some(change) = step.change {
             self.state = change.state;
             self.version += 1;
-            self.batch.dirty = true;
+            self.batch().dirty = true;
             for (seq, entry) in change.entries {
-                self.batch
+                self.batch()
                     .entries
                     .push((seq, entry.to_string().into_bytes()));
             }
         }
         if let Some(effect) = step.effects.into_iter().next() {
-            self.batch.effect = Some(effect);
+            self.batch().effect = Some(effect);
         }
         if let Some(outcome) = step.settle {
-            self.batch.settle = Some(outcome);
+            self.batch().settle = Some(outcome);
         }
         if let Some((reply, idempotency)) = caller {
             match step.reply {
@@ -282,7 +286,7 @@ impl<B: Behavior> Activation<B> {
                             outcome: outcome.clone(),
                         };
                         self.cache().put(request.key.clone(), record.clone());
-                        self.batch.idempotency.push((request.key, record));
+                        self.batch().idempotency.push((request.key, record));
                     }
                     self.answer(
                         reply,
@@ -294,7 +298,7 @@ impl<B: Behavior> Activation<B> {
                 }
                 ReplyPlan::Park => self.parked.push((reply, step.replayed)),
                 ReplyPlan::Journal { after, limit } => {
-                    self.batch.journal.push((reply, after, limit))
+                    self.batch().journal.push((reply, after, limit))
                 }
             }
         }
@@ -304,8 +308,9 @@ impl<B: Behavior> Activation<B> {
     /// Answers at once when nothing before it waits to be durable, else
     /// after the batch's commit.
     fn answer(&mut self, reply: ReplyTx, answer: Answer) {
-        if self.batch.writes() || !self.batch.replies.is_empty() || self.flush_scheduled {
-            self.batch.replies.push((reply, answer));
+        let waiting = self.batch.as_ref().is_some_and(|b| b.writes() || !b.replies.is_empty());
+        if waiting || self.flush_scheduled {
+            self.batch().replies.push((reply, answer));
         } else {
             self.respond(reply, answer);
         }
@@ -319,7 +324,8 @@ impl<B: Behavior> Activation<B> {
     /// Flushes once the mailbox is drained: actix polls spawned futures
     /// after the mailbox, so everything already waiting joins this batch.
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_scheduled || (self.batch.is_empty() && self.restart.is_none()) {
+        let empty = self.batch.as_ref().is_none_or(|b| b.is_empty());
+        if self.flush_scheduled || (empty && self.restart.is_none()) {
             return;
         }
         self.flush_scheduled = true;
@@ -328,9 +334,9 @@ impl<B: Behavior> Activation<B> {
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = self.batch.take().map(|b| *b).unwrap_or_default();
         let commit = batch.writes().then(|| Commit {
-            actor: self.key.clone(),
+            actor: self.address.to_string(),
             expected_version: self.durable_version,
             version: self.version,
             state: batch
@@ -353,7 +359,7 @@ impl<B: Behavior> Activation<B> {
             .map(|(_, after, limit)| (*after, *limit))
             .collect();
         let store = self.runtime.store().clone();
-        let key = self.key.clone();
+        let key = self.address.to_string();
         let version = self.version;
         let work = async move {
             if let Some(commit) = commit {
@@ -432,7 +438,7 @@ impl<B: Behavior> Activation<B> {
     fn load(&mut self, then: Option<Envelope>, ctx: &mut Context<Self>) {
         self.status.busy.set(true);
         let store = self.runtime.store().clone();
-        let key = self.key.clone();
+        let key = self.address.to_string();
         let work = async move { store.load(&key).await };
         ctx.wait(work.into_actor(self).map(move |loaded, act, ctx| {
             act.status.busy.set(false);
@@ -539,9 +545,11 @@ impl<B: Behavior> Activation<B> {
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
+        let policy = self.runtime.options().restart;
         let event = self
             .supervision
-            .on_panic(Instant::now(), &self.runtime.options().restart);
+            .get_or_insert_with(Box::default)
+            .on_panic(Instant::now(), &policy);
         tracing::error!(actor = %self.address, error.message = %cause, event = ?event, "actor panicked");
         if let Some(reply) = reply {
             let message = format!(

@@ -290,8 +290,11 @@ fn write_batch(
             .begin_write()
             .map_err(|e| unavailable("begin write", e))?;
         let mut outcomes = Vec::with_capacity(n);
-        for (commit, _) in &commits {
-            outcomes.push(apply(&txn, commit, retention)?);
+        {
+            let mut tables = Tables::open(&txn)?;
+            for (commit, _) in &commits {
+                outcomes.push(tables.apply(commit, retention)?);
+            }
         }
         if sweep {
             sweep_expired(&txn)?;
@@ -317,80 +320,60 @@ fn write_batch(
     }
 }
 
-/// Applies one commit inside the shared transaction. The outer `Result`
-/// fails the whole transaction; the inner one is this commit's own verdict.
-fn apply(
-    txn: &WriteTransaction,
-    c: &Commit,
-    retention: u64,
-) -> Result<Result<(), StoreError>, StoreError> {
-    let mut state = txn
-        .open_table(STATE)
-        .map_err(|e| unavailable("open state", e))?;
-    let found = match state
-        .get(c.actor.as_str())
-        .map_err(|e| unavailable("read state", e))?
-    {
-        Some(v) => split_u64(v.value())?.0,
-        None => 0,
-    };
-    if found != c.expected_version {
-        return Ok(Err(StoreError::Conflict {
-            actor: c.actor.clone(),
-            expected: c.expected_version,
-            found,
-        }));
+/// The tables of one write transaction, opened once for the whole batch.
+struct Tables<'txn> {
+    state: redb::Table<'txn, &'static str, &'static [u8]>,
+    entries: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    idempotency: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    expiry: redb::Table<'txn, (u64, &'static str, &'static str), ()>,
+    pending: redb::Table<'txn, &'static str, ()>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            state: txn.open_table(STATE).map_err(|e| unavailable("open state", e))?,
+            entries: txn.open_table(ENTRIES).map_err(|e| unavailable("open entries", e))?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(|e| unavailable("open idempotency", e))?,
+            expiry: txn.open_table(EXPIRY).map_err(|e| unavailable("open expiry", e))?,
+            pending: txn.open_table(PENDING).map_err(|e| unavailable("open pending", e))?,
+        })
     }
-    if let Some(bytes) = &c.state {
-        let mut value = Vec::with_capacity(8 + bytes.len());
-        value.extend_from_slice(&c.version.to_be_bytes());
-        value.extend_from_slice(bytes);
-        state
-            .insert(c.actor.as_str(), value.as_slice())
-            .map_err(|e| unavailable("write state", e))?;
-    }
-    let mut entries = txn
-        .open_table(ENTRIES)
-        .map_err(|e| unavailable("open entries", e))?;
-    for (seq, entry) in &c.entries {
-        entries
-            .insert((c.actor.as_str(), *seq), entry.as_slice())
-            .map_err(|e| unavailable("write entry", e))?;
-    }
-    if !c.idempotency.is_empty() {
+
+    /// Applies one commit inside the shared transaction. The outer `Result`
+    /// fails the whole transaction; the inner one is this commit's verdict.
+    fn apply(&mut self, c: &Commit, retention: u64) -> Result<Result<(), StoreError>, StoreError> {
+        let actor = c.actor.as_str();
+        let found = match self.state.get(actor).map_err(|e| unavailable("read state", e))? {
+            Some(v) => split_u64(v.value())?.0,
+            None => 0,
+        };
+        if found != c.expected_version {
+            let conflict = StoreError::Conflict { actor: c.actor.clone(), expected: c.expected_version, found };
+            return Ok(Err(conflict));
+        }
+        if let Some(bytes) = &c.state {
+            let value = [&c.version.to_be_bytes()[..], bytes].concat();
+            self.state.insert(actor, value.as_slice()).map_err(|e| unavailable("write state", e))?;
+            if c.pending {
+                self.pending.insert(actor, ()).map_err(|e| unavailable("write pending", e))?;
+            } else {
+                self.pending.remove(actor).map_err(|e| unavailable("write pending", e))?;
+            }
+        }
+        for (seq, entry) in &c.entries {
+            self.entries.insert((actor, *seq), entry.as_slice()).map_err(|e| unavailable("write entry", e))?;
+        }
         let expires = unix_now() + retention;
-        let mut idem = txn
-            .open_table(IDEMPOTENCY)
-            .map_err(|e| unavailable("open idempotency", e))?;
-        let mut expiry = txn
-            .open_table(EXPIRY)
-            .map_err(|e| unavailable("open expiry", e))?;
         for w in &c.idempotency {
-            let mut value = Vec::with_capacity(8 + w.value.len());
-            value.extend_from_slice(&expires.to_be_bytes());
-            value.extend_from_slice(&w.value);
-            idem.insert((c.actor.as_str(), w.key.as_str()), value.as_slice())
+            let value = [&expires.to_be_bytes()[..], &w.value].concat();
+            self.idempotency
+                .insert((actor, w.key.as_str()), value.as_slice())
                 .map_err(|e| unavailable("write idempotency", e))?;
-            expiry
-                .insert((expires, c.actor.as_str(), w.key.as_str()), ())
-                .map_err(|e| unavailable("write expiry", e))?;
+            self.expiry.insert((expires, actor, w.key.as_str()), ()).map_err(|e| unavailable("write expiry", e))?;
         }
+        Ok(Ok(()))
     }
-    if c.state.is_some() {
-        let mut pending = txn
-            .open_table(PENDING)
-            .map_err(|e| unavailable("open pending", e))?;
-        if c.pending {
-            pending
-                .insert(c.actor.as_str(), ())
-                .map_err(|e| unavailable("write pending", e))?;
-        } else {
-            pending
-                .remove(c.actor.as_str())
-                .map_err(|e| unavailable("write pending", e))?;
-        }
-    }
-    Ok(Ok(()))
 }
 
 fn sweep_expired(txn: &WriteTransaction) -> Result<(), StoreError> {

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# HTTP load benchmark: builds release, starts troupe, and runs wrk against
+#   baseline  GET /healthz (a static JSON route: the ceiling of the stack)
+#   read      GET /v1/accounts/{id}
+#   hot       durable POST deposits on one account
+#   spread    durable POST deposits over 10,000 accounts
+# with 1 and 2 workers, then measures resident memory per idle activation.
+# Prints a Markdown table: req/s, p99 and the ratio to the baseline of the
+# same worker count. Knobs: DURATION (default 10s), CONNECTIONS (64).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+PORT=${PORT:-18181}
+BASE="http://127.0.0.1:$PORT"
+WRK="scripts/wrk"
+
+cargo build --release --quiet
+BIN=target/release/troupe
+DATA=$(mktemp -d)
+PID=
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"; }
+trap cleanup EXIT
+
+start() { # workers [extra env...]
+  local workers=$1; shift
+  env TROUPE__LOG__FILTER=warn TROUPE__SERVER__WORKERS="$workers" TROUPE__RUNTIME__IDLE_TIMEOUT_MS=600000 "$@" \
+    "$BIN" --port "$PORT" --data-dir "$DATA" >/dev/null 2>&1 &
+  PID=$!
+  for _ in $(seq 100); do curl -fs "$BASE/readyz" >/dev/null && return; sleep 0.1; done
+  echo "troupe did not start" >&2; exit 1
+}
+stop() { kill -TERM "$PID"; wait "$PID" || true; PID=; }
+
+# run name workers url [script]: prints "req/s p99"
+run() {
+  local args=(-t2 -c"$CONNECTIONS" -d"$DURATION" --latency)
+  [ -n "${4:-}" ] && args+=(-s "$4")
+  local out; out=$(wrk "${args[@]}" "$3")
+  local rps p99 non2xx
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  echo "$rps $p99 ${non2xx:-0}"
+}
+
+setup_accounts() {
+  curl -fs -XPUT "$BASE/v1/accounts/hot" -H 'content-type: application/json' -d '{}' >/dev/null || true
+  COUNT=10000 METHOD=PUT PREFIX=b- wrk -t1 -c32 -d3s -s "$WRK/sequential.lua" "$BASE" >/dev/null
+}
+
+rows=()
+for workers in ${WORKERS:-1 2}; do
+  start "$workers"
+  setup_accounts
+  read -r b_rps b_p99 _ < <(run baseline "$workers" "$BASE/healthz")
+  read -r r_rps r_p99 r_err < <(run read "$workers" "$BASE/v1/accounts/hot")
+  read -r h_rps h_p99 h_err < <(run hot "$workers" "$BASE/v1/accounts/hot/deposits" "$WRK/deposit.lua")
+  read -r s_rps s_p99 s_err < <(run spread "$workers" "$BASE" "$WRK/deposit_many.lua")
+  stop
+  ratio() { awk -v a="$1" -v b="$b_rps" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
+  rows+=("| $workers | GET /healthz (baseline) | $b_rps | $b_p99 | 100% | 0 |")
+  rows+=("| $workers | GET account | $r_rps | $r_p99 | $(ratio "$r_rps") | $r_err |")
+  rows+=("| $workers | POST deposit, 1 hot account | $h_rps | $h_p99 | $(ratio "$h_rps") | $h_err |")
+  rows+=("| $workers | POST deposit, 10,000 accounts | $s_rps | $s_p99 | $(ratio "$s_rps") | $s_err |")
+done
+
+# Resident memory per idle activation: RSS after activating 100,000 accounts.
+start 2
+COUNT=100000 METHOD=PUT wrk -t2 -c64 -d20s -s "$WRK/sequential.lua" "$BASE" >/dev/null
+stop
+start 2
+# Warm connection buffers and allocator caches before the first reading.
+wrk -t2 -c"$CONNECTIONS" -d2s "$BASE/healthz" >/dev/null
+rss0=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
+COUNT=100000 METHOD=GET wrk -t1 -c64 -d10s -s "$WRK/sequential.lua" "$BASE" >/dev/null
+sleep 1
+rss1=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
+stop
+
+echo
+echo "wrk -t2 -c$CONNECTIONS -d$DURATION, $(nproc) cores; ratio = req/s over the baseline with the same workers"
+echo
+echo "| workers | scenario | req/s | p99 | vs baseline | non-2xx |"
+echo "| --- | --- | --- | --- | --- | --- |"
+printf '%s\n' "${rows[@]}"
+echo
+awk -v a="$rss0" -v b="$rss1" -v db="$(du -k "$DATA/troupe.redb" | cut -f1)" 'BEGIN { printf "Memory: RSS %d KiB warm, %d KiB after activating 100,000 accounts: %.0f bytes per activation (store file %d KiB)\n", a, b, (b - a) * 1024 / 100000, db }'
