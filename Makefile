@@ -10,10 +10,11 @@ help: ## List the targets
 run: ## Serve on 127.0.0.1:8080 with the embedded store in ./data
 	$(CARGO) run --release
 
-deps: ## Install the system packages tests and benches need (Debian)
-	@scripts/deps.sh
+deps: ## Install the system packages the tests need (Debian)
+	@scripts/deps.sh test
 
-test: deps ## Run the whole test suite
+test: ## Run the whole test suite
+	@scripts/deps.sh test
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -23,7 +24,8 @@ test: deps ## Run the whole test suite
 bench: ## Criterion benches: in-process round trip, domain apply
 	$(CARGO) bench --workspace
 
-bench-http: deps ## Release build + wrk: baseline vs reads vs durable deposits, 1 and 2 workers
+bench-http: ## Release build + wrk: baseline vs reads vs durable deposits, 1 and 2 workers
+	scripts/deps.sh bench
 	scripts/bench-http.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors

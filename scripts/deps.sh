@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests and benchmarks need, when missing.
+# Installs the Debian packages a target needs, when missing.
+#   scripts/deps.sh test    what the test suite needs
+#   scripts/deps.sh bench   what `make bench-http` needs (wrk, curl)
 set -euo pipefail
 need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
+case "${1:-test}" in
+  test) ;;
+  bench)
+    command -v wrk >/dev/null 2>&1 || need+=(wrk)
+    command -v curl >/dev/null 2>&1 || need+=(curl)
+    ;;
+  *) echo "usage: $0 test|bench" >&2; exit 2 ;;
+esac
 if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   echo "installing: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
