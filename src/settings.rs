@@ -11,7 +11,7 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 use crate::runtime::{RestartPolicy, RuntimeOptions};
-use crate::store::StoreOptions;
+use crate::store::{RedisOptions, StoreOptions};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -40,6 +40,7 @@ pub struct ServerSettings {
 #[serde(rename_all = "snake_case")]
 pub enum StoreBackend {
     Embedded,
+    Redis,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +52,17 @@ pub struct StoreSettings {
     pub queue: usize,
     pub idempotency_retention_s: u64,
     pub sweep_interval_s: u64,
+    pub redis: RedisSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    pub command_timeout_ms: u64,
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,7 +159,16 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 12] = [
+            ("store.redis.pool_size", self.store.redis.pool_size as u64),
+            (
+                "store.redis.connect_timeout_ms",
+                self.store.redis.connect_timeout_ms,
+            ),
+            (
+                "store.redis.command_timeout_ms",
+                self.store.redis.command_timeout_ms,
+            ),
             ("server.max_body_bytes", self.server.max_body_bytes as u64),
             ("store.max_batch", self.store.max_batch as u64),
             ("store.queue", self.store.queue as u64),
@@ -214,6 +235,17 @@ impl Settings {
                 backoff: Duration::from_millis(s.backoff_ms),
                 max_backoff: Duration::from_millis(s.max_backoff_ms),
             },
+        }
+    }
+
+    pub fn redis_options(&self) -> RedisOptions {
+        let r = &self.store.redis;
+        RedisOptions {
+            url: r.url.clone(),
+            pool_size: r.pool_size,
+            connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+            command_timeout: Duration::from_millis(r.command_timeout_ms),
+            prefix: r.prefix.clone(),
         }
     }
 

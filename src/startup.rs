@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::http::{self, context, HttpLimits};
 use crate::runtime::Runtime;
 use crate::settings::{Settings, StoreBackend};
-use crate::store::{EmbeddedStore, Store};
+use crate::store::{EmbeddedStore, RedisStore, Store};
 use crate::telemetry::Metrics;
 
 pub struct Application {
@@ -29,6 +29,10 @@ impl Application {
     /// When the store cannot be opened or the address cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store: Arc<dyn Store> = match settings.store.backend {
+            StoreBackend::Redis => Arc::new(
+                RedisStore::new(&settings.redis_options(), &settings.store_options())
+                    .context("configuring the Redis store")?,
+            ),
             StoreBackend::Embedded => {
                 let store = EmbeddedStore::open(settings.data_dir(), settings.store_options())
                     .with_context(|| {
@@ -76,13 +80,7 @@ impl Application {
         .listen(listener)?
         .run();
 
-        let resumed = runtime
-            .resume_pending()
-            .await
-            .context("listing pending transfers")?;
-        if resumed > 0 {
-            tracing::info!(resumed, "resuming unfinished actors");
-        }
+        spawn_resume(runtime.clone());
         Ok(Self {
             port,
             server,
@@ -154,6 +152,26 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Wakes every actor with unfinished work; while the store cannot list
+/// them (Redis down at start-up), keeps trying with backoff.
+fn spawn_resume(runtime: Runtime) {
+    use backon::{ExponentialBuilder, Retryable};
+    actix_rt::spawn(async move {
+        let backoff = ExponentialBuilder::default()
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times();
+        let resume = || async { runtime.resume_pending().await };
+        let notify = |e: &crate::store::StoreError, wait: Duration| {
+            tracing::warn!(error.message = %e, ?wait, "cannot list unfinished actors yet; retrying");
+        };
+        if let Ok(resumed) = resume.retry(backoff).notify(notify).await {
+            if resumed > 0 {
+                tracing::info!(resumed, "resumed unfinished actors");
+            }
+        }
+    });
 }
 
 /// Deletes expired idempotency keys now and then.

@@ -41,6 +41,10 @@ impl Message for Delivery {
 }
 
 type ReplyTx = oneshot::Sender<Answer>;
+
+/// How often an activation with unfinished work retries loading its state
+/// while the store is unavailable.
+const LOAD_RETRY: Duration = Duration::from_millis(500);
 /// Raw journal rows read for one `entries` message.
 type Page = Result<Vec<Vec<u8>>, StoreError>;
 
@@ -196,7 +200,10 @@ impl<B: Behavior> Activation<B> {
     }
 
     fn cached_record(&mut self, key: &str) -> Option<IdempotencyRecord> {
-        let batched = self.batch.as_ref().and_then(|b| b.idempotency.iter().find(|(k, _)| k == key));
+        let batched = self
+            .batch
+            .as_ref()
+            .and_then(|b| b.idempotency.iter().find(|(k, _)| k == key));
         if let Some((_, r)) = batched {
             return Some(r.clone());
         }
@@ -206,7 +213,8 @@ impl<B: Behavior> Activation<B> {
     fn cache(&mut self) -> &mut LruCache<String, IdempotencyRecord> {
         let size = NonZeroUsize::new(self.runtime.options().idempotency_cache)
             .unwrap_or(NonZeroUsize::MIN);
-        self.idempotency.get_or_insert_with(|| Box::new(LruCache::new(size)))
+        self.idempotency
+            .get_or_insert_with(|| Box::new(LruCache::new(size)))
     }
 
     fn replay(
@@ -308,7 +316,10 @@ impl<B: Behavior> Activation<B> {
     /// Answers at once when nothing before it waits to be durable, else
     /// after the batch's commit.
     fn answer(&mut self, reply: ReplyTx, answer: Answer) {
-        let waiting = self.batch.as_ref().is_some_and(|b| b.writes() || !b.replies.is_empty());
+        let waiting = self
+            .batch
+            .as_ref()
+            .is_some_and(|b| b.writes() || !b.replies.is_empty());
         if waiting || self.flush_scheduled {
             self.batch().replies.push((reply, answer));
         } else {
@@ -454,7 +465,17 @@ impl<B: Behavior> Activation<B> {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(actor = %act.address, error.message = %e, "loading state failed")
+                    tracing::warn!(actor = %act.address, error.message = %e, "loading state failed");
+                    // Unfinished work must not wait for a client to come by:
+                    // keep trying (and stay active) until the store answers.
+                    if B::is_pending(&act.state) || !act.parked.is_empty() {
+                        act.status.busy.set(true);
+                        ctx.run_later(LOAD_RETRY, |act, ctx| {
+                            if !act.loaded {
+                                act.load(None, ctx);
+                            }
+                        });
+                    }
                 }
             }
             if let Some(envelope) = then {

@@ -332,11 +332,21 @@ struct Tables<'txn> {
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
-            state: txn.open_table(STATE).map_err(|e| unavailable("open state", e))?,
-            entries: txn.open_table(ENTRIES).map_err(|e| unavailable("open entries", e))?,
-            idempotency: txn.open_table(IDEMPOTENCY).map_err(|e| unavailable("open idempotency", e))?,
-            expiry: txn.open_table(EXPIRY).map_err(|e| unavailable("open expiry", e))?,
-            pending: txn.open_table(PENDING).map_err(|e| unavailable("open pending", e))?,
+            state: txn
+                .open_table(STATE)
+                .map_err(|e| unavailable("open state", e))?,
+            entries: txn
+                .open_table(ENTRIES)
+                .map_err(|e| unavailable("open entries", e))?,
+            idempotency: txn
+                .open_table(IDEMPOTENCY)
+                .map_err(|e| unavailable("open idempotency", e))?,
+            expiry: txn
+                .open_table(EXPIRY)
+                .map_err(|e| unavailable("open expiry", e))?,
+            pending: txn
+                .open_table(PENDING)
+                .map_err(|e| unavailable("open pending", e))?,
         })
     }
 
@@ -344,25 +354,41 @@ impl<'txn> Tables<'txn> {
     /// fails the whole transaction; the inner one is this commit's verdict.
     fn apply(&mut self, c: &Commit, retention: u64) -> Result<Result<(), StoreError>, StoreError> {
         let actor = c.actor.as_str();
-        let found = match self.state.get(actor).map_err(|e| unavailable("read state", e))? {
+        let found = match self
+            .state
+            .get(actor)
+            .map_err(|e| unavailable("read state", e))?
+        {
             Some(v) => split_u64(v.value())?.0,
             None => 0,
         };
         if found != c.expected_version {
-            let conflict = StoreError::Conflict { actor: c.actor.clone(), expected: c.expected_version, found };
+            let conflict = StoreError::Conflict {
+                actor: c.actor.clone(),
+                expected: c.expected_version,
+                found,
+            };
             return Ok(Err(conflict));
         }
         if let Some(bytes) = &c.state {
             let value = [&c.version.to_be_bytes()[..], bytes].concat();
-            self.state.insert(actor, value.as_slice()).map_err(|e| unavailable("write state", e))?;
+            self.state
+                .insert(actor, value.as_slice())
+                .map_err(|e| unavailable("write state", e))?;
             if c.pending {
-                self.pending.insert(actor, ()).map_err(|e| unavailable("write pending", e))?;
+                self.pending
+                    .insert(actor, ())
+                    .map_err(|e| unavailable("write pending", e))?;
             } else {
-                self.pending.remove(actor).map_err(|e| unavailable("write pending", e))?;
+                self.pending
+                    .remove(actor)
+                    .map_err(|e| unavailable("write pending", e))?;
             }
         }
         for (seq, entry) in &c.entries {
-            self.entries.insert((actor, *seq), entry.as_slice()).map_err(|e| unavailable("write entry", e))?;
+            self.entries
+                .insert((actor, *seq), entry.as_slice())
+                .map_err(|e| unavailable("write entry", e))?;
         }
         let expires = unix_now() + retention;
         for w in &c.idempotency {
@@ -370,7 +396,9 @@ impl<'txn> Tables<'txn> {
             self.idempotency
                 .insert((actor, w.key.as_str()), value.as_slice())
                 .map_err(|e| unavailable("write idempotency", e))?;
-            self.expiry.insert((expires, actor, w.key.as_str()), ()).map_err(|e| unavailable("write expiry", e))?;
+            self.expiry
+                .insert((expires, actor, w.key.as_str()), ())
+                .map_err(|e| unavailable("write expiry", e))?;
         }
         Ok(Ok(()))
     }

@@ -9,12 +9,14 @@
 //! durable.
 
 mod embedded;
+mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedStore;
+pub use redis::{RedisOptions, RedisStore};
 
 /// An actor's durable state and the version it was written at.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,301 @@
+//! One conformance suite for the store interface, run against the embedded
+//! store and against a real Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tempfile::TempDir;
+use troupe::store::{
+    Commit, EmbeddedStore, IdempotencyWrite, RedisOptions, RedisStore, Store, StoreError,
+    StoreOptions,
+};
+
+use crate::redis_server::RedisServer;
+
+fn options(retention: Duration) -> StoreOptions {
+    StoreOptions {
+        idempotency_retention: retention,
+        max_batch: 1024,
+        queue: 1024,
+    }
+}
+
+/// A store under test with whatever keeps it alive.
+struct Subject {
+    store: Arc<dyn Store>,
+    _dir: Option<TempDir>,
+    _redis: Option<RedisServer>,
+}
+
+fn embedded(retention: Duration) -> Subject {
+    let dir = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path(), options(retention)).unwrap();
+    Subject {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        _redis: None,
+    }
+}
+
+fn redis(retention: Duration) -> Subject {
+    let server = RedisServer::start();
+    let redis = RedisOptions {
+        url: server.url(),
+        pool_size: 8,
+        connect_timeout: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(1),
+        prefix: "conformance".into(),
+    };
+    let store = RedisStore::new(&redis, &options(retention)).unwrap();
+    Subject {
+        store: Arc::new(store),
+        _dir: None,
+        _redis: Some(server),
+    }
+}
+
+fn commit(actor: &str, expected: u64, state: &str, entries: &[(u64, &str)]) -> Commit {
+    Commit {
+        actor: actor.into(),
+        expected_version: expected,
+        version: expected + 1,
+        state: Some(state.as_bytes().to_vec()),
+        entries: entries
+            .iter()
+            .map(|(s, e)| (*s, e.as_bytes().to_vec()))
+            .collect(),
+        idempotency: Vec::new(),
+        pending: false,
+    }
+}
+
+async fn a_missing_actor_loads_as_none_and_a_commit_loads_back(s: Subject) {
+    assert_eq!(s.store.load("account/a").await.unwrap(), None);
+    s.store
+        .commit(commit("account/a", 0, "{\"b\":1}", &[(1, "e1")]))
+        .await
+        .unwrap();
+    let snapshot = s.store.load("account/a").await.unwrap().unwrap();
+    assert_eq!(
+        (snapshot.version, snapshot.state),
+        (1, b"{\"b\":1}".to_vec())
+    );
+}
+
+async fn a_stale_commit_is_a_conflict_and_applies_nothing(s: Subject) {
+    s.store
+        .commit(commit("account/a", 0, "v1", &[(1, "e1")]))
+        .await
+        .unwrap();
+    s.store
+        .commit(commit("account/a", 1, "v2", &[(2, "e2")]))
+        .await
+        .unwrap();
+    let mut stale = commit("account/a", 1, "stale", &[(2, "stale-entry")]);
+    stale.idempotency.push(IdempotencyWrite {
+        key: "k".into(),
+        value: b"r".to_vec(),
+    });
+    let err = s.store.commit(stale).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                found: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        s.store.load("account/a").await.unwrap().unwrap().state,
+        b"v2".to_vec()
+    );
+    assert_eq!(
+        s.store.entries("account/a", 0, 10).await.unwrap(),
+        vec![b"e1".to_vec(), b"e2".to_vec()]
+    );
+    assert_eq!(s.store.idempotency("account/a", "k").await.unwrap(), None);
+}
+
+async fn the_same_commit_twice_applies_once(s: Subject) {
+    let c = commit("account/a", 0, "v1", &[(1, "e1")]);
+    s.store.commit(c.clone()).await.unwrap();
+    assert!(matches!(
+        s.store.commit(c).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(s.store.entries("account/a", 0, 10).await.unwrap().len(), 1);
+}
+
+async fn entries_are_read_after_a_sequence_number_up_to_a_limit(s: Subject) {
+    let entries: Vec<(u64, String)> = (1..=5).map(|i| (i, format!("e{i}"))).collect();
+    let refs: Vec<(u64, &str)> = entries.iter().map(|(i, e)| (*i, e.as_str())).collect();
+    s.store
+        .commit(commit("account/a", 0, "v", &refs))
+        .await
+        .unwrap();
+    s.store
+        .commit(commit("account/b", 0, "v", &[(1, "other")]))
+        .await
+        .unwrap();
+    let page = s.store.entries("account/a", 2, 2).await.unwrap();
+    assert_eq!(page, vec![b"e3".to_vec(), b"e4".to_vec()]);
+    assert_eq!(
+        s.store.entries("account/a", 5, 10).await.unwrap(),
+        Vec::<Vec<u8>>::new()
+    );
+}
+
+async fn idempotency_records_are_kept_with_their_commit_and_expire(s: Subject) {
+    let mut c = commit("account/a", 0, "v", &[]);
+    c.idempotency.push(IdempotencyWrite {
+        key: "key-1".into(),
+        value: b"record".to_vec(),
+    });
+    s.store.commit(c).await.unwrap();
+    assert_eq!(
+        s.store.idempotency("account/a", "key-1").await.unwrap(),
+        Some(b"record".to_vec())
+    );
+    assert_eq!(
+        s.store.idempotency("account/b", "key-1").await.unwrap(),
+        None
+    );
+    // Retention is one second in this suite.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    s.store.sweep().await;
+    assert_eq!(
+        s.store.idempotency("account/a", "key-1").await.unwrap(),
+        None
+    );
+}
+
+async fn pending_actors_are_listed_until_a_commit_clears_them(s: Subject) {
+    let mut c = commit("transfer/t", 0, "p", &[]);
+    c.pending = true;
+    s.store.commit(c).await.unwrap();
+    assert_eq!(
+        s.store.pending().await.unwrap(),
+        vec!["transfer/t".to_owned()]
+    );
+    s.store
+        .commit(commit("transfer/t", 1, "done", &[]))
+        .await
+        .unwrap();
+    assert!(s.store.pending().await.unwrap().is_empty());
+}
+
+async fn concurrent_commits_of_many_actors_all_land(s: Subject) {
+    s.store.ping().await.unwrap();
+    let commits = (0..200).map(|i| {
+        let store = s.store.clone();
+        async move {
+            store
+                .commit(commit(&format!("account/c{i}"), 0, "v", &[(1, "e")]))
+                .await
+        }
+    });
+    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    for i in [0, 99, 199] {
+        assert_eq!(
+            s.store
+                .load(&format!("account/c{i}"))
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            1
+        );
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_store {
+            $(#[tokio::test] async fn $name() { super::$name(super::embedded(std::time::Duration::from_secs(1))).await })*
+        }
+        mod redis_store {
+            $(#[tokio::test] async fn $name() { super::$name(super::redis(std::time::Duration::from_secs(1))).await })*
+        }
+    };
+}
+
+conformance!(
+    a_missing_actor_loads_as_none_and_a_commit_loads_back,
+    a_stale_commit_is_a_conflict_and_applies_nothing,
+    the_same_commit_twice_applies_once,
+    entries_are_read_after_a_sequence_number_up_to_a_limit,
+    idempotency_records_are_kept_with_their_commit_and_expire,
+    pending_actors_are_listed_until_a_commit_clears_them,
+    concurrent_commits_of_many_actors_all_land,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_coalesces_concurrent_commits_into_fewer_transactions() {
+    let dir = TempDir::new().unwrap();
+    let store =
+        Arc::new(EmbeddedStore::open(dir.path(), options(Duration::from_secs(60))).unwrap());
+    let commits = (0..500).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .commit(commit(&format!("account/g{i}"), 0, "v", &[(1, "e")]))
+                .await
+        }
+    });
+    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    let stats = store.stats();
+    let (commits, transactions) = (
+        stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .transactions
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert_eq!(commits, 500);
+    assert!(
+        transactions < 250,
+        "{transactions} transactions for 500 commits"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_is_unavailable_within_the_timeout_and_redis_back_recovers() {
+    let mut server = RedisServer::start();
+    let redis = RedisOptions {
+        url: server.url(),
+        pool_size: 4,
+        connect_timeout: Duration::from_millis(300),
+        command_timeout: Duration::from_millis(300),
+        prefix: "fault".into(),
+    };
+    let store = RedisStore::new(&redis, &options(Duration::from_secs(60))).unwrap();
+    store
+        .commit(commit("account/a", 0, "v1", &[]))
+        .await
+        .unwrap();
+    server.kill();
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.commit(commit("account/a", 1, "v2", &[])).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "unavailable took {:?}",
+        started.elapsed()
+    );
+    server.restart();
+    store.ping().await.unwrap();
+    // No persistence in this server: the store starts empty and works again.
+    store
+        .commit(commit("account/b", 0, "v", &[]))
+        .await
+        .unwrap();
+}
