@@ -5,8 +5,12 @@
 set -euo pipefail
 need=()
 case "${1:-test}" in
-  test) ;;
+  test)
+    # The Redis tests start their own redis-server on free ports.
+    command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+    ;;
   bench)
+    command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
     command -v curl >/dev/null 2>&1 || need+=(curl)
     ;;

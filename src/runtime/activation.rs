@@ -45,6 +45,9 @@ type ReplyTx = oneshot::Sender<Answer>;
 /// How often an activation with unfinished work retries loading its state
 /// while the store is unavailable.
 const LOAD_RETRY: Duration = Duration::from_millis(500);
+/// Conflicting writes a fence tolerates before giving up (another instance
+/// writing the same actor all the time).
+const FENCE_ATTEMPTS: usize = 3;
 /// Raw journal rows read for one `entries` message.
 type Page = Result<Vec<Vec<u8>>, StoreError>;
 
@@ -92,6 +95,8 @@ pub struct Activation<B: Behavior> {
     supervision: Option<Box<Supervision>>,
     /// A restart to perform, after this backoff, once the batch is flushed.
     restart: Option<Duration>,
+    /// A commit's outcome is unknown: the next load must fence it off.
+    fence: bool,
 }
 
 impl<B: Behavior> Actor for Activation<B> {
@@ -137,6 +142,7 @@ impl<B: Behavior> Activation<B> {
                 idempotency: None,
                 supervision: None,
                 restart: None,
+                fence: false,
             }
         })
         .recipient()
@@ -435,6 +441,8 @@ impl<B: Behavior> Activation<B> {
                 }
                 self.loaded = false;
                 self.idempotency = None;
+                // The commit may still land (a timed-out Redis call): fence it off.
+                self.fence |= matches!(e, StoreError::Unavailable(_));
                 if self.restart.is_none() {
                     self.load(None, ctx);
                 }
@@ -450,11 +458,19 @@ impl<B: Behavior> Activation<B> {
         self.status.busy.set(true);
         let store = self.runtime.store().clone();
         let key = self.address.to_string();
-        let work = async move { store.load(&key).await };
+        let fence = self.fence;
+        let work = async move {
+            let mut loaded = decode::<B>(store.load(&key).await?)?;
+            if fence {
+                loaded = write_fence::<B>(&*store, &key, loaded).await?;
+            }
+            Ok::<_, StoreError>(loaded)
+        };
         ctx.wait(work.into_actor(self).map(move |loaded, act, ctx| {
             act.status.busy.set(false);
-            match loaded.and_then(decode::<B>) {
+            match loaded {
                 Ok((state, version)) => {
+                    act.fence = false;
                     act.state = state;
                     act.version = version;
                     act.durable_version = version;
@@ -594,6 +610,39 @@ impl<B: Behavior> Activation<B> {
                 .map(|(), act, ctx| act.load(None, ctx)),
         );
     }
+}
+
+/// After a commit whose outcome is unknown (sent, then the connection
+/// timed out), a read alone cannot tell whether that commit will still
+/// land. Writing back what was read at `version + 1` settles it: if the
+/// late commit lands first, this write conflicts and the state is read
+/// again; if this write lands first, the late commit's compare-and-set can
+/// no longer succeed. Either way the state held in memory is the one that
+/// stays in the store.
+async fn write_fence<B: Behavior>(
+    store: &dyn crate::store::Store,
+    key: &str,
+    mut loaded: (B::State, u64),
+) -> Result<(B::State, u64), StoreError> {
+    for _ in 0..FENCE_ATTEMPTS {
+        let (state, version) = loaded;
+        let fence = Commit {
+            actor: key.to_owned(),
+            expected_version: version,
+            version: version + 1,
+            state: Some(serde_json::to_vec(&state).unwrap_or_default()),
+            pending: B::is_pending(&state),
+            ..Commit::default()
+        };
+        match store.commit(fence).await {
+            Ok(()) => return Ok((state, version + 1)),
+            Err(StoreError::Conflict { .. }) => loaded = decode::<B>(store.load(key).await?)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "{key} keeps changing under its fence; retry later"
+    )))
 }
 
 fn decode<B: Behavior>(snapshot: Option<Snapshot>) -> Result<(B::State, u64), StoreError> {

@@ -8,6 +8,8 @@ mod crash;
 mod errors;
 mod helpers;
 mod idempotency;
+mod ledger_load;
+mod redis_faults;
 mod redis_server;
 mod restart;
 mod runtime;

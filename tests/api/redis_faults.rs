@@ -1,0 +1,164 @@
+//! The service on a real Redis: the same guarantees as on the embedded
+//! store, and recovery from Redis faults without a restart.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use reqwest::{Client, StatusCode};
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::helpers::{all_entries, assert_error, free_port, json_of, spawn_app_with};
+use crate::ledger_load::{audit, fund, Load};
+use crate::redis_server::RedisServer;
+
+#[actix_rt::test]
+async fn concurrent_transfers_conserve_money_on_redis() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| redis.configure(s)).await;
+    assert_eq!(
+        json_of(app.get("/readyz").await).await["store"],
+        json!("redis")
+    );
+    crate::concurrency::run(&app).await;
+}
+
+#[actix_rt::test]
+async fn redis_down_answers_503_with_retry_after_and_redis_back_recovers_without_restart() {
+    let dir = TempDir::new().unwrap();
+    let mut redis = RedisServer::start_durable(dir.path(), free_port());
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| redis.configure(s)).await;
+    app.open("a").await;
+    assert_eq!(app.deposit("a", 10).await.status(), StatusCode::OK);
+
+    redis.kill();
+    let started = std::time::Instant::now();
+    let r = app.deposit("a", 5).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the 503 took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    assert_error(
+        app.get("/readyz").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    )
+    .await;
+    assert_error(
+        app.get("/v1/accounts/a").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    )
+    .await;
+
+    redis.restart();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if app.get("/readyz").await.status() == StatusCode::OK
+            && app.get("/v1/accounts/a").await.status() == StatusCode::OK
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        recovered,
+        "the service did not recover after Redis came back"
+    );
+    assert_eq!(
+        app.balance("a").await,
+        10,
+        "the refused deposit must not have applied"
+    );
+    assert_eq!(
+        json_of(app.deposit("a", 1).await).await["balance"],
+        json!(11)
+    );
+}
+
+#[actix_rt::test]
+async fn a_write_whose_outcome_is_unknown_is_never_applied_twice() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| {
+        redis.configure(s);
+        s.store.redis.command_timeout_ms = 200;
+    })
+    .await;
+    app.open("a").await;
+    // Writes wait for the pause; the commit times out on our side but is
+    // applied by Redis once the pause ends.
+    pause_writes(redis.port, 700);
+    let first = app
+        .post_with_key("/v1/accounts/a/deposits", "once", json!({"amount": 5}))
+        .await;
+    assert_error(first, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let mut answer = None;
+    for _ in 0..50 {
+        let r = app
+            .post_with_key("/v1/accounts/a/deposits", "once", json!({"amount": 5}))
+            .await;
+        if r.status() == StatusCode::OK {
+            answer = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Either the first attempt landed after all (and the retry replays it)
+    // or the actor's fence got there first (and the retry applies it):
+    // exactly once either way.
+    answer.expect("the retry succeeds");
+    assert_eq!(app.balance("a").await, 5);
+    assert_eq!(all_entries(&app.client, &app.address, "a").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_redis_under_transfer_load_loses_nothing_acknowledged() {
+    let dir = TempDir::new().unwrap();
+    let mut redis = RedisServer::start_durable(dir.path(), free_port());
+    let port = free_port();
+    let redis_url = redis.url();
+    let data = TempDir::new().unwrap();
+    let child = crate::helpers::Child::start(
+        data.path(),
+        port,
+        &[
+            ("TROUPE__STORE__BACKEND", "redis"),
+            ("TROUPE__STORE__REDIS__URL", &redis_url),
+            ("TROUPE__STORE__REDIS__COMMAND_TIMEOUT_MS", "300"),
+        ],
+    )
+    .await;
+    let client = Client::new();
+    fund(&client, &child.address).await;
+
+    let load = Load::start(&client, &child.address, 16);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (acked, started) = load.finish().await;
+
+    audit(&client, &child.address, &acked, &started).await;
+}
+
+/// `CLIENT PAUSE <ms> WRITE` through a raw connection.
+fn pause_writes(port: u16, ms: u64) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let ms = ms.to_string();
+    let command = format!(
+        "*4\r\n$6\r\nCLIENT\r\n$5\r\nPAUSE\r\n${}\r\n{ms}\r\n$5\r\nWRITE\r\n",
+        ms.len()
+    );
+    stream.write_all(command.as_bytes()).unwrap();
+    let mut ok = [0u8; 5];
+    std::io::Read::read_exact(&mut stream, &mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+}
