@@ -19,7 +19,13 @@ cargo build --release --quiet
 BIN=target/release/troupe
 DATA=$(mktemp -d)
 PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"; }
+REDIS_PID=
+REDIS_PORT=${REDIS_PORT:-18279}
+cleanup() {
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null
+  [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null
+  wait 2>/dev/null; rm -rf "$DATA"
+}
 trap cleanup EXIT
 
 start() { # workers [extra env...]
@@ -46,7 +52,7 @@ run() {
 
 setup_accounts() {
   curl -fs -XPUT "$BASE/v1/accounts/hot" -H 'content-type: application/json' -d '{}' >/dev/null || true
-  COUNT=10000 METHOD=PUT PREFIX=b- wrk -t1 -c32 -d3s -s "$WRK/sequential.lua" "$BASE" >/dev/null
+  COUNT=10000 METHOD=PUT PREFIX=b- wrk -t1 -c32 -d6s -s "$WRK/sequential.lua" "$BASE" >/dev/null
 }
 
 rows=()
@@ -63,6 +69,27 @@ for workers in ${WORKERS:-1 2}; do
   rows+=("| $workers | GET account | $r_rps | $r_p99 | $(ratio "$r_rps") | $r_err |")
   rows+=("| $workers | POST deposit, 1 hot account | $h_rps | $h_p99 | $(ratio "$h_rps") | $h_err |")
   rows+=("| $workers | POST deposit, 10,000 accounts | $s_rps | $s_p99 | $(ratio "$s_rps") | $s_err |")
+done
+
+# The Redis store: a redis-server of our own with AOF on, per appendfsync policy.
+for fsync in ${REDIS_FSYNC:-everysec always}; do
+  rdir=$(mktemp -d -p "$DATA")
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$rdir" --save "" --appendonly yes --appendfsync "$fsync" >/dev/null 2>&1 &
+  REDIS_PID=$!
+  sleep 0.5
+  for workers in ${WORKERS:-1 2}; do
+    start "$workers" TROUPE__STORE__BACKEND=redis TROUPE__STORE__REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
+    setup_accounts
+    read -r b_rps _ _ < <(run baseline "$workers" "$BASE/healthz")
+    read -r h_rps h_p99 h_err < <(run hot "$workers" "$BASE/v1/accounts/hot/deposits" "$WRK/deposit.lua")
+    read -r s_rps s_p99 s_err < <(run spread "$workers" "$BASE" "$WRK/deposit_many.lua")
+    stop
+    ratio() { awk -v a="$1" -v b="$b_rps" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
+    rows+=("| $workers | redis ($fsync): GET /healthz (baseline) | $b_rps | | 100% | 0 |")
+    rows+=("| $workers | redis ($fsync): POST deposit, 1 hot account | $h_rps | $h_p99 | $(ratio "$h_rps") | $h_err |")
+    rows+=("| $workers | redis ($fsync): POST deposit, 10,000 accounts | $s_rps | $s_p99 | $(ratio "$s_rps") | $s_err |")
+  done
+  kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; REDIS_PID=
 done
 
 # Resident memory per idle activation: RSS after activating 100,000 accounts.
