@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::Parser;
 use troupe::settings::{Settings, Sources};
 use troupe::startup::Application;
-use troupe::telemetry::init_logging;
 
 /// An actor-based ledger service.
 #[derive(Debug, Parser)]
@@ -52,8 +51,11 @@ impl Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.sources())?;
-    init_logging(&settings.log);
+    let telemetry = troupe::telemetry::init(&settings)?;
     let app = Application::build(settings).await?;
     tracing::info!(port = app.port(), "troupe listening");
-    app.run_until_stopped().await
+    let result = app.run_until_stopped().await;
+    // Flushes queued spans; the export thread blocks, so not on a worker.
+    actix_web::rt::task::spawn_blocking(move || telemetry.shutdown()).await?;
+    result
 }

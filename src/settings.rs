@@ -22,6 +22,34 @@ pub struct Settings {
     pub store: StoreSettings,
     pub runtime: RuntimeSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
+    /// The environment the settings were loaded for (`--env`).
+    #[serde(skip)]
+    pub environment: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `service.name`, unless `OTEL_SERVICE_NAME` is set.
+    pub service_name: String,
+    pub otlp: OtlpSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSettings {
+    /// Where spans go; empty means `OTEL_EXPORTER_OTLP_ENDPOINT`, and export
+    /// is off when both are empty.
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`; empty means `OTEL_EXPORTER_OTLP_PROTOCOL`,
+    /// else `grpc`.
+    pub protocol: String,
+    /// Parent-based ratio of new traces sampled, unless `OTEL_TRACES_SAMPLER` is set.
+    pub sampling_ratio: f64,
+    /// Spans queued for export; past it they are dropped (and counted).
+    pub queue_size: usize,
+    pub export_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,7 +181,8 @@ impl Settings {
         for (key, value) in &sources.overrides {
             builder = builder.set_override(key.as_str(), value.as_str())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.environment = env;
         settings.validate()?;
         Ok(settings)
     }
@@ -199,6 +228,24 @@ impl Settings {
                     reason: "must be at least 1",
                 });
             }
+        }
+        let ratio = self.telemetry.otlp.sampling_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(SettingsError::Invalid {
+                key: "telemetry.otlp.sampling_ratio",
+                value: ratio.to_string(),
+                reason: "must be between 0.0 and 1.0",
+            });
+        }
+        if !matches!(
+            self.telemetry.otlp.protocol.as_str(),
+            "" | "grpc" | "http/protobuf"
+        ) {
+            return Err(SettingsError::Invalid {
+                key: "telemetry.otlp.protocol",
+                value: self.telemetry.otlp.protocol.clone(),
+                reason: "must be grpc or http/protobuf",
+            });
         }
         if self.runtime.max_timeout_ms < self.runtime.default_timeout_ms {
             return Err(SettingsError::Invalid {

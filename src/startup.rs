@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Actor as _;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
@@ -12,7 +13,8 @@ use crate::http::{self, context, HttpLimits};
 use crate::runtime::Runtime;
 use crate::settings::{Settings, StoreBackend};
 use crate::store::{EmbeddedStore, RedisStore, Store};
-use crate::telemetry::Metrics;
+use crate::telemetry::{http_metrics, Metrics, MetricsActor};
+use tracing_actix_web::TracingLogger;
 
 pub struct Application {
     port: u16,
@@ -41,19 +43,23 @@ impl Application {
                 Arc::new(store)
             }
         };
+        let metrics = Metrics::new();
+        let store = metrics.instrument(store);
         spawn_sweeper(
             store.clone(),
             Duration::from_secs(settings.store.sweep_interval_s.max(1)),
         );
         let workers = Settings::threads(settings.server.workers);
         let runtime = Runtime::new(store, settings.runtime_options(), workers);
+        // The metrics actor lives on the system thread, off the workers.
+        let sink = MetricsActor::new(metrics.clone()).start();
+        runtime.set_metrics_sink(sink.recipient());
         let listener = TcpListener::bind((settings.server.bind.as_str(), settings.server.port))
             .with_context(|| {
                 format!("binding {}:{}", settings.server.bind, settings.server.port)
             })?;
         let port = listener.local_addr()?.port();
 
-        let metrics = Metrics::new();
         let limits = HttpLimits {
             max_body_bytes: settings.server.max_body_bytes,
             retry_after_s: settings.server.retry_after_s,
@@ -71,6 +77,8 @@ impl Application {
                 .app_data(data.1.clone())
                 .app_data(data.2.clone())
                 .wrap(middleware::from_fn(context::request_ids))
+                .wrap(middleware::from_fn(http_metrics::record))
+                .wrap(TracingLogger::<context::RootSpan>::new())
                 .configure(http::routes)
                 .default_service(web::to(http::not_found))
         })

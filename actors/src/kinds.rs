@@ -25,6 +25,14 @@ impl AnyCommand {
             Self::Transfer(_) => Transfer::KIND,
         }
     }
+
+    /// The message's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Account(c) => c.name(),
+            Self::Transfer(c) => c.name(),
+        }
+    }
 }
 
 /// One message of a kind, as listed by `GET /v1/actors`.

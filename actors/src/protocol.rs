@@ -247,6 +247,9 @@ pub trait Behavior: 'static {
     /// `Ok(None)` for an unknown message name; `Err` for a bad payload.
     fn parse(message: &str, payload: Value) -> Result<Option<Self::Command>, ParseError>;
 
+    /// The command's message name, for spans and metrics.
+    fn message_name(command: &Self::Command) -> &'static str;
+
     /// Handles one command.
     fn handle(state: &Self::State, command: Self::Command, env: &Env) -> Step<Self::State>;
 

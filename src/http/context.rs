@@ -1,10 +1,10 @@
 //! Per-request context: ids, deadline and idempotency key.
 //!
-//! A small middleware gives every request an id (the client's
-//! `X-Request-Id` when it is usable, else a new one) and a trace id (from
-//! `traceparent` when present), echoes the request id back, and leaves both
-//! in the request's extensions for handlers and error bodies. It does no
-//! other work: per-request cost on the hot path stays small.
+//! The root span gives every request an id (the client's `X-Request-Id`
+//! when it is usable, else a new one) and a trace id (OpenTelemetry's, which
+//! follows `traceparent`), leaves both in the request's extensions for
+//! handlers and error bodies, and a small middleware echoes the request id.
+//! Nothing else runs per request: the hot path stays small.
 
 use std::future::{ready, Ready};
 use std::time::Duration;
@@ -14,7 +14,13 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use opentelemetry::global;
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt as _;
 use tokio::time::Instant;
+use tracing::field::Empty;
+use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use troupe_actors::ErrorCode;
 
 use super::error::ApiError;
@@ -32,29 +38,37 @@ pub struct RequestIds {
 }
 
 impl RequestIds {
-    fn from_headers(headers: &HeaderMap) -> Self {
+    /// The client's `X-Request-Id` when usable, else a new one; the trace
+    /// id of `span` when OpenTelemetry is on, else the caller's
+    /// `traceparent`'s, else a new one.
+    fn new(headers: &HeaderMap, span: &tracing::Span) -> Self {
         let request_id = headers
             .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        let trace_id = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(trace_id_of)
-            .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+        let otel = span.context().span().span_context().clone();
+        let trace_id = if otel.is_valid() {
+            otel.trace_id().to_string()
+        } else {
+            headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(trace_id_of)
+                .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+        };
         Self {
             request_id,
             trace_id,
         }
     }
 
-    /// The ids the middleware stored, or fresh ones outside it.
+    /// The ids of the request, or fresh ones outside the middleware.
     pub fn of(req: &HttpRequest) -> Self {
         req.extensions()
             .get::<Self>()
             .cloned()
-            .unwrap_or_else(|| Self::from_headers(req.headers()))
+            .unwrap_or_else(|| Self::new(req.headers(), &tracing::Span::none()))
     }
 }
 
@@ -66,7 +80,67 @@ fn trace_id_of(traceparent: &str) -> Option<&str> {
         .then_some(trace)
 }
 
-/// Middleware: request and trace ids in, `X-Request-Id` out.
+/// Reads W3C trace context from actix's header map.
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The root span of every request, for tracing-actix-web's `TracingLogger`:
+/// lean (a handful of fields, no log line per request), a child of the
+/// caller's trace when `traceparent` is present, and the place where the
+/// request and trace ids are decided.
+pub struct RootSpan;
+
+impl RootSpanBuilder for RootSpan {
+    fn on_request_start(req: &ServiceRequest) -> tracing::Span {
+        let route = req
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        let method = req.method().as_str();
+        let span = tracing::info_span!(
+            "HTTP request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.method = %method,
+            http.route = %route,
+            http.status_code = Empty,
+            request_id = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        if req.headers().contains_key("traceparent") {
+            let parent = global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
+            let _ = span.set_parent(parent);
+        }
+        let ids = RequestIds::new(req.headers(), &span);
+        span.record("request_id", ids.request_id.as_str());
+        span.record("trace_id", ids.trace_id.as_str());
+        let span_context = span.context().span().span_context().clone();
+        if span_context.is_valid() {
+            span.record("span_id", span_context.span_id().to_string().as_str());
+        }
+        req.extensions_mut().insert(ids);
+        span
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+/// Middleware: echoes the request id as `X-Request-Id`.
 ///
 /// # Errors
 /// Only those of the inner service.
@@ -74,9 +148,10 @@ pub async fn request_ids(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let ids = RequestIds::from_headers(req.headers());
-    let echo = HeaderValue::from_str(&ids.request_id).ok();
-    req.extensions_mut().insert(ids);
+    let echo = req
+        .extensions()
+        .get::<RequestIds>()
+        .and_then(|ids| HeaderValue::from_str(&ids.request_id).ok());
     let mut response = next.call(req).await?;
     if let Some(echo) = echo {
         response.headers_mut().insert(X_REQUEST_ID, echo);

@@ -42,10 +42,10 @@ pub async fn readyz(rt: web::Data<Runtime>, meta: RequestMeta) -> Result<HttpRes
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+pub async fn metrics(metrics: web::Data<Metrics>, rt: web::Data<Runtime>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType(
             prometheus::TEXT_FORMAT.parse().unwrap_or(mime::TEXT_PLAIN),
         ))
-        .body(metrics.render())
+        .body(metrics.render(&rt, crate::telemetry::span_counters()))
 }

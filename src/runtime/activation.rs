@@ -21,12 +21,13 @@ use lru::LruCache;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tracing::Instrument;
 use troupe_actors::{Address, Behavior, Effect, Env, ErrorCode, Outcome, ReplyPlan, Step};
 
 use super::idempotency::{IdempotencyRecord, IdempotencyRequest};
 use super::shard::SlotStatus;
 use super::supervision::{Supervision, SupervisionEvent};
-use super::{Answer, Envelope, Runtime};
+use super::{stats, Answer, Envelope, Runtime};
 use crate::store::{Commit, IdempotencyWrite, Snapshot, StoreError};
 
 /// What a shard delivers to an activation.
@@ -60,7 +61,9 @@ struct Batch {
     replies: Vec<(ReplyTx, Answer)>,
     journal: Vec<(ReplyTx, u64, u32)>,
     settle: Option<Outcome>,
-    effect: Option<Effect>,
+    effect: Option<(Effect, tracing::Span)>,
+    /// The span of the first message: the commit is recorded as its child.
+    span: Option<tracing::Span>,
 }
 
 impl Batch {
@@ -151,6 +154,7 @@ impl<B: Behavior> Activation<B> {
     fn receive(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
         let now = Instant::now();
         if now >= envelope.deadline {
+            stats::deadline_dropped(B::KIND);
             return self.respond(
                 envelope.reply,
                 Answer::error(
@@ -262,10 +266,29 @@ impl<B: Behavior> Activation<B> {
             );
         };
         let env = self.env();
-        let _span = tracing::debug_span!(parent: &envelope.span, "actor.handle", actor.kind = B::KIND, actor.id = %self.address.id).entered();
+        let name = B::message_name(&command);
+        let _span = tracing::debug_span!(
+            parent: &envelope.span,
+            "actor.handle",
+            actor.kind = B::KIND,
+            actor.id = %self.address.id,
+            actor.message = name,
+            mailbox.wait_us = envelope.sent_at.elapsed().as_micros() as u64,
+        )
+        .entered();
         match catch_unwind(AssertUnwindSafe(|| B::handle(&self.state, command, &env))) {
-            Ok(step) => self.apply(step, Some((envelope.reply, envelope.idempotency)), ctx),
-            Err(panic) => self.crashed(Some(envelope.reply), panic.as_ref(), ctx),
+            Ok(step) => {
+                let outcome = match &step.reply {
+                    ReplyPlan::Now(Err(r)) => r.code.as_str(),
+                    _ => "ok",
+                };
+                stats::message(B::KIND, name, outcome);
+                self.apply(step, Some((envelope.reply, envelope.idempotency)), ctx);
+            }
+            Err(panic) => {
+                stats::message(B::KIND, name, ErrorCode::Internal.as_str());
+                self.crashed(Some(envelope.reply), panic.as_ref(), ctx);
+            }
         }
     }
 
@@ -286,7 +309,11 @@ impl<B: Behavior> Activation<B> {
             }
         }
         if let Some(effect) = step.effects.into_iter().next() {
-            self.batch().effect = Some(effect);
+            // The effect's asks join the trace of the message that caused it.
+            self.batch().effect = Some((effect, tracing::Span::current()));
+        }
+        if self.batch.as_ref().is_none_or(|b| b.span.is_none()) {
+            self.batch().span = Some(tracing::Span::current());
         }
         if let Some(outcome) = step.settle {
             self.batch().settle = Some(outcome);
@@ -378,6 +405,14 @@ impl<B: Behavior> Activation<B> {
         let store = self.runtime.store().clone();
         let key = self.address.to_string();
         let version = self.version;
+        let messages = batch.replies.len() + batch.journal.len();
+        let span = match (&commit, batch.span.take()) {
+            (Some(c), Some(parent)) => {
+                stats::batch(u32::try_from(messages).unwrap_or(u32::MAX));
+                tracing::debug_span!(parent: &parent, "store.commit", store.backend = store.backend(), batch.messages = messages, batch.entries = c.entries.len())
+            }
+            _ => tracing::Span::none(),
+        };
         let work = async move {
             if let Some(commit) = commit {
                 store.commit(commit).await?;
@@ -387,7 +422,8 @@ impl<B: Behavior> Activation<B> {
                 read.push(store.entries(&key, after, limit.saturating_add(1)).await);
             }
             Ok::<_, StoreError>(read)
-        };
+        }
+        .instrument(span);
         ctx.wait(
             work.into_actor(self)
                 .map(move |result, act, ctx| act.flushed(batch, version, result, ctx)),
@@ -427,8 +463,8 @@ impl<B: Behavior> Activation<B> {
                         );
                     }
                 }
-                if let Some(effect) = batch.effect {
-                    self.run_effect(effect, ctx);
+                if let Some((effect, span)) = batch.effect {
+                    self.run_effect(effect, span, ctx);
                 }
             }
             Err(e) => {
@@ -477,7 +513,7 @@ impl<B: Behavior> Activation<B> {
                     act.loaded = true;
                     act.idempotency = None;
                     if let Some(effect) = B::resume(&act.state, &act.env()) {
-                        act.run_effect(effect, ctx);
+                        act.run_effect(effect, tracing::Span::none(), ctx);
                     }
                 }
                 Err(e) => {
@@ -512,7 +548,7 @@ impl<B: Behavior> Activation<B> {
 
     /// Runs an ask to another actor, retrying transient failures with
     /// exponential backoff, and feeds the outcome back to the behaviour.
-    fn run_effect(&mut self, effect: Effect, ctx: &mut Context<Self>) {
+    fn run_effect(&mut self, effect: Effect, span: tracing::Span, ctx: &mut Context<Self>) {
         self.status.busy.set(true);
         let runtime = self.runtime.clone();
         let timeout = runtime.options().effect_timeout;
@@ -546,13 +582,19 @@ impl<B: Behavior> Activation<B> {
         let work = attempt.retry(backoff).notify(|answer: &Answer, wait| {
             tracing::debug!(outcome = ?answer.outcome, ?wait, "actor-to-actor ask failed; retrying");
         });
-        ctx.spawn(work.into_actor(self).map(|answer, act, ctx| {
-            act.status.busy.set(false);
-            let outcome = match answer {
-                Ok(a) | Err(a) => a.outcome,
-            };
-            act.effect_done(outcome, ctx);
-        }));
+        let origin = span.clone();
+        ctx.spawn(
+            work.instrument(span)
+                .into_actor(self)
+                .map(move |answer, act, ctx| {
+                    let _entered = origin.enter();
+                    act.status.busy.set(false);
+                    let outcome = match answer {
+                        Ok(a) | Err(a) => a.outcome,
+                    };
+                    act.effect_done(outcome, ctx);
+                }),
+        );
     }
 
     fn effect_done(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
@@ -596,8 +638,14 @@ impl<B: Behavior> Activation<B> {
             self.answer(reply, Answer::error(ErrorCode::Internal, message));
         }
         self.restart = Some(match event {
-            SupervisionEvent::Restarting { backoff, .. } => backoff,
-            SupervisionEvent::GaveUp { .. } => Duration::ZERO,
+            SupervisionEvent::Restarting { backoff, .. } => {
+                stats::restarted(B::KIND);
+                backoff
+            }
+            SupervisionEvent::GaveUp { .. } => {
+                stats::failed(B::KIND);
+                Duration::ZERO
+            }
         });
         self.status.busy.set(true);
         self.schedule_flush(ctx);

@@ -20,11 +20,13 @@
 mod activation;
 mod idempotency;
 mod shard;
+mod stats;
 mod supervision;
 
 use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::{Addr, Arbiter};
@@ -34,6 +36,7 @@ use tokio::time::Instant;
 use troupe_actors::{kinds, Address, AnyCommand, ErrorCode, Outcome, Rejection};
 
 pub use idempotency::{IdempotencyRecord, IdempotencyRequest};
+pub use stats::RuntimeReport;
 pub use supervision::{RestartPolicy, SupervisionEvent};
 
 use crate::store::Store;
@@ -87,6 +90,8 @@ pub struct Envelope {
     pub reply: oneshot::Sender<Answer>,
     /// The sender's span: handling is recorded as its child.
     pub span: tracing::Span,
+    /// When the message was sent, for the mailbox wait.
+    pub sent_at: Instant,
 }
 
 /// A cheap, cloneable handle on the runtime.
@@ -100,6 +105,9 @@ struct Inner {
     options: ArcSwap<RuntimeOptions>,
     store: Arc<dyn Store>,
     draining: AtomicBool,
+    /// Where shards send their counts (the metrics actor), once set.
+    metrics: OnceLock<actix::Recipient<RuntimeReport>>,
+    dropped_reports: AtomicU64,
 }
 
 /// Where one shard lives, once a thread hosts it.
@@ -121,6 +129,8 @@ impl Runtime {
                 options: ArcSwap::from_pointee(options),
                 store,
                 draining: AtomicBool::new(false),
+                metrics: OnceLock::new(),
+                dropped_reports: AtomicU64::new(0),
             }),
         }
     }
@@ -223,6 +233,7 @@ impl Runtime {
             idempotency,
             reply,
             span,
+            sent_at: Instant::now(),
         };
         if shard.try_send(Route { address, envelope }).is_err() {
             return Answer::error(
@@ -266,6 +277,25 @@ impl Runtime {
             });
         }
         Ok(count)
+    }
+
+    /// Sends shard reports to `sink` from now on.
+    pub fn set_metrics_sink(&self, sink: actix::Recipient<RuntimeReport>) {
+        let _ = self.inner.metrics.set(sink);
+    }
+
+    /// Hands a shard's report to the metrics sink without waiting.
+    pub(crate) fn report(&self, report: RuntimeReport) {
+        if let Some(sink) = self.inner.metrics.get() {
+            if sink.try_send(report).is_err() {
+                self.inner.dropped_reports.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reports dropped because the metrics actor's mailbox was full.
+    pub fn dropped_reports(&self) -> u64 {
+        self.inner.dropped_reports.load(Ordering::Relaxed)
     }
 
     pub fn set_draining(&self) {

@@ -18,7 +18,7 @@ use troupe_actors::transfer::Transfer;
 use troupe_actors::{ActorId, Address, Behavior, ErrorCode};
 
 use super::activation::{Activation, Delivery};
-use super::{Answer, Envelope, Runtime};
+use super::{stats, Answer, Envelope, Runtime};
 
 /// Routes one envelope to the activation at `address`.
 pub struct Route {
@@ -64,6 +64,7 @@ impl Shard {
         let sweep =
             (options.idle_timeout / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
         ctx.run_interval(sweep, Shard::passivate_idle);
+        ctx.run_interval(stats::REPORT_EVERY, Shard::report);
         Self {
             index,
             runtime,
@@ -85,6 +86,7 @@ impl Shard {
                 Activation::<Account>::spawn(address.clone(), self.runtime.clone(), status.clone())
             }
         };
+        stats::activated(address.kind);
         let key = (address.kind, address.id.clone());
         self.directory.insert(key.clone(), Slot { addr, status });
         &self.directory[&key]
@@ -94,13 +96,14 @@ impl Shard {
         let idle = self.runtime.options().idle_timeout;
         let now = Instant::now();
         let before = self.directory.len();
-        self.directory.retain(|_, slot| {
+        self.directory.retain(|(kind, _), slot| {
             let s = &slot.status;
             let keep = s.inflight.get() > 0
                 || s.busy.get()
                 || now.duration_since(s.last_used.get()) < idle;
             if !keep {
                 slot.addr.do_send(Delivery::Passivate);
+                stats::passivated(kind, 1);
             }
             keep
         });
@@ -113,6 +116,28 @@ impl Shard {
                 "passivated idle actors"
             );
         }
+    }
+}
+
+impl Shard {
+    fn report(&mut self, _ctx: &mut Context<Self>) {
+        let mut report = stats::take();
+        report.shard = self.index;
+        let mut live: Vec<(&'static str, u64)> = Vec::new();
+        for ((kind, _), slot) in &self.directory {
+            match live.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, n)) => *n += 1,
+                None => live.push((kind, 1)),
+            }
+            report.mailbox_depth += u64::from(slot.status.inflight.get());
+        }
+        for kind in troupe_actors::kinds::KINDS {
+            if !live.iter().any(|(k, _)| *k == kind) {
+                live.push((kind, 0));
+            }
+        }
+        report.live = live;
+        self.runtime.report(report);
     }
 }
 

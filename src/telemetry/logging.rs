@@ -1,20 +1,112 @@
-//! The tracing subscriber: human-readable or JSON lines, filtered by the
-//! configured `EnvFilter` directive (`RUST_LOG` wins when set).
+//! The tracing subscriber: logs (human-readable in development, JSON lines
+//! in production) and, when an OTLP endpoint is configured, spans to
+//! OpenTelemetry.
+//!
+//! Each output has its own filter. Logs use the configured directive
+//! (`log.filter`, `RUST_LOG` wins), which can be replaced while running.
+//! Spans go to OpenTelemetry at `debug` for troupe (the runtime's
+//! `actor.handle` and `store.commit` spans) whatever the log filter says;
+//! when export is off those debug spans are disabled at their call sites
+//! and cost next to nothing. JSON lines list the spans they were emitted
+//! in, so a line inside a request carries the root span's `request_id`,
+//! `trace_id` and `span_id`.
 
-use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
 
-use crate::settings::{LogFormat, LogSettings};
+use super::traces::{self, SpanCounters, Traces};
+use crate::settings::{LogFormat, LogSettings, Settings};
 
-/// Installs the global subscriber; a second call is a no-op.
-pub fn init_logging(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match settings.format {
-        LogFormat::Json => registry
-            .with(fmt::layer().json().with_current_span(true))
-            .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
+static SPAN_COUNTERS: std::sync::OnceLock<std::sync::Arc<SpanCounters>> =
+    std::sync::OnceLock::new();
+
+/// The export pipeline's counters, when trace export is on in this process.
+pub fn span_counters() -> Option<&'static SpanCounters> {
+    SPAN_COUNTERS.get().map(|c| &**c)
+}
+
+type FilterSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The installed subscriber's handles: flush traces on the way out,
+/// change the log filter while running.
+pub struct Telemetry {
+    traces: Option<Traces>,
+    set_filter: FilterSetter,
+}
+
+impl Telemetry {
+    /// Replaces the log filter directive (e.g. `info,troupe=debug`).
+    ///
+    /// # Errors
+    /// When the directive does not parse; the old filter stays.
+    pub fn set_log_filter(&self, directive: &str) -> Result<(), String> {
+        (self.set_filter)(directive)
+    }
+
+    /// Flushes queued spans.
+    pub fn shutdown(self) {
+        if let Some(traces) = self.traces {
+            traces.shutdown();
+        }
+    }
+}
+
+fn env_filter(directive: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(directive))
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Installs logging and, when configured, trace export.
+///
+/// # Errors
+/// When the OTLP exporter cannot be built.
+pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let traces = traces::init(settings)?;
+    if let Some(t) = &traces {
+        let _ = SPAN_COUNTERS.set(t.counters.clone());
+    }
+    let (filter, handle) = reload::Layer::new(env_filter(&settings.log.filter));
+    let set_filter: FilterSetter = Box::new(move |directive| {
+        let parsed = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+        handle.reload(parsed).map_err(|e| e.to_string())
+    });
+    let logs = match settings.log.format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().boxed(),
     };
+    let otel = traces.as_ref().map(|t| {
+        let spans = Targets::new()
+            .with_target("troupe", tracing::Level::DEBUG)
+            .with_default(tracing::Level::INFO);
+        tracing_opentelemetry::layer()
+            .with_tracer(traces::tracer(t))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_filter(spans)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(otel)
+        .try_init();
+    Ok(Telemetry { traces, set_filter })
+}
+
+/// Logging alone, for tests and tools.
+pub fn init_logging(settings: &LogSettings) {
+    let logs = match settings.format {
+        LogFormat::Json => fmt::layer().json().with_span_list(true).boxed(),
+        LogFormat::Pretty => fmt::layer().boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(env_filter(&settings.filter)))
+        .try_init();
 }

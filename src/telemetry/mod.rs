@@ -1,7 +1,10 @@
-//! Logs and metrics.
+//! Logs, traces and metrics.
 
+pub mod http_metrics;
 mod logging;
 mod metrics;
+mod traces;
 
-pub use logging::init_logging;
-pub use metrics::Metrics;
+pub use logging::{init, init_logging, span_counters, Telemetry};
+pub use metrics::{Metrics, MetricsActor};
+pub use traces::SpanCounters;

@@ -53,6 +53,24 @@ pub enum Command {
     Crash,
 }
 
+impl Command {
+    /// The message's name, as in URLs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Open { .. } => "open",
+            Self::Deposit { .. } => "deposit",
+            Self::Withdraw { .. } => "withdraw",
+            Self::Get => "get",
+            Self::Entries { .. } => "entries",
+            Self::TransferDebit { .. } => "transfer_debit",
+            Self::TransferCredit { .. } => "transfer_credit",
+            Self::Refund { .. } => "refund",
+            #[cfg(feature = "fault-injection")]
+            Self::Crash => "crash",
+        }
+    }
+}
+
 /// `open`: both fields optional.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -207,6 +207,10 @@ impl Behavior for Account {
         }
     }
 
+    fn message_name(command: &Command) -> &'static str {
+        command.name()
+    }
+
     fn into_any(command: Command) -> AnyCommand {
         AnyCommand::Account(command)
     }

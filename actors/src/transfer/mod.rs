@@ -36,6 +36,16 @@ pub enum Command {
     Get,
 }
 
+impl Command {
+    /// The message's name, as in URLs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Start { .. } => "start",
+            Self::Get => "get",
+        }
+    }
+}
+
 /// `start`: the transfer's id is the actor's id.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +224,10 @@ impl Behavior for Transfer {
 
     fn is_pending(state: &Self::State) -> bool {
         matches!(state, Some(t) if t.status == Status::Pending)
+    }
+
+    fn message_name(command: &Command) -> &'static str {
+        command.name()
     }
 
     fn into_any(command: Command) -> AnyCommand {
