@@ -8,6 +8,8 @@ case "${1:-test}" in
   test)
     # The Redis tests start their own redis-server on free ports.
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+    # promtool checks the /metrics exposition.
+    command -v promtool >/dev/null 2>&1 || need+=(prometheus)
     ;;
   bench)
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)

@@ -47,15 +47,18 @@ impl Cli {
     }
 }
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.sources())?;
+    // Before the actix system: the OTLP exporter gets its own small runtime.
     let telemetry = troupe::telemetry::init(&settings)?;
+    let result = actix_web::rt::System::new().block_on(serve(settings));
+    telemetry.shutdown();
+    result
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     tracing::info!(port = app.port(), "troupe listening");
-    let result = app.run_until_stopped().await;
-    // Flushes queued spans; the export thread blocks, so not on a worker.
-    actix_web::rt::task::spawn_blocking(move || telemetry.shutdown()).await?;
-    result
+    app.run_until_stopped().await
 }

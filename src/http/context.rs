@@ -125,9 +125,12 @@ impl RootSpanBuilder for RootSpan {
         span.record("request_id", ids.request_id.as_str());
         span.record("trace_id", ids.trace_id.as_str());
         let span_context = span.context().span().span_context().clone();
-        if span_context.is_valid() {
-            span.record("span_id", span_context.span_id().to_string().as_str());
-        }
+        let span_id = if span_context.is_valid() {
+            span_context.span_id().to_string()
+        } else {
+            format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0)
+        };
+        span.record("span_id", span_id.as_str());
         req.extensions_mut().insert(ids);
         span
     }

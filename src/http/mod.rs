@@ -104,6 +104,7 @@ async fn send(
         ParseFailure::Invalid(e) => meta.error(ErrorCode::InvalidRequest, e.to_string()),
     })?;
     let address = Address::new(command.kind(), id);
+    tracing::debug!(actor.kind = address.kind, actor.id = %address.id, message, "sending");
     let answer = runtime
         .ask(address, command, meta.deadline, idempotency)
         .await;

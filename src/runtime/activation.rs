@@ -267,6 +267,8 @@ impl<B: Behavior> Activation<B> {
         };
         let env = self.env();
         let name = B::message_name(&command);
+        // Log lines written while handling carry the request's ids.
+        let _request = envelope.span.enter();
         let _span = tracing::debug_span!(
             parent: &envelope.span,
             "actor.handle",

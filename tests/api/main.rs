@@ -9,6 +9,8 @@ mod errors;
 mod helpers;
 mod idempotency;
 mod ledger_load;
+mod metrics;
+mod otlp;
 mod redis_faults;
 mod redis_server;
 mod restart;
