@@ -92,6 +92,40 @@ for fsync in ${REDIS_FSYNC:-everysec always}; do
   kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; REDIS_PID=
 done
 
+# The cost of metrics and trace export, one worker, embedded store.
+if [ -z "${SKIP_TELEMETRY:-}" ]; then
+  cargo build --release --quiet --example otlp_sink
+  OTLP_PORT=${OTLP_PORT:-18317}
+  target/release/examples/otlp_sink "$OTLP_PORT" >/dev/null 2>&1 &
+  SINK_PID=$!
+  trows=()
+  for mode in "no-metrics" "metrics" "export-0.01" "export-1.0"; do
+    case $mode in
+      no-metrics) env=(TROUPE__TELEMETRY__HTTP_METRICS=false) ;;
+      metrics) env=() ;;
+      export-*) env=(TROUPE__TELEMETRY__OTLP__ENDPOINT="http://127.0.0.1:$OTLP_PORT" TROUPE__TELEMETRY__OTLP__SAMPLING_RATIO="${mode#export-}") ;;
+    esac
+    start 1 "${env[@]}"
+    setup_accounts
+    read -r r_rps r_p99 _ < <(run read 1 "$BASE/v1/accounts/hot")
+    read -r h_rps h_p99 _ < <(run hot 1 "$BASE/v1/accounts/hot/deposits" "$WRK/deposit.lua")
+    stop
+    trows+=("$mode $r_rps $r_p99 $h_rps $h_p99")
+  done
+  kill "$SINK_PID" 2>/dev/null || true
+  read -r _ base_r _ base_h _ <<<"${trows[0]}"
+  echo
+  echo "Telemetry cost (1 worker, embedded store; ratio to no HTTP metrics and no export):"
+  echo
+  echo "| mode | GET account req/s | p99 | vs off | POST deposit req/s | p99 | vs off |"
+  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  for row in "${trows[@]}"; do
+    read -r mode r_rps r_p99 h_rps h_p99 <<<"$row"
+    awk -v m="$mode" -v r="$r_rps" -v rp="$r_p99" -v h="$h_rps" -v hp="$h_p99" -v br="$base_r" -v bh="$base_h" \
+      'BEGIN { printf "| %s | %s | %s | %.0f%% | %s | %s | %.0f%% |\n", m, r, rp, 100*r/br, h, hp, 100*h/bh }'
+  done
+fi
+
 # Resident memory per idle activation: RSS after activating 100,000 accounts.
 start 2
 COUNT=100000 METHOD=PUT wrk -t2 -c64 -d20s -s "$WRK/sequential.lua" "$BASE" >/dev/null

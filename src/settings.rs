@@ -33,6 +33,8 @@ pub struct Settings {
 pub struct TelemetrySettings {
     /// `service.name`, unless `OTEL_SERVICE_NAME` is set.
     pub service_name: String,
+    /// Per-request HTTP metrics (the runtime's own counters are always kept).
+    pub http_metrics: bool,
     pub otlp: OtlpSettings,
 }
 

@@ -69,6 +69,7 @@ impl Application {
             web::Data::new(metrics),
             web::Data::new(limits),
         );
+        let http_metrics_on = settings.telemetry.http_metrics;
         let server = HttpServer::new(move || {
             // Runs once on each worker thread: the worker hosts a shard.
             data.0.host_shard_here();
@@ -77,7 +78,10 @@ impl Application {
                 .app_data(data.1.clone())
                 .app_data(data.2.clone())
                 .wrap(middleware::from_fn(context::request_ids))
-                .wrap(middleware::from_fn(http_metrics::record))
+                .wrap(middleware::Condition::new(
+                    http_metrics_on,
+                    middleware::from_fn(http_metrics::record),
+                ))
                 .wrap(TracingLogger::<context::RootSpan>::new())
                 .configure(http::routes)
                 .default_service(web::to(http::not_found))

@@ -18,10 +18,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use backon::{ExponentialBuilder, Retryable};
 use lru::LruCache;
+use opentelemetry::trace::TraceContextExt as _;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use troupe_actors::{Address, Behavior, Effect, Env, ErrorCode, Outcome, ReplyPlan, Step};
 
 use super::idempotency::{IdempotencyRecord, IdempotencyRequest};
@@ -269,14 +271,20 @@ impl<B: Behavior> Activation<B> {
         let name = B::message_name(&command);
         // Log lines written while handling carry the request's ids.
         let _request = envelope.span.enter();
-        let _span = tracing::debug_span!(
-            parent: &envelope.span,
-            "actor.handle",
-            actor.kind = B::KIND,
-            actor.id = %self.address.id,
-            actor.message = name,
-            mailbox.wait_us = envelope.sent_at.elapsed().as_micros() as u64,
-        )
+        // Spans below an unsampled request would be built and thrown away.
+        let sampled = envelope.span.context().span().span_context().is_sampled();
+        let _span = if !sampled {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                parent: &envelope.span,
+                "actor.handle",
+                actor.kind = B::KIND,
+                actor.id = %self.address.id,
+                actor.message = name,
+                mailbox.wait_us = envelope.sent_at.elapsed().as_micros() as u64,
+            )
+        }
         .entered();
         match catch_unwind(AssertUnwindSafe(|| B::handle(&self.state, command, &env))) {
             Ok(step) => {
@@ -408,9 +416,11 @@ impl<B: Behavior> Activation<B> {
         let key = self.address.to_string();
         let version = self.version;
         let messages = batch.replies.len() + batch.journal.len();
+        if commit.is_some() {
+            stats::batch(u32::try_from(messages).unwrap_or(u32::MAX));
+        }
         let span = match (&commit, batch.span.take()) {
-            (Some(c), Some(parent)) => {
-                stats::batch(u32::try_from(messages).unwrap_or(u32::MAX));
+            (Some(c), Some(parent)) if parent.context().span().span_context().is_sampled() => {
                 tracing::debug_span!(parent: &parent, "store.commit", store.backend = store.backend(), batch.messages = messages, batch.entries = c.entries.len())
             }
             _ => tracing::Span::none(),
