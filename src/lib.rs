@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod reload;
+pub mod remote;
 pub mod runtime;
 pub mod settings;
 pub mod startup;

@@ -1,64 +1,98 @@
-//! `troupe`: settings -> telemetry -> Application::build -> run.
+//! `troupe`: flags -> settings -> telemetry -> Application::build -> run.
 
 use std::path::PathBuf;
 
-use clap::Parser;
-use troupe::settings::{Settings, Sources};
-use troupe::startup::Application;
+use clap::{Parser, Subcommand};
+use troupe::settings::{describe, Settings, Sources};
+use troupe::startup::{Application, Controls};
 
 /// An actor-based ledger service.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     /// Address to listen on (server.bind).
-    #[arg(long)]
+    #[arg(long, global = true)]
     bind: Option<String>,
     /// Port to listen on (server.port); 0 picks a free one.
-    #[arg(long)]
+    #[arg(long, global = true)]
     port: Option<u16>,
     /// Directory of the embedded store (store.path).
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Store backend: embedded or redis (store.backend).
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// Log filter directive, e.g. info,troupe=debug (log.filter).
+    #[arg(long, global = true)]
+    log: Option<String>,
     /// Directory holding default.toml and the per-environment files.
-    #[arg(long, env = "TROUPE_CONFIG_DIR")]
+    #[arg(long, env = "TROUPE_CONFIG_DIR", global = true)]
     config_dir: Option<PathBuf>,
     /// Environment: development, staging or production.
-    #[arg(long, env = "TROUPE_ENV")]
+    #[arg(long, env = "TROUPE_ENV", global = true)]
     env: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the effective settings and the layer each came from.
+    Config,
 }
 
 impl Cli {
     fn sources(&self) -> Sources {
-        let mut overrides = Vec::new();
-        if let Some(bind) = &self.bind {
-            overrides.push(("server.bind".into(), bind.clone()));
-        }
-        if let Some(port) = self.port {
-            overrides.push(("server.port".into(), port.to_string()));
-        }
-        if let Some(dir) = &self.data_dir {
-            overrides.push(("store.path".into(), dir.display().to_string()));
-        }
+        let flags = [
+            ("server.bind", self.bind.clone()),
+            ("server.port", self.port.map(|p| p.to_string())),
+            (
+                "store.path",
+                self.data_dir.as_ref().map(|d| d.display().to_string()),
+            ),
+            ("store.backend", self.store.clone()),
+            ("log.filter", self.log.clone()),
+        ];
         Sources {
             config_dir: self.config_dir.clone(),
             env: self.env.clone(),
-            overrides,
+            overrides: flags
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+                .collect(),
+            remote: Vec::new(),
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(&cli.sources())?;
+    let sources = cli.sources();
+    if let Some(Command::Config) = cli.command {
+        for (key, value, layer) in describe(&sources)? {
+            println!("{key} = {value}    # {layer}");
+        }
+        return Ok(());
+    }
+    // Invalid settings stop here, before anything binds a port.
+    let settings = Settings::load(&sources)?;
     // Before the actix system: the OTLP exporter gets its own small runtime.
     let telemetry = troupe::telemetry::init(&settings)?;
-    let result = actix_web::rt::System::new().block_on(serve(settings));
+    let result = actix_web::rt::System::new().block_on(serve(settings, sources, &telemetry));
     telemetry.shutdown();
     result
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let app = Application::build(settings).await?;
+async fn serve(
+    settings: Settings,
+    sources: Sources,
+    telemetry: &troupe::telemetry::Telemetry,
+) -> anyhow::Result<()> {
+    let controls = Controls {
+        sources: Some(sources),
+        log_filter: Some(telemetry.log_filter_handle()),
+    };
+    let app = Application::build_with(settings, controls).await?;
     tracing::info!(port = app.port(), "troupe listening");
     app.run_until_stopped().await
 }

@@ -8,12 +8,14 @@ use actix::Actor as _;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 
 use crate::http::{self, context, HttpLimits};
+use crate::reload::Reloader;
 use crate::runtime::Runtime;
-use crate::settings::{Settings, StoreBackend};
+use crate::settings::{Settings, Sources, StoreBackend};
 use crate::store::{EmbeddedStore, RedisStore, Store};
-use crate::telemetry::{http_metrics, Metrics, MetricsActor};
+use crate::telemetry::{http_metrics, FilterSetter, Metrics, MetricsActor};
 use tracing_actix_web::TracingLogger;
 
 pub struct Application {
@@ -21,6 +23,17 @@ pub struct Application {
     server: Server,
     runtime: Runtime,
     settings: Settings,
+    /// Keeps the config directory watched while the server runs.
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// What the binary hands the application for live reload.
+#[derive(Default)]
+pub struct Controls {
+    /// The layers to re-read on a change; `None` turns reload off.
+    pub sources: Option<Sources>,
+    /// The installed subscriber's log filter.
+    pub log_filter: Option<FilterSetter>,
 }
 
 impl Application {
@@ -30,6 +43,15 @@ impl Application {
     /// # Errors
     /// When the store cannot be opened or the address cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Controls::default()).await
+    }
+
+    /// As [`Application::build`], with live reload from `controls.sources`:
+    /// the config directory is watched, and etcd when configured.
+    ///
+    /// # Errors
+    /// When the store cannot be opened or the address cannot be bound.
+    pub async fn build_with(settings: Settings, controls: Controls) -> anyhow::Result<Self> {
         let store: Arc<dyn Store> = match settings.store.backend {
             StoreBackend::Redis => Arc::new(
                 RedisStore::new(&settings.redis_options(), &settings.store_options())
@@ -64,10 +86,12 @@ impl Application {
             max_body_bytes: settings.server.max_body_bytes,
             retry_after_s: settings.server.retry_after_s,
         };
+        let current = Arc::new(ArcSwap::from_pointee(settings.clone()));
         let data = (
             web::Data::new(runtime.clone()),
-            web::Data::new(metrics),
+            web::Data::new(metrics.clone()),
             web::Data::new(limits),
+            web::Data::from(current.clone()),
         );
         let http_metrics_on = settings.telemetry.http_metrics;
         let server = HttpServer::new(move || {
@@ -77,6 +101,7 @@ impl Application {
                 .app_data(data.0.clone())
                 .app_data(data.1.clone())
                 .app_data(data.2.clone())
+                .app_data(data.3.clone())
                 .wrap(middleware::from_fn(context::request_ids))
                 .wrap(middleware::Condition::new(
                     http_metrics_on,
@@ -93,11 +118,36 @@ impl Application {
         .run();
 
         spawn_resume(runtime.clone());
+        let watcher = match controls.sources {
+            Some(sources) => {
+                let dir = sources
+                    .config_dir
+                    .clone()
+                    .unwrap_or_else(|| "config".into());
+                let reloader = Reloader::new(
+                    sources,
+                    current,
+                    runtime.clone(),
+                    controls.log_filter,
+                    metrics.config_reloads.clone(),
+                );
+                crate::remote::spawn(&settings, reloader.clone());
+                match reloader.watch(dir.clone()) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error.message = %e, "cannot watch the configuration; live reload from files is off");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(Self {
             port,
             server,
             runtime,
             settings,
+            _watcher: watcher,
         })
     }
 

@@ -28,6 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
+        super::ops::config,
     ),
     components(schemas(
         AccountView,

@@ -15,7 +15,8 @@ use crate::telemetry::Metrics;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/config", web::get().to(config));
 }
 
 /// The process is alive.
@@ -48,4 +49,13 @@ pub async fn metrics(metrics: web::Data<Metrics>, rt: web::Data<Runtime>) -> Htt
             prometheus::TEXT_FORMAT.parse().unwrap_or(mime::TEXT_PLAIN),
         ))
         .body(metrics.render(&rt, crate::telemetry::span_counters()))
+}
+
+/// The settings the server runs with now (after live reloads), secrets
+/// redacted.
+#[utoipa::path(get, path = "/config", tag = "operations", responses((status = 200, description = "{\"dotted.key\": \"value\"}")))]
+pub async fn config(
+    current: web::Data<arc_swap::ArcSwap<crate::settings::Settings>>,
+) -> HttpResponse {
+    HttpResponse::Ok().json(crate::reload::redacted(&current.load()))
 }

@@ -28,7 +28,8 @@ pub fn span_counters() -> Option<&'static SpanCounters> {
     SPAN_COUNTERS.get().map(|c| &**c)
 }
 
-type FilterSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// Replaces the log filter directive while running.
+pub type FilterSetter = std::sync::Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// The installed subscriber's handles: flush traces on the way out,
 /// change the log filter while running.
@@ -44,6 +45,11 @@ impl Telemetry {
     /// When the directive does not parse; the old filter stays.
     pub fn set_log_filter(&self, directive: &str) -> Result<(), String> {
         (self.set_filter)(directive)
+    }
+
+    /// A handle on the log filter for the configuration reloader.
+    pub fn log_filter_handle(&self) -> FilterSetter {
+        self.set_filter.clone()
     }
 
     /// Flushes queued spans.
@@ -71,7 +77,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
         let _ = SPAN_COUNTERS.set(t.counters.clone());
     }
     let (filter, handle) = reload::Layer::new(env_filter(&settings.log.filter));
-    let set_filter: FilterSetter = Box::new(move |directive| {
+    let set_filter: FilterSetter = std::sync::Arc::new(move |directive| {
         let parsed = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
         handle.reload(parsed).map_err(|e| e.to_string())
     });

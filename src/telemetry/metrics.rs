@@ -38,6 +38,8 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     reports_dropped: IntCounter,
     spans: IntCounterVec,
+    /// Configuration reloads by result: applied or rejected.
+    pub config_reloads: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -102,6 +104,7 @@ impl Metrics {
             store_errors: counter(&r, "troupe_store_errors_total", "Store operations that failed, by backend, operation and kind of error.", &["backend", "op", "error"]),
             reports_dropped: counter(&r, "troupe_metrics_reports_dropped_total", "Runtime reports dropped because the metrics actor's mailbox was full.", &[]).with_label_values::<&str>(&[]),
             spans: counter(&r, "troupe_trace_spans_total", "Spans by export stage: ended, exported, failed (ended - exported - failed = dropped or queued).", &["stage"]),
+            config_reloads: counter(&r, "troupe_config_reloads_total", "Configuration reloads by result (applied, rejected).", &["result"]),
             registry: r,
         }
     }

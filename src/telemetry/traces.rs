@@ -128,8 +128,8 @@ pub fn init(settings: &Settings) -> anyhow::Result<Option<Traces>> {
         .with_resource(resource);
     // OTEL_TRACES_SAMPLER, when set, is read by the SDK itself.
     if std::env::var_os("OTEL_TRACES_SAMPLER").is_none() {
-        let ratio = Sampler::TraceIdRatioBased(otlp.sampling_ratio);
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(ratio)));
+        set_sampling_ratio(otlp.sampling_ratio);
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(LiveRatio)));
     }
     let provider = builder.build();
     tracing::info!(%endpoint, %protocol, "exporting traces over OTLP");
@@ -212,5 +212,39 @@ impl<P: SpanProcessor> SpanProcessor for CountingProcessor<P> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// The ratio of new traces sampled, as `f64` bits; changed by a reload.
+static SAMPLING_RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000); // 1.0
+
+/// Changes the sampling ratio of new traces while running.
+pub fn set_sampling_ratio(ratio: f64) {
+    SAMPLING_RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+}
+
+/// Trace-id ratio sampling whose ratio can change at run time.
+#[derive(Debug, Clone)]
+struct LiveRatio;
+
+impl opentelemetry_sdk::trace::ShouldSample for LiveRatio {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: opentelemetry::trace::TraceId,
+        name: &str,
+        span_kind: &opentelemetry::trace::SpanKind,
+        attributes: &[KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        let ratio = f64::from_bits(SAMPLING_RATIO.load(Ordering::Relaxed));
+        Sampler::TraceIdRatioBased(ratio).should_sample(
+            parent_context,
+            trace_id,
+            name,
+            span_kind,
+            attributes,
+            links,
+        )
     }
 }

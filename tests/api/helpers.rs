@@ -13,7 +13,7 @@ use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use troupe::settings::{LogFormat, LogSettings, Settings, Sources};
-use troupe::startup::Application;
+use troupe::startup::{Application, Controls};
 
 static LOGS: Once = Once::new();
 
@@ -31,6 +31,7 @@ pub fn test_settings(dir: &Path) -> Settings {
             ("server.workers".into(), "2".into()),
             ("store.path".into(), dir.display().to_string()),
         ],
+        remote: Vec::new(),
     };
     Settings::load(&sources).expect("test settings load")
 }
@@ -49,6 +50,27 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(dir: TempDir, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_controlled(dir, tweak, Controls::default()).await
+}
+
+/// A test server that reloads its configuration from `sources`.
+pub async fn spawn_app_reloading(dir: TempDir, sources: Sources) -> TestApp {
+    spawn_app_controlled(
+        dir,
+        |_| {},
+        Controls {
+            sources: Some(sources),
+            log_filter: None,
+        },
+    )
+    .await
+}
+
+async fn spawn_app_controlled(
+    dir: TempDir,
+    tweak: impl FnOnce(&mut Settings),
+    controls: Controls,
+) -> TestApp {
     LOGS.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
             troupe::telemetry::init_logging(&LogSettings {
@@ -59,7 +81,9 @@ pub async fn spawn_app_with(dir: TempDir, tweak: impl FnOnce(&mut Settings)) -> 
     });
     let mut settings = test_settings(dir.path());
     tweak(&mut settings);
-    let app = Application::build(settings).await.expect("the app builds");
+    let app = Application::build_with(settings, controls)
+        .await
+        .expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.server_handle();
     let app_runtime = app.runtime().clone();

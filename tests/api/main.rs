@@ -4,6 +4,7 @@
 mod accounts;
 mod actors;
 mod concurrency;
+mod config;
 mod crash;
 mod errors;
 mod helpers;

@@ -7,15 +7,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config::{Config, Environment, File, FileFormat};
+use config::Config;
 use serde::Deserialize;
 
 use crate::runtime::{RestartPolicy, RuntimeOptions};
 use crate::store::{RedisOptions, StoreOptions};
 
-const DEFAULTS: &str = include_str!("../config/default.toml");
+mod layers;
 
-#[derive(Debug, Clone, Deserialize)]
+pub use layers::{describe, redact, Origins};
+
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -28,7 +32,7 @@ pub struct Settings {
     pub environment: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// `service.name`, unless `OTEL_SERVICE_NAME` is set.
@@ -38,7 +42,7 @@ pub struct TelemetrySettings {
     pub otlp: OtlpSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpSettings {
     /// Where spans go; empty means `OTEL_EXPORTER_OTLP_ENDPOINT`, and export
@@ -54,7 +58,7 @@ pub struct OtlpSettings {
     pub export_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub bind: String,
@@ -66,14 +70,14 @@ pub struct ServerSettings {
     pub retry_after_s: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreBackend {
     Embedded,
     Redis,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     pub backend: StoreBackend,
@@ -85,7 +89,7 @@ pub struct StoreSettings {
     pub redis: RedisSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     pub url: String,
@@ -95,7 +99,7 @@ pub struct RedisSettings {
     pub prefix: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
     pub mailbox_capacity: usize,
@@ -108,7 +112,7 @@ pub struct RuntimeSettings {
     pub supervision: SupervisionSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisionSettings {
     pub max_restarts: u32,
@@ -117,14 +121,14 @@ pub struct SupervisionSettings {
     pub max_backoff_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Pretty,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub filter: String,
@@ -140,17 +144,21 @@ pub struct Sources {
     pub env: Option<String>,
     /// `(dotted.key, value)` pairs from flags: the highest layer.
     pub overrides: Vec<(String, String)>,
+    /// `(dotted.key, value)` pairs from the remote store (etcd), between
+    /// the environment and the flags.
+    pub remote: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
-    #[error("configuration: {key} = {value:?} is invalid: {reason}")]
+    #[error("configuration: {key} = {value:?} (from {layer}) is invalid: {reason}")]
     Invalid {
         key: &'static str,
         value: String,
         reason: &'static str,
+        layer: String,
     },
 }
 
@@ -161,32 +169,35 @@ impl Settings {
     /// When a file cannot be parsed, a value has the wrong type, or a value
     /// is out of range; the message names the key.
     pub fn load(sources: &Sources) -> Result<Self, SettingsError> {
-        let dir = sources
-            .config_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("config"));
-        let env = sources.env.clone().unwrap_or_else(|| "development".into());
-        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
-        for name in ["default", env.as_str(), "local"] {
-            builder = builder.add_source(
-                File::from(dir.join(name))
-                    .format(FileFormat::Toml)
-                    .required(false),
-            );
-        }
-        builder = builder.add_source(
-            Environment::with_prefix("TROUPE")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-        for (key, value) in &sources.overrides {
-            builder = builder.set_override(key.as_str(), value.as_str())?;
+        Self::load_with_origins(sources).map(|(settings, _)| settings)
+    }
+
+    /// Loads the settings and which layer each key came from.
+    ///
+    /// # Errors
+    /// As [`Settings::load`]; a value out of range names its layer.
+    pub fn load_with_origins(sources: &Sources) -> Result<(Self, Origins), SettingsError> {
+        let layers = sources.layers()?;
+        let origins = Origins::of(&layers);
+        let mut builder = Config::builder();
+        for (_, layer) in layers {
+            builder = builder.add_source(layer);
         }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
-        settings.environment = env;
-        settings.validate()?;
-        Ok(settings)
+        settings.environment = sources.environment();
+        if let Err(SettingsError::Invalid {
+            key, value, reason, ..
+        }) = settings.validate()
+        {
+            let layer = origins.layer(key).unwrap_or("defaults").to_owned();
+            return Err(SettingsError::Invalid {
+                key,
+                value,
+                reason,
+                layer,
+            });
+        }
+        Ok((settings, origins))
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
@@ -228,6 +239,7 @@ impl Settings {
                     key,
                     value: value.to_string(),
                     reason: "must be at least 1",
+                    layer: String::new(),
                 });
             }
         }
@@ -236,6 +248,7 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "telemetry.otlp.sampling_ratio",
                 value: ratio.to_string(),
+                layer: String::new(),
                 reason: "must be between 0.0 and 1.0",
             });
         }
@@ -246,6 +259,7 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "telemetry.otlp.protocol",
                 value: self.telemetry.otlp.protocol.clone(),
+                layer: String::new(),
                 reason: "must be grpc or http/protobuf",
             });
         }
@@ -253,6 +267,7 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "runtime.max_timeout_ms",
                 value: self.runtime.max_timeout_ms.to_string(),
+                layer: String::new(),
                 reason: "must not be below runtime.default_timeout_ms",
             });
         }
@@ -261,6 +276,7 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "server.bind",
                 value: self.server.bind.clone(),
+                layer: String::new(),
                 reason: "must be an IP address",
             });
         }

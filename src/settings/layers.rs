@@ -1,0 +1,194 @@
+//! The configuration layers, lowest to highest precedence, and where each
+//! effective value came from.
+//!
+//! Each layer is built on its own and then merged in order, so the origin
+//! of every key is known: `troupe config` prints it, and a value out of
+//! range names the layer that set it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use config::{Config, ConfigError, Environment, File, FileFormat, Source, Value, ValueKind};
+
+use super::{Settings, SettingsError, Sources, DEFAULTS};
+
+impl Sources {
+    pub(super) fn environment(&self) -> String {
+        self.env.clone().unwrap_or_else(|| "development".into())
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("config"))
+    }
+
+    /// Every layer, named, lowest precedence first.
+    pub(super) fn layers(&self) -> Result<Vec<(String, Config)>, ConfigError> {
+        let dir = self.dir();
+        let mut layers = vec![(
+            "defaults (built in)".to_owned(),
+            Config::builder()
+                .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+                .build()?,
+        )];
+        for name in ["default".to_owned(), self.environment(), "local".to_owned()] {
+            let path = dir.join(format!("{name}.toml"));
+            let file = File::from(path.clone())
+                .format(FileFormat::Toml)
+                .required(false);
+            layers.push((
+                path.display().to_string(),
+                Config::builder().add_source(file).build()?,
+            ));
+        }
+        let env = Environment::with_prefix("TROUPE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        layers.push((
+            "environment (TROUPE__*)".to_owned(),
+            Config::builder().add_source(env).build()?,
+        ));
+        for (name, pairs) in [("etcd", &self.remote), ("flags", &self.overrides)] {
+            let mut builder = Config::builder();
+            for (key, value) in pairs {
+                builder = builder.set_override(key.as_str(), value.as_str())?;
+            }
+            layers.push((name.to_owned(), builder.build()?));
+        }
+        Ok(layers)
+    }
+}
+
+/// Which layer set each dotted key last.
+#[derive(Debug, Clone, Default)]
+pub struct Origins(BTreeMap<String, String>);
+
+impl Origins {
+    pub(super) fn of(layers: &[(String, Config)]) -> Self {
+        let mut origins = BTreeMap::new();
+        for (name, layer) in layers {
+            let mut keys = BTreeMap::new();
+            if let Ok(table) = layer.collect() {
+                flatten("", Value::new(None, ValueKind::Table(table)), &mut keys);
+            }
+            for key in keys.into_keys() {
+                origins.insert(key, name.clone());
+            }
+        }
+        Self(origins)
+    }
+
+    pub fn layer(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+fn flatten(prefix: &str, value: Value, out: &mut BTreeMap<String, String>) {
+    match value.kind {
+        ValueKind::Table(table) => {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_owned(), value.to_string());
+        }
+    }
+}
+
+/// The effective settings as `(key, value, layer)`, secrets redacted.
+///
+/// # Errors
+/// When the settings do not load.
+pub fn describe(sources: &Sources) -> Result<Vec<(String, String, String)>, SettingsError> {
+    let (settings, origins) = Settings::load_with_origins(sources)?;
+    Ok(settings
+        .flattened()
+        .into_iter()
+        .map(|(key, value)| {
+            let layer = origins
+                .layer(&key)
+                .unwrap_or("defaults (built in)")
+                .to_owned();
+            let value = redact(&key, &value);
+            (key, value, layer)
+        })
+        .collect())
+}
+
+/// Hides passwords: whole values of secret-looking keys, and the password
+/// part of URLs (`redis://user:secret@host` -> `redis://user:***@host`).
+pub fn redact(key: &str, value: &str) -> String {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    if ["password", "secret", "token"]
+        .iter()
+        .any(|s| last.contains(s))
+    {
+        return "***".into();
+    }
+    if let Some((scheme, rest)) = value.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    value.to_owned()
+}
+
+impl Settings {
+    /// Every setting as a dotted key and its value's text.
+    pub fn flattened(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Ok(json) = serde_json::to_value(self) {
+            flatten_json("", &json, &mut out);
+        }
+        out
+    }
+}
+
+fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_json(&key, v, out);
+            }
+        }
+        serde_json::Value::String(s) => {
+            out.insert(prefix.to_owned(), s.clone());
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("store.redis.url", "redis://u:pw@h:6379"),
+            "redis://u:***@h:6379"
+        );
+        assert_eq!(
+            redact("store.redis.url", "redis://h:6379"),
+            "redis://h:6379"
+        );
+        assert_eq!(redact("remote.etcd.password", "x"), "***");
+    }
+}

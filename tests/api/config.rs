@@ -1,0 +1,211 @@
+//! Configuration: layer precedence, errors that name the key, the value
+//! and the layer, and live reload of a running server.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+use troupe::settings::{Settings, SettingsError, Sources};
+
+use crate::helpers::{json_of, spawn_app_reloading};
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn sources(dir: &Path, env: &str) -> Sources {
+    Sources {
+        config_dir: Some(dir.to_path_buf()),
+        env: Some(env.into()),
+        overrides: Vec::new(),
+        remote: Vec::new(),
+    }
+}
+
+#[test]
+fn each_layer_overrides_the_ones_below_and_is_named_as_the_origin() {
+    let dir = TempDir::new().unwrap();
+    write(
+        dir.path(),
+        "default.toml",
+        "[server]\nport = 1111\n[runtime]\nmailbox_capacity = 10\nidle_timeout_ms = 1\n",
+    );
+    write(
+        dir.path(),
+        "staging.toml",
+        "[server]\nport = 2222\n[runtime]\nidle_timeout_ms = 5\neffect_timeout_ms = 6\n",
+    );
+    write(dir.path(), "local.toml", "[runtime]\nidle_timeout_ms = 7\n");
+    // SAFETY of the test: nextest runs each test in its own process.
+    std::env::set_var("TROUPE__RUNTIME__DEFAULT_TIMEOUT_MS", "1234");
+    let mut s = sources(dir.path(), "staging");
+    s.remote = vec![
+        ("runtime.max_timeout_ms".into(), "9999".into()),
+        ("server.port".into(), "4444".into()),
+    ];
+    s.overrides = vec![("server.port".into(), "3333".into())];
+
+    let (settings, origins) = Settings::load_with_origins(&s).unwrap();
+    std::env::remove_var("TROUPE__RUNTIME__DEFAULT_TIMEOUT_MS");
+
+    assert_eq!(settings.server.port, 3333);
+    assert_eq!(origins.layer("server.port"), Some("flags"));
+    assert_eq!(settings.runtime.max_timeout_ms, 9999);
+    assert_eq!(origins.layer("runtime.max_timeout_ms"), Some("etcd"));
+    assert_eq!(settings.runtime.default_timeout_ms, 1234);
+    assert_eq!(
+        origins.layer("runtime.default_timeout_ms"),
+        Some("environment (TROUPE__*)")
+    );
+    assert_eq!(settings.runtime.idle_timeout_ms, 7);
+    assert!(origins
+        .layer("runtime.idle_timeout_ms")
+        .is_some_and(|l| l.ends_with("local.toml")));
+    assert_eq!(settings.runtime.effect_timeout_ms, 6);
+    assert!(origins
+        .layer("runtime.effect_timeout_ms")
+        .is_some_and(|l| l.ends_with("staging.toml")));
+    assert_eq!(settings.runtime.mailbox_capacity, 10);
+    assert!(origins
+        .layer("runtime.mailbox_capacity")
+        .is_some_and(|l| l.ends_with("default.toml")));
+    assert_eq!(
+        origins.layer("store.max_batch"),
+        Some("defaults (built in)")
+    );
+    assert_eq!(settings.environment, "staging");
+}
+
+fn error_for(local: &str) -> String {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "local.toml", local);
+    match Settings::load(&sources(dir.path(), "development")) {
+        Ok(_) => panic!("{local:?} was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_values_are_refused_with_the_key_the_value_and_the_layer() {
+    let cases: [(&str, &[&str]); 6] = [
+        (
+            "[server]\nport = \"abc\"\n",
+            &["server.port", "abc", "local.toml"],
+        ),
+        ("[server]\nport = 70000\n", &["server.port", "70000"]),
+        (
+            "[runtime]\nmailbox_capacity = 0\n",
+            &["runtime.mailbox_capacity", "\"0\"", "local.toml"],
+        ),
+        (
+            "[telemetry.otlp]\nsampling_ratio = 2.0\n",
+            &["telemetry.otlp.sampling_ratio", "2", "local.toml"],
+        ),
+        ("[server]\ncolour = \"red\"\n", &["colour"]),
+        ("[server\nport = 1\n", &["local.toml"]),
+    ];
+    for (local, needles) in cases {
+        let message = error_for(local);
+        for needle in needles {
+            assert!(
+                message.contains(needle),
+                "{local:?}: {message:?} lacks {needle:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bad_environment_variable_names_the_environment() {
+    std::env::set_var("TROUPE__RUNTIME__MAX_TIMEOUT_MS", "1");
+    let dir = TempDir::new().unwrap();
+    let e = Settings::load(&sources(dir.path(), "development")).unwrap_err();
+    std::env::remove_var("TROUPE__RUNTIME__MAX_TIMEOUT_MS");
+    assert!(
+        matches!(
+            &e,
+            SettingsError::Invalid {
+                key: "runtime.max_timeout_ms",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("environment"), "{e}");
+}
+
+async fn config_of(app: &crate::helpers::TestApp) -> Value {
+    json_of(app.get("/config").await).await
+}
+
+async fn eventually(app: &crate::helpers::TestApp, key: &str, value: &str) -> bool {
+    for _ in 0..60 {
+        if config_of(app).await[key] == Value::String(value.into()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[actix_rt::test]
+async fn editing_a_file_reloads_the_running_server_and_invalid_edits_are_rejected() {
+    let config = TempDir::new().unwrap();
+    let mut s = sources(config.path(), "development");
+    s.overrides = vec![
+        ("server.port".into(), "0".into()),
+        ("server.workers".into(), "2".into()),
+    ];
+    let app = spawn_app_reloading(TempDir::new().unwrap(), s).await;
+    assert_eq!(
+        config_of(&app).await["runtime.default_timeout_ms"],
+        Value::String("5000".into())
+    );
+
+    write(
+        config.path(),
+        "local.toml",
+        "[runtime]\ndefault_timeout_ms = 1234\n[log]\nfilter = \"warn\"\n[store]\nmax_batch = 7\n",
+    );
+    assert!(
+        eventually(&app, "runtime.default_timeout_ms", "1234").await,
+        "the default timeout did not change"
+    );
+    assert!(eventually(&app, "log.filter", "warn").await);
+    assert_eq!(
+        app.app_runtime.options().default_timeout,
+        Duration::from_millis(1234)
+    );
+    // A key that needs a restart is reported, not applied.
+    assert_eq!(
+        config_of(&app).await["store.max_batch"],
+        Value::String("1024".into())
+    );
+
+    write(
+        config.path(),
+        "local.toml",
+        "[runtime]\ndefault_timeout_ms = 1234\nmailbox_capacity = 0\n",
+    );
+    let mut rejected = false;
+    for _ in 0..60 {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        if metrics.contains("troupe_config_reloads_total{result=\"rejected\"} 1") {
+            rejected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rejected, "the invalid edit was not rejected");
+    let running = config_of(&app).await;
+    assert_eq!(
+        running["runtime.mailbox_capacity"],
+        Value::String("1024".into())
+    );
+    assert_eq!(
+        running["runtime.default_timeout_ms"],
+        Value::String("1234".into())
+    );
+    assert_eq!(app.app_runtime.options().mailbox_capacity, 1024);
+}
