@@ -10,8 +10,13 @@ case "${1:-test}" in
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
     # promtool checks the /metrics exposition.
     command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+    # The remote-configuration tests start their own etcd.
+    command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+    # etcd-client compiles etcd's protobuf definitions.
+    command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
     ;;
   bench)
+    command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
     command -v curl >/dev/null 2>&1 || need+=(curl)

@@ -27,9 +27,26 @@ pub struct Settings {
     pub runtime: RuntimeSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
+    pub remote: RemoteSettings,
     /// The environment the settings were loaded for (`--env`).
     #[serde(skip)]
     pub environment: String,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSettings {
+    pub etcd: EtcdSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSettings {
+    /// Empty: no remote layer.
+    pub endpoints: Vec<String>,
+    /// Keys under it are settings by dotted path, e.g. `/troupe/production/log.filter`.
+    pub prefix: String,
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

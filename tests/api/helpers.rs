@@ -54,16 +54,16 @@ pub async fn spawn_app_with(dir: TempDir, tweak: impl FnOnce(&mut Settings)) -> 
 }
 
 /// A test server that reloads its configuration from `sources`.
-pub async fn spawn_app_reloading(dir: TempDir, sources: Sources) -> TestApp {
-    spawn_app_controlled(
-        dir,
-        |_| {},
-        Controls {
-            sources: Some(sources),
-            log_filter: None,
-        },
-    )
-    .await
+pub async fn spawn_app_reloading(dir: TempDir, mut sources: Sources) -> TestApp {
+    sources
+        .overrides
+        .push(("store.path".into(), dir.path().display().to_string()));
+    let settings = Settings::load(&sources).expect("test settings load");
+    let controls = Controls {
+        sources: Some(sources),
+        log_filter: None,
+    };
+    spawn_app_controlled(dir, |s| *s = settings, controls).await
 }
 
 async fn spawn_app_controlled(

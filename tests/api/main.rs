@@ -7,6 +7,7 @@ mod concurrency;
 mod config;
 mod crash;
 mod errors;
+mod etcd;
 mod helpers;
 mod idempotency;
 mod ledger_load;

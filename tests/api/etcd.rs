@@ -1,0 +1,187 @@
+//! The remote layer on a real etcd (Debian's `etcd-server`), started by the
+//! test on free ports in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tempfile::TempDir;
+use troupe::settings::Sources;
+
+use crate::helpers::{free_port, json_of, spawn_app_reloading, TestApp};
+
+struct Etcd {
+    port: u16,
+    peer: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> Self {
+        let mut etcd = Self {
+            port: free_port(),
+            peer: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is on PATH (make test installs etcd-server)");
+        self.child = Some(child);
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn put(&self, key: &str, value: &str) {
+        for _ in 0..100 {
+            if let Ok(mut client) = etcd_client::Client::connect([self.url()], None).await {
+                if client.put(key, value, None).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not write to etcd");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn app_following(etcd_url: &str, config: &Path) -> TestApp {
+    std::fs::write(
+        config.join("local.toml"),
+        format!("[remote.etcd]\nendpoints = [\"{etcd_url}\"]\nprefix = \"/troupe/test/\"\nconnect_timeout_ms = 300\n"),
+    )
+    .unwrap();
+    let sources = Sources {
+        config_dir: Some(config.to_path_buf()),
+        env: Some("development".into()),
+        overrides: vec![
+            ("server.port".into(), "0".into()),
+            ("server.workers".into(), "2".into()),
+        ],
+        remote: Vec::new(),
+    };
+    spawn_app_reloading(TempDir::new().unwrap(), sources).await
+}
+
+async fn eventually(app: &TestApp, key: &str, value: &str) -> bool {
+    for _ in 0..100 {
+        if json_of(app.get("/config").await).await[key] == Value::String(value.into()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[actix_rt::test]
+async fn a_value_put_under_the_prefix_reaches_the_running_server() {
+    let data = TempDir::new().unwrap();
+    let etcd = Etcd::start(data.path());
+    let config = TempDir::new().unwrap();
+    let app = app_following(&etcd.url(), config.path()).await;
+    etcd.put("/troupe/test/runtime.default_timeout_ms", "2345")
+        .await;
+    assert!(
+        eventually(&app, "runtime.default_timeout_ms", "2345").await,
+        "the etcd value never arrived"
+    );
+    assert_eq!(
+        app.app_runtime.options().default_timeout,
+        Duration::from_millis(2345)
+    );
+    etcd.put("/troupe/other/runtime.default_timeout_ms", "1")
+        .await;
+    etcd.put("/troupe/test/log.filter", "warn").await;
+    assert!(eventually(&app, "log.filter", "warn").await);
+    assert_eq!(
+        app.app_runtime.options().default_timeout,
+        Duration::from_millis(2345),
+        "keys outside the prefix are ignored"
+    );
+}
+
+#[actix_rt::test]
+async fn etcd_stopped_and_started_again_does_not_disturb_serving() {
+    let data = TempDir::new().unwrap();
+    let mut etcd = Etcd::start(data.path());
+    let config = TempDir::new().unwrap();
+    let app = app_following(&etcd.url(), config.path()).await;
+    etcd.put("/troupe/test/runtime.idle_timeout_ms", "45000")
+        .await;
+    assert!(eventually(&app, "runtime.idle_timeout_ms", "45000").await);
+
+    etcd.kill();
+    app.open("steady").await;
+    for _ in 0..20 {
+        assert_eq!(app.deposit("steady", 1).await.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        json_of(app.get("/config").await).await["runtime.idle_timeout_ms"],
+        Value::String("45000".into()),
+        "the last good value stays"
+    );
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+
+    etcd.spawn();
+    etcd.put("/troupe/test/runtime.idle_timeout_ms", "46000")
+        .await;
+    assert!(
+        eventually(&app, "runtime.idle_timeout_ms", "46000").await,
+        "no reconnection after etcd came back"
+    );
+    assert_eq!(app.balance("steady").await, 20);
+}
+
+#[actix_rt::test]
+async fn an_unreachable_etcd_at_start_leaves_the_local_layers_in_force() {
+    let config = TempDir::new().unwrap();
+    let app = app_following(&format!("http://127.0.0.1:{}", free_port()), config.path()).await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    assert_eq!(
+        json_of(app.get("/config").await).await["runtime.default_timeout_ms"],
+        Value::String("5000".into())
+    );
+}
