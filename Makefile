@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run test bench bench-http lint fmt clean deps
+.PHONY: help run test bench bench-http lint fmt clean deps docker up down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,12 +28,23 @@ bench-http: ## Release build + wrk: baseline vs reads vs durable deposits, 1 and
 	scripts/deps.sh bench
 	scripts/bench-http.sh
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## fmt --check, clippy -D warnings, Dockerfile/compose/Prometheus/Grafana checks
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/lint-deploy.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+
+docker: ## Build the image troupe:latest (needs a Docker engine)
+	docker build -t troupe:latest .
+
+up: ## Start troupe, Redis, Jaeger, Prometheus and Grafana (needs a Docker engine)
+	docker compose up -d --build
+	@echo "troupe http://localhost:8080  Jaeger http://localhost:16686  Prometheus http://localhost:9090  Grafana http://localhost:3000"
+
+down: ## Stop the stack
+	docker compose down
 
 clean: ## Remove build output and the local data directory
 	$(CARGO) clean
