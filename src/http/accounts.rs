@@ -14,6 +14,27 @@ use super::openapi::{AccountView, ErrorBody, Movement};
 use super::{method_not_allowed, parse_id, send, Shape};
 use crate::runtime::Runtime;
 
+/// Sends `message` to the account in the path.
+async fn to_account(
+    rt: &Runtime,
+    meta: &RequestMeta,
+    id: String,
+    message: &str,
+    payload: serde_json::Value,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(meta, id)?;
+    send(
+        rt,
+        meta,
+        Account::KIND,
+        id,
+        message,
+        payload,
+        Shape::Resource,
+    )
+    .await
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/accounts/{id}")
@@ -52,22 +73,12 @@ pub async fn open(
     id: web::Path<String>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_id(&meta, id.into_inner())?;
     // PUT is idempotent by itself; a key adds nothing.
     let meta = RequestMeta {
         idempotency_key: None,
         ..meta
     };
-    send(
-        &rt,
-        &meta,
-        Account::KIND,
-        id,
-        "open",
-        body.0,
-        Shape::Resource,
-    )
-    .await
+    to_account(&rt, &meta, id.into_inner(), "open", body.0).await
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts",
@@ -77,17 +88,7 @@ pub async fn get(
     meta: RequestMeta,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_id(&meta, id.into_inner())?;
-    send(
-        &rt,
-        &meta,
-        Account::KIND,
-        id,
-        "get",
-        json!({}),
-        Shape::Resource,
-    )
-    .await
+    to_account(&rt, &meta, id.into_inner(), "get", json!({})).await
 }
 
 #[utoipa::path(post, path = "/v1/accounts/{id}/deposits", tag = "accounts",
@@ -100,17 +101,7 @@ pub async fn deposit(
     id: web::Path<String>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_id(&meta, id.into_inner())?;
-    send(
-        &rt,
-        &meta,
-        Account::KIND,
-        id,
-        "deposit",
-        body.0,
-        Shape::Resource,
-    )
-    .await
+    to_account(&rt, &meta, id.into_inner(), "deposit", body.0).await
 }
 
 #[utoipa::path(post, path = "/v1/accounts/{id}/withdrawals", tag = "accounts",
@@ -123,17 +114,7 @@ pub async fn withdraw(
     id: web::Path<String>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_id(&meta, id.into_inner())?;
-    send(
-        &rt,
-        &meta,
-        Account::KIND,
-        id,
-        "withdraw",
-        body.0,
-        Shape::Resource,
-    )
-    .await
+    to_account(&rt, &meta, id.into_inner(), "withdraw", body.0).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -153,16 +134,7 @@ pub async fn entries(
     id: web::Path<String>,
     query: web::Query<EntriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_id(&meta, id.into_inner())?;
     let EntriesQuery { after, limit } = query.into_inner();
-    send(
-        &rt,
-        &meta,
-        Account::KIND,
-        id,
-        "entries",
-        json!({ "after": after, "limit": limit }),
-        Shape::Resource,
-    )
-    .await
+    let payload = json!({ "after": after, "limit": limit });
+    to_account(&rt, &meta, id.into_inner(), "entries", payload).await
 }
