@@ -15,12 +15,12 @@ COPY actors/Cargo.toml actors/
 RUN mkdir -p src actors/src benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
  && echo 'fn main() {}' > benches/runtime.rs && echo 'fn main() {}' > benches/apply.rs \
- && cargo build --release --locked --bin troupe \
+ && cargo build --release --locked --features etcd --bin troupe \
  && rm -rf src actors/src benches
 
 COPY . .
 RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
- && cargo build --release --locked --bin troupe
+ && cargo build --release --locked --features etcd --bin troupe
 
 FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="troupe" \

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run test bench bench-http lint fmt clean deps docker up down
+.PHONY: help run run-etcd test bench bench-http lint fmt clean deps docker up down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -10,15 +10,19 @@ help: ## List the targets
 run: ## Serve on 127.0.0.1:8080 with the embedded store in ./data
 	$(CARGO) run --release
 
+run-etcd: ## As run, with the etcd configuration layer (needs protoc)
+	scripts/deps.sh bench
+	$(CARGO) run --release --features etcd
+
 deps: ## Install the system packages the tests need (Debian)
 	@scripts/deps.sh test
 
 test: ## Run the whole test suite
 	@scripts/deps.sh test
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --no-fail-fast; \
+		$(CARGO) nextest run --workspace --all-features --no-fail-fast; \
 	else \
-		$(CARGO) test --workspace --no-fail-fast; \
+		$(CARGO) test --workspace --all-features --no-fail-fast; \
 	fi
 
 bench: ## Criterion benches: in-process round trip, domain apply
@@ -31,6 +35,7 @@ bench-http: ## Release build + wrk: baseline vs reads vs durable deposits, 1 and
 lint: ## fmt --check, clippy -D warnings, Dockerfile/compose/Prometheus/Grafana checks
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	scripts/lint-deploy.sh
 
 fmt: ## Format the code

@@ -7,6 +7,7 @@ mod concurrency;
 mod config;
 mod crash;
 mod errors;
+#[cfg(feature = "etcd")]
 mod etcd;
 mod helpers;
 mod idempotency;
