@@ -56,19 +56,28 @@ setup_accounts() {
 }
 
 rows=()
-for workers in ${WORKERS:-1 2}; do
-  start "$workers"
+# measure workers label [env...]: the baseline, then each durable and read
+# scenario, against a server started with env; appends table rows.
+measure() {
+  local workers=$1 label=$2; shift 2
+  start "$workers" "$@"
   setup_accounts
+  local b_rps b_p99 rps p99 err
   read -r b_rps b_p99 _ < <(run baseline "$workers" "$BASE/healthz")
-  read -r r_rps r_p99 r_err < <(run read "$workers" "$BASE/v1/accounts/hot")
-  read -r h_rps h_p99 h_err < <(run hot "$workers" "$BASE/v1/accounts/hot/deposits" "$WRK/deposit.lua")
-  read -r s_rps s_p99 s_err < <(run spread "$workers" "$BASE" "$WRK/deposit_many.lua")
+  rows+=("| $workers | ${label}GET /healthz (baseline) | $b_rps | $b_p99 | 100% | 0 |")
+  local scenario
+  for scenario in "GET account|$BASE/v1/accounts/hot|" \
+                  "POST deposit, 1 hot account|$BASE/v1/accounts/hot/deposits|$WRK/deposit.lua" \
+                  "POST deposit, 10,000 accounts|$BASE|$WRK/deposit_many.lua"; do
+    IFS='|' read -r name url script <<<"$scenario"
+    read -r rps p99 err < <(run "$name" "$workers" "$url" "$script")
+    rows+=("| $workers | $label$name | $rps | $p99 | $(awk -v a="$rps" -v b="$b_rps" 'BEGIN { printf "%.0f%%", 100 * a / b }') | $err |")
+  done
   stop
-  ratio() { awk -v a="$1" -v b="$b_rps" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
-  rows+=("| $workers | GET /healthz (baseline) | $b_rps | $b_p99 | 100% | 0 |")
-  rows+=("| $workers | GET account | $r_rps | $r_p99 | $(ratio "$r_rps") | $r_err |")
-  rows+=("| $workers | POST deposit, 1 hot account | $h_rps | $h_p99 | $(ratio "$h_rps") | $h_err |")
-  rows+=("| $workers | POST deposit, 10,000 accounts | $s_rps | $s_p99 | $(ratio "$s_rps") | $s_err |")
+}
+
+for workers in ${WORKERS:-1 2}; do
+  measure "$workers" ""
 done
 
 # The Redis store: a redis-server of our own with AOF on, per appendfsync policy.
@@ -78,16 +87,7 @@ for fsync in ${REDIS_FSYNC:-everysec always}; do
   REDIS_PID=$!
   sleep 0.5
   for workers in ${WORKERS:-1 2}; do
-    start "$workers" TROUPE__STORE__BACKEND=redis TROUPE__STORE__REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
-    setup_accounts
-    read -r b_rps _ _ < <(run baseline "$workers" "$BASE/healthz")
-    read -r h_rps h_p99 h_err < <(run hot "$workers" "$BASE/v1/accounts/hot/deposits" "$WRK/deposit.lua")
-    read -r s_rps s_p99 s_err < <(run spread "$workers" "$BASE" "$WRK/deposit_many.lua")
-    stop
-    ratio() { awk -v a="$1" -v b="$b_rps" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
-    rows+=("| $workers | redis ($fsync): GET /healthz (baseline) | $b_rps | | 100% | 0 |")
-    rows+=("| $workers | redis ($fsync): POST deposit, 1 hot account | $h_rps | $h_p99 | $(ratio "$h_rps") | $h_err |")
-    rows+=("| $workers | redis ($fsync): POST deposit, 10,000 accounts | $s_rps | $s_p99 | $(ratio "$s_rps") | $s_err |")
+    measure "$workers" "redis ($fsync): " TROUPE__STORE__BACKEND=redis TROUPE__STORE__REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
   done
   kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; REDIS_PID=
 done

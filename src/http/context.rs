@@ -16,7 +16,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use opentelemetry::global;
 use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
@@ -39,15 +39,14 @@ pub struct RequestIds {
 
 impl RequestIds {
     /// The client's `X-Request-Id` when usable, else a new one; the trace
-    /// id of `span` when OpenTelemetry is on, else the caller's
-    /// `traceparent`'s, else a new one.
-    fn new(headers: &HeaderMap, span: &tracing::Span) -> Self {
+    /// id of `otel` (the root span's context) when OpenTelemetry is on, else
+    /// the caller's `traceparent`'s, else a new one.
+    fn new(headers: &HeaderMap, otel: &SpanContext) -> Self {
         let request_id = headers
             .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        let otel = span.context().span().span_context().clone();
         let trace_id = if otel.is_valid() {
             otel.trace_id().to_string()
         } else {
@@ -68,7 +67,7 @@ impl RequestIds {
         req.extensions()
             .get::<Self>()
             .cloned()
-            .unwrap_or_else(|| Self::new(req.headers(), &tracing::Span::none()))
+            .unwrap_or_else(|| Self::new(req.headers(), &SpanContext::empty_context()))
     }
 }
 
@@ -121,10 +120,11 @@ impl RootSpanBuilder for RootSpan {
             let parent = global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
             let _ = span.set_parent(parent);
         }
-        let ids = RequestIds::new(req.headers(), &span);
+        // One look at the OpenTelemetry context serves both ids.
+        let span_context = span.context().span().span_context().clone();
+        let ids = RequestIds::new(req.headers(), &span_context);
         span.record("request_id", ids.request_id.as_str());
         span.record("trace_id", ids.trace_id.as_str());
-        let span_context = span.context().span().span_context().clone();
         let span_id = if span_context.is_valid() {
             span_context.span_id().to_string()
         } else {

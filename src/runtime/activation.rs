@@ -322,9 +322,6 @@ impl<B: Behavior> Activation<B> {
             // The effect's asks join the trace of the message that caused it.
             self.batch().effect = Some((effect, tracing::Span::current()));
         }
-        if self.batch.as_ref().is_none_or(|b| b.span.is_none()) {
-            self.batch().span = Some(tracing::Span::current());
-        }
         if let Some(outcome) = step.settle {
             self.batch().settle = Some(outcome);
         }
@@ -351,6 +348,13 @@ impl<B: Behavior> Activation<B> {
                 ReplyPlan::Journal { after, limit } => {
                     self.batch().journal.push((reply, after, limit))
                 }
+            }
+        }
+        // The commit is recorded under the first message that writes. Reads
+        // allocate no batch, and an idle actor keeps no request's span alive.
+        if let Some(batch) = self.batch.as_deref_mut() {
+            if batch.writes() && batch.span.is_none() {
+                batch.span = Some(tracing::Span::current());
             }
         }
         self.schedule_flush(ctx);

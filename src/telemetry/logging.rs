@@ -66,6 +66,19 @@ fn env_filter(directive: &str) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Log lines: JSON lists the spans a line was written in (so the request's
+/// ids appear), pretty is for people.
+fn log_layer(format: LogFormat) -> Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> {
+    match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().boxed(),
+    }
+}
+
 /// Installs logging and, when configured, trace export.
 ///
 /// # Errors
@@ -81,14 +94,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
         let parsed = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
         handle.reload(parsed).map_err(|e| e.to_string())
     });
-    let logs = match settings.log.format {
-        LogFormat::Json => fmt::layer()
-            .json()
-            .with_current_span(false)
-            .with_span_list(true)
-            .boxed(),
-        LogFormat::Pretty => fmt::layer().boxed(),
-    };
+    let logs = log_layer(settings.log.format);
     let otel = traces.as_ref().map(|t| {
         let spans = Targets::new()
             .with_target("troupe", tracing::Level::DEBUG)
@@ -108,10 +114,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
 
 /// Logging alone, for tests and tools.
 pub fn init_logging(settings: &LogSettings) {
-    let logs = match settings.format {
-        LogFormat::Json => fmt::layer().json().with_span_list(true).boxed(),
-        LogFormat::Pretty => fmt::layer().boxed(),
-    };
+    let logs = log_layer(settings.format);
     let _ = tracing_subscriber::registry()
         .with(logs.with_filter(env_filter(&settings.filter)))
         .try_init();
