@@ -10,16 +10,13 @@ use troupe_actors::transfer::{Command as TransferCommand, Transfer};
 use troupe_actors::{ActorId, Amount, Behavior, Currency, Env};
 
 fn apply(c: &mut Criterion) {
-    let env = Env {
-        id: ActorId::parse("acc").expect("id"),
-        now: Utc::now(),
-        version: 7,
-    };
+    let env = Env::new(ActorId::parse("acc").expect("id"), Utc::now(), 7);
     let state = Some(AccountState {
         currency: Currency::USD,
         overdraft_limit: 0,
         balance: 1_000,
         last_seq: 6,
+        outbox: Default::default(),
     });
     let amount = Amount::new(5).expect("amount");
     c.bench_function("account_deposit", |b| {

@@ -34,6 +34,10 @@ fn options() -> RuntimeOptions {
         default_timeout: Duration::from_secs(5),
         max_timeout: Duration::from_secs(30),
         effect_timeout: Duration::from_secs(2),
+        ask_min_backoff: Duration::from_millis(5),
+        ask_max_backoff: Duration::from_secs(2),
+        retry_interval: Duration::from_secs(1),
+        max_activations: 200_000,
         restart: RestartPolicy {
             max_restarts: 5,
             window: Duration::from_secs(10),

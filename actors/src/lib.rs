@@ -28,5 +28,5 @@ pub use domain::{ActorId, Amount, Currency, ParseError};
 pub use kinds::{AnyCommand, KindSpec, MessageSpec};
 pub use protocol::{
     Address, Behavior, Change, Effect, Env, ErrorCode, Outcome, Rejection, Reply, ReplyPlan,
-    Status, Step,
+    Settle, Status, Step,
 };

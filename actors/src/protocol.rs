@@ -5,7 +5,14 @@
 //! it returns a [`Step`]: how to answer the caller, which change to persist
 //! and which effects (asks to other actors) to run. The runtime persists the
 //! change before any reply leaves, runs effects with retries and deadlines,
-//! and feeds each effect's outcome back through [`Behavior::on_effect`].
+//! and feeds each effect's outcome back through [`Behavior::on_effect`],
+//! tagged with the name the behaviour gave the ask.
+//!
+//! Effects are sent as soon as the step is handled, in parallel with the
+//! step's own commit, but their outcomes are handled only once that commit
+//! is durable. So an effect must be safe to deliver more than once (the
+//! target deduplicates it, see [`Behavior::fact_key`]), and whatever a
+//! behaviour decides from an outcome rests on durable state.
 
 use std::fmt::Debug;
 
@@ -157,20 +164,35 @@ pub enum ReplyPlan {
     Journal { after: u64, limit: u32 },
 }
 
-/// State to persist, with the journal entries appended by this step.
+/// State to persist, with the journal entries and facts written with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change<S> {
     pub state: S,
     pub entries: Vec<(u64, Value)>,
+    /// Durable keyed facts, kept without expiry and read back through
+    /// [`Env::fact`] (an account's record of the transfer legs it applied).
+    pub facts: Vec<(String, Value)>,
 }
 
-/// An ask to another actor, run by the runtime after the step is durable.
+/// An ask to another actor. Sent at once, retried while it fails
+/// transiently; its outcome comes back through [`Behavior::on_effect`] with
+/// `tag`, once the step that asked for it is durable.
 #[derive(Debug)]
 pub struct Effect {
     pub target: Address,
     pub command: AnyCommand,
-    /// Makes a retried effect apply at most once at the target.
-    pub idempotency_key: Option<String>,
+    /// Which ask this is, for the behaviour: `debit`, `adopt:t-1`.
+    pub tag: String,
+}
+
+/// When the parked callers of a step are answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settle {
+    pub outcome: Outcome,
+    /// Answer before this step's own change is durable: the outcome is
+    /// already fixed by durable facts elsewhere, and resuming from the last
+    /// durable state reaches it again.
+    pub early: bool,
 }
 
 /// What a behaviour asks of the runtime after handling one command.
@@ -180,9 +202,12 @@ pub struct Step<S> {
     pub change: Option<Change<S>>,
     pub effects: Vec<Effect>,
     /// Answers every parked caller.
-    pub settle: Option<Outcome>,
+    pub settle: Option<Settle>,
     /// The reply repeats an earlier outcome (`Idempotent-Replayed: true`).
     pub replayed: bool,
+    /// A new state held in memory only: one that resuming from the durable
+    /// state would recompute (a transfer's phase between two legs).
+    pub memo: Option<S>,
 }
 
 impl<S> Step<S> {
@@ -193,13 +218,34 @@ impl<S> Step<S> {
             effects: Vec::new(),
             settle: None,
             replayed: false,
+            memo: None,
         }
     }
     pub fn reject(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::reply(Err(Rejection::new(code, message)))
     }
+    /// Replaces how the caller is answered.
+    pub fn answering(mut self, outcome: Outcome) -> Self {
+        self.reply = ReplyPlan::Now(outcome);
+        self
+    }
     pub fn with_change(mut self, state: S, entries: Vec<(u64, Value)>) -> Self {
-        self.change = Some(Change { state, entries });
+        self.change = Some(Change {
+            state,
+            entries,
+            facts: Vec::new(),
+        });
+        self
+    }
+    /// Adds a fact to the step's change; the step must have a change.
+    pub fn with_fact(mut self, key: String, value: Value) -> Self {
+        if let Some(change) = &mut self.change {
+            change.facts.push((key, value));
+        }
+        self
+    }
+    pub fn with_memo(mut self, state: S) -> Self {
+        self.memo = Some(state);
         self
     }
     pub fn with_effect(mut self, effect: Effect) -> Self {
@@ -212,8 +258,20 @@ impl<S> Step<S> {
             ..Self::reply(Ok(Reply::ok(Value::Null)))
         }
     }
+    /// Answers the parked callers once this step's change is durable.
     pub fn settling(mut self, outcome: Outcome) -> Self {
-        self.settle = Some(outcome);
+        self.settle = Some(Settle {
+            outcome,
+            early: false,
+        });
+        self
+    }
+    /// Answers the parked callers at once; see [`Settle::early`].
+    pub fn settling_early(mut self, outcome: Outcome) -> Self {
+        self.settle = Some(Settle {
+            outcome,
+            early: true,
+        });
         self
     }
     pub fn replayed(mut self) -> Self {
@@ -222,13 +280,26 @@ impl<S> Step<S> {
     }
 }
 
-/// What a handler may know of the world: who it is, the time, and the
-/// version its state has now (a change makes it `version + 1`).
+/// What a handler may know of the world: who it is, the time, the
+/// version its state has now (a change makes it `version + 1`) and the
+/// durable fact stored under the command's [`Behavior::fact_key`], if any.
 #[derive(Debug, Clone)]
 pub struct Env {
     pub id: ActorId,
     pub now: DateTime<Utc>,
     pub version: u64,
+    pub fact: Option<Value>,
+}
+
+impl Env {
+    pub fn new(id: ActorId, now: DateTime<Utc>, version: u64) -> Self {
+        Self {
+            id,
+            now,
+            version,
+            fact: None,
+        }
+    }
 }
 
 /// A kind of actor: pure functions over its state.
@@ -250,28 +321,46 @@ pub trait Behavior: 'static {
     /// The command's message name, for spans and metrics.
     fn message_name(command: &Self::Command) -> &'static str;
 
-    /// Handles one command.
-    fn handle(state: &Self::State, command: Self::Command, env: &Env) -> Step<Self::State>;
-
-    /// Handles the outcome of the effect the actor is waiting for. A
-    /// behaviour keeps at most one effect in flight.
-    fn on_effect(state: &Self::State, outcome: Outcome, env: &Env) -> Step<Self::State> {
-        let _ = (state, outcome, env);
-        Step::parked()
-    }
-
-    /// The effect to run again after an activation finds unfinished work in
-    /// its durable state (a transfer interrupted by a crash).
-    fn resume(state: &Self::State, env: &Env) -> Option<Effect> {
-        let _ = (state, env);
+    /// The key of the durable fact the runtime reads before handling
+    /// `command` and hands over as [`Env::fact`]. Facts are written with
+    /// the change they record ([`Step::with_fact`]) and never expire, so a
+    /// command that must apply once (a transfer leg) stays deduplicated
+    /// whatever time passes, unlike a client's idempotency key.
+    fn fact_key(command: &Self::Command) -> Option<String> {
+        let _ = command;
         None
     }
 
+    /// Handles one command.
+    fn handle(state: &Self::State, command: Self::Command, env: &Env) -> Step<Self::State>;
+
+    /// Handles the outcome of the effect tagged `tag`. Outcomes of asks
+    /// made before the state was last reloaded never arrive here.
+    fn on_effect(state: &Self::State, tag: &str, outcome: Outcome, env: &Env) -> Step<Self::State> {
+        let _ = (state, tag, outcome, env);
+        Step::parked()
+    }
+
+    /// The effects to run again after an activation finds unfinished work
+    /// in its durable state (a transfer interrupted by a crash).
+    fn resume(state: &Self::State, env: &Env) -> Vec<Effect> {
+        let _ = (state, env);
+        Vec::new()
+    }
+
     /// Whether the state has unfinished work: such an actor is listed for
-    /// resumption at start-up and is not passivated.
+    /// resumption at start-up and is never passivated.
     fn is_pending(state: &Self::State) -> bool {
         let _ = state;
         false
+    }
+
+    /// Whether an idle activation is worth keeping in memory until the
+    /// idle timeout. `false` (an account never opened, a settled transfer)
+    /// passivates it as soon as it has nothing left to do.
+    fn is_resident(state: &Self::State) -> bool {
+        let _ = state;
+        true
     }
 
     fn into_any(command: Self::Command) -> AnyCommand;

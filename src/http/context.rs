@@ -200,7 +200,9 @@ impl RequestMeta {
                 })?))
             }
         };
-        let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY) {
+        // Keys apply to POSTs only: a GET or PUT ignores the header.
+        let keyed = req.method() == actix_web::http::Method::POST;
+        let idempotency_key = match req.headers().get(IDEMPOTENCY_KEY).filter(|_| keyed) {
             None => None,
             Some(v) => {
                 let key = v.to_str().ok().filter(|k| {

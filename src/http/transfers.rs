@@ -55,6 +55,13 @@ pub async fn start(
         }
         None => derived_id(meta.idempotency_key.as_deref()),
     };
+    // The transfer's id is its idempotency key: the transfer actor binds
+    // the id to the first body it sees, durably and with no expiry. A
+    // separate idempotency record would only be a second, weaker binding.
+    let meta = RequestMeta {
+        idempotency_key: None,
+        ..meta
+    };
     send(
         &rt,
         &meta,

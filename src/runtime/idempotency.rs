@@ -1,13 +1,17 @@
 //! Idempotency records: what an actor keeps per `Idempotency-Key` so that a
 //! retried request replays the first outcome instead of applying twice.
 //!
-//! The record is the request's fingerprint (SHA-256 of the message name and
-//! its canonical JSON payload, so whitespace and key order do not matter)
-//! and the outcome. Records are written in the same commit as the change
+//! The record is the request's fingerprint and the outcome. The fingerprint
+//! is versioned (`v1:`) and covers the message name and the payload in a
+//! canonical JSON encoding (object keys sorted at every depth, no
+//! whitespace), so neither the client's formatting nor a change to how the
+//! service prints or derives anything can make a legitimate retry look
+//! like another request. Records are written in the same commit as the change
 //! they answer for, so a key is never remembered without its effect, nor an
 //! effect kept without its key.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use troupe_actors::Outcome;
 
@@ -16,23 +20,66 @@ use troupe_actors::Outcome;
 pub struct IdempotencyRequest {
     pub key: String,
     pub fingerprint: String,
+    /// The unversioned fingerprint of records written before `v1`, so a
+    /// retry that spans the upgrade still replays.
+    legacy: String,
 }
 
 impl IdempotencyRequest {
     /// For a client's request: the fingerprint covers the message and payload.
-    pub fn new(key: String, message: &str, payload: &serde_json::Value) -> Self {
+    pub fn new(key: String, message: &str, payload: &Value) -> Self {
+        let mut canonical = Vec::new();
+        write_canonical(payload, &mut canonical);
         Self {
             key,
-            fingerprint: fingerprint(&[message.as_bytes(), payload.to_string().as_bytes()]),
+            fingerprint: format!(
+                "{FINGERPRINT_VERSION}:{}",
+                fingerprint(&[message.as_bytes(), &canonical])
+            ),
+            legacy: fingerprint(&[message.as_bytes(), payload.to_string().as_bytes()]),
         }
     }
 
-    /// For an internal leg, whose command is fixed by its key.
-    pub fn internal(key: String, command: &impl std::fmt::Debug) -> Self {
-        Self {
-            key,
-            fingerprint: fingerprint(&[format!("{command:?}").as_bytes()]),
+    /// Whether a stored record was made by this same request.
+    pub fn matches(&self, record: &IdempotencyRecord) -> bool {
+        record.fingerprint == self.fingerprint
+            || (!record.fingerprint.contains(':') && record.fingerprint == self.legacy)
+    }
+}
+
+/// Changes only with the canonical encoding; records of another version
+/// never match.
+const FINGERPRINT_VERSION: &str = "v1";
+
+/// Canonical JSON: object keys sorted by their UTF-8 bytes at every depth,
+/// no whitespace, strings and numbers as serde_json prints them.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(&Value::String(key.clone()), out);
+                out.push(b':');
+                write_canonical(&map[key], out);
+            }
+            out.push(b'}');
         }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
     }
 }
 
@@ -60,6 +107,22 @@ fn fingerprint(parts: &[&[u8]]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn fingerprints_are_versioned_and_pinned_to_the_canonical_encoding() {
+        let body = json!({"b": [1, {"y": true, "x": null}], "a": "é"});
+        let mut canonical = Vec::new();
+        write_canonical(&body, &mut canonical);
+        assert_eq!(
+            String::from_utf8(canonical).unwrap(),
+            r#"{"a":"é","b":[1,{"x":null,"y":true}]}"#
+        );
+        // Pinned: a change here would refuse every retry stored before it.
+        assert_eq!(
+            IdempotencyRequest::new("k".into(), "deposit", &json!({"amount": 100})).fingerprint,
+            "v1:dbc6a189c8aab40703b723c0f97d33c4e9aa3450534b23da52e332f1c15d3e11"
+        );
+    }
 
     #[test]
     fn fingerprints_ignore_key_order_and_differ_by_message() {

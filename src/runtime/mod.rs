@@ -55,6 +55,15 @@ pub struct RuntimeOptions {
     pub max_timeout: Duration,
     /// Deadline of each attempt of an actor-to-actor ask.
     pub effect_timeout: Duration,
+    /// Backoff between attempts of an ask that failed transiently.
+    pub ask_min_backoff: Duration,
+    pub ask_max_backoff: Duration,
+    /// How often unfinished work that nothing drives is resumed, and a
+    /// failed load of an actor with unfinished work is retried.
+    pub retry_interval: Duration,
+    /// Live activations across all shards; idle ones are passivated to
+    /// make room, and a shard with no idle one answers `429`.
+    pub max_activations: usize,
     pub restart: RestartPolicy,
     /// Idempotency records each activation keeps in memory.
     pub idempotency_cache: usize,
@@ -189,6 +198,11 @@ impl Runtime {
         }
     }
 
+    /// How many shards the runtime has.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
     pub fn options(&self) -> Arc<RuntimeOptions> {
         self.inner.options.load_full()
     }
@@ -213,7 +227,8 @@ impl Runtime {
 
     /// Sends `command` to the actor at `address` and waits for its answer
     /// until `deadline`. Every failure comes back as an [`Answer`] with the
-    /// API's code: `429` when a mailbox is full, `504` past the deadline.
+    /// API's code: `429` when a mailbox is full, `503` when the shard is
+    /// gone, `504` past the deadline.
     pub async fn ask(
         &self,
         address: Address,
@@ -225,22 +240,40 @@ impl Runtime {
         let Some(shard) = self.shard(index, deadline).await else {
             return Answer::error(ErrorCode::Unavailable, "the runtime is starting");
         };
-        let (reply, rx) = oneshot::channel();
-        let span = tracing::Span::current();
-        let envelope = Envelope {
-            command,
-            deadline,
-            idempotency,
-            reply,
-            span,
-            sent_at: Instant::now(),
-        };
-        if shard.try_send(Route { address, envelope }).is_err() {
-            return Answer::error(
-                ErrorCode::Overloaded,
-                "the runtime is overloaded; retry later",
-            );
+        match route(&shard, address, command, deadline, idempotency) {
+            Ok(rx) => self.await_answer(rx, deadline).await,
+            Err(answer) => answer,
         }
+    }
+
+    /// Routes `command` at once, without waiting for anything: the first
+    /// attempt of an actor-to-actor ask leaves before its step's commit.
+    ///
+    /// # Errors
+    /// The [`Answer`] to give when the message could not be routed.
+    pub(crate) fn dispatch(
+        &self,
+        address: Address,
+        command: AnyCommand,
+        deadline: Instant,
+        idempotency: Option<IdempotencyRequest>,
+    ) -> Result<oneshot::Receiver<Answer>, Answer> {
+        let index = shard_of(&address, self.inner.shards.len());
+        let Some(shard) = self.inner.shards[index].addr.load_full() else {
+            return Err(Answer::error(
+                ErrorCode::Unavailable,
+                "the runtime is starting",
+            ));
+        };
+        route(&shard, address, command, deadline, idempotency)
+    }
+
+    /// The answer on `rx`, or `504` once `deadline` passes.
+    pub(crate) async fn await_answer(
+        &self,
+        rx: oneshot::Receiver<Answer>,
+        deadline: Instant,
+    ) -> Answer {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Answer::error(ErrorCode::Internal, "the actor stopped before answering"),
@@ -250,6 +283,8 @@ impl Runtime {
 
     /// Wakes every actor whose durable state has unfinished work, so that
     /// transfers interrupted by a crash finish without a client's help.
+    /// Each wake-up is retried with backoff until the actor has loaded: a
+    /// store that fails a load now must not leave work stranded.
     ///
     /// # Errors
     /// When the store cannot list them.
@@ -265,18 +300,39 @@ impl Runtime {
                 tracing::warn!(actor = %key, "skipping unknown pending actor");
                 continue;
             };
-            let Ok(command) = kinds::parse(kind, "get", serde_json::Value::Null) else {
-                continue;
-            };
             let runtime = self.clone();
-            let deadline = self.deadline(None);
-            actix::spawn(async move {
-                runtime
-                    .ask(Address::new(kind, id), command, deadline, None)
-                    .await;
-            });
+            actix::spawn(async move { runtime.wake(Address::new(kind, id)).await });
         }
         Ok(count)
+    }
+
+    /// Asks an actor for its state until it answers with anything but a
+    /// transient error: once it has loaded, it resumes its own work.
+    async fn wake(&self, address: Address) {
+        use backon::{ExponentialBuilder, Retryable};
+        let options = self.options();
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(options.ask_min_backoff)
+            .with_max_delay(options.ask_max_backoff)
+            .with_jitter()
+            .without_max_times();
+        let attempt = || async {
+            let command = kinds::parse(address.kind, "get", serde_json::Value::Null)
+                .map_err(|e| Answer::error(ErrorCode::Internal, e.to_string()))?;
+            let deadline = self.deadline(None);
+            let answer = self.ask(address.clone(), command, deadline, None).await;
+            match &answer.outcome {
+                Err(r) if r.code.is_transient() && !self.is_draining() => Err(answer),
+                _ => Ok(answer),
+            }
+        };
+        let _ = attempt
+            .retry(backoff)
+            .when(|_| !self.is_draining())
+            .notify(|answer: &Answer, wait| {
+                tracing::warn!(actor = %address, outcome = ?answer.outcome, ?wait, "cannot wake an actor with unfinished work yet; retrying");
+            })
+            .await;
     }
 
     /// Sends shard reports to `sink` from now on.
@@ -304,6 +360,37 @@ impl Runtime {
 
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Hands an envelope to a shard without waiting.
+fn route(
+    shard: &Addr<Shard>,
+    address: Address,
+    command: AnyCommand,
+    deadline: Instant,
+    idempotency: Option<IdempotencyRequest>,
+) -> Result<oneshot::Receiver<Answer>, Answer> {
+    let (reply, rx) = oneshot::channel();
+    let envelope = Envelope {
+        command,
+        deadline,
+        idempotency,
+        reply,
+        span: tracing::Span::current(),
+        sent_at: Instant::now(),
+    };
+    match shard.try_send(Route { address, envelope }) {
+        Ok(()) => Ok(rx),
+        Err(actix::prelude::SendError::Full(_)) => Err(Answer::error(
+            ErrorCode::Overloaded,
+            "the runtime is overloaded; retry later",
+        )),
+        // The worker hosting the shard died; a new one takes its slot.
+        Err(actix::prelude::SendError::Closed(_)) => Err(Answer::error(
+            ErrorCode::Unavailable,
+            "this part of the runtime is restarting; retry later",
+        )),
     }
 }
 

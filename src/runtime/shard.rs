@@ -5,6 +5,12 @@
 //! their shard share a small [`SlotStatus`] through an `Rc`: they run on the
 //! same thread, so the shard can tell without a message whether an
 //! activation is idle and stop it without racing a message on its way.
+//!
+//! Memory is bounded: an activation with nothing worth keeping retires
+//! itself at once ([`Retired`]), idle ones are passivated after the idle
+//! timeout, and the number of live activations is capped
+//! (`runtime.max_activations`): at the cap the least recently used idle
+//! ones make room, and when none is idle the shard answers `429`.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -30,19 +36,35 @@ impl Message for Route {
     type Result = ();
 }
 
+/// An activation stopped itself: it had nothing left worth keeping.
+pub struct Retired {
+    pub address: Address,
+}
+
+impl Message for Retired {
+    type Result = ();
+}
+
 /// What a shard and one of its activations both see.
 #[derive(Debug)]
 pub struct SlotStatus {
     /// Messages routed to the activation and not yet answered.
     pub inflight: Cell<u32>,
-    /// The activation has work of its own under way (a transfer's leg).
-    pub busy: Cell<bool>,
+    /// The activation must not be passivated: it is loading, committing,
+    /// waiting on an ask, holding a parked caller or unfinished work.
+    pub pinned: Cell<bool>,
+    /// The activation stopped itself; the slot is to be dropped.
+    pub retired: Cell<bool>,
     pub last_used: Cell<Instant>,
 }
 
 impl SlotStatus {
     pub fn done(&self) {
         self.inflight.set(self.inflight.get().saturating_sub(1));
+    }
+
+    fn is_idle(&self) -> bool {
+        self.inflight.get() == 0 && !self.pinned.get()
     }
 }
 
@@ -72,24 +94,59 @@ impl Shard {
         }
     }
 
-    fn activate(&mut self, address: &Address) -> &Slot {
+    /// The most activations this shard keeps live.
+    fn capacity(&self) -> usize {
+        let shards = self.runtime.shard_count().max(1);
+        (self.runtime.options().max_activations / shards).max(1)
+    }
+
+    fn activate(&mut self, address: &Address, ctx: &mut Context<Self>) -> Option<&Slot> {
+        if self.directory.len() >= self.capacity() && !self.make_room() {
+            return None;
+        }
         let status = Rc::new(SlotStatus {
             inflight: Cell::new(0),
-            busy: Cell::new(false),
+            pinned: Cell::new(true),
+            retired: Cell::new(false),
             last_used: Cell::new(Instant::now()),
         });
+        let (runtime, shard) = (self.runtime.clone(), ctx.address().recipient());
         let addr = match address.kind {
             Transfer::KIND => {
-                Activation::<Transfer>::spawn(address.clone(), self.runtime.clone(), status.clone())
+                Activation::<Transfer>::spawn(address.clone(), runtime, status.clone(), shard)
             }
-            _ => {
-                Activation::<Account>::spawn(address.clone(), self.runtime.clone(), status.clone())
-            }
+            _ => Activation::<Account>::spawn(address.clone(), runtime, status.clone(), shard),
         };
         stats::activated(address.kind);
         let key = (address.kind, address.id.clone());
         self.directory.insert(key.clone(), Slot { addr, status });
-        &self.directory[&key]
+        self.directory.get(&key)
+    }
+
+    /// At the cap: passivates the least recently used tenth of the idle
+    /// activations (at least one), so that making room costs one scan per
+    /// many activations. Returns whether any room was made.
+    fn make_room(&mut self) -> bool {
+        let mut idle: Vec<(Instant, (&'static str, ActorId))> = self
+            .directory
+            .iter()
+            .filter(|(_, slot)| slot.status.is_idle())
+            .map(|(key, slot)| (slot.status.last_used.get(), key.clone()))
+            .collect();
+        if idle.is_empty() {
+            return false;
+        }
+        let evict = (self.directory.len() / 10).clamp(1, idle.len());
+        if evict < idle.len() {
+            idle.select_nth_unstable_by_key(evict, |(used, _)| *used);
+        }
+        for (_, key) in idle.into_iter().take(evict) {
+            if let Some(slot) = self.directory.remove(&key) {
+                slot.addr.do_send(Delivery::Passivate);
+                stats::passivated(key.0, 1);
+            }
+        }
+        true
     }
 
     fn passivate_idle(&mut self, _ctx: &mut Context<Self>) {
@@ -98,9 +155,10 @@ impl Shard {
         let before = self.directory.len();
         self.directory.retain(|(kind, _), slot| {
             let s = &slot.status;
-            let keep = s.inflight.get() > 0
-                || s.busy.get()
-                || now.duration_since(s.last_used.get()) < idle;
+            if s.retired.get() {
+                return false;
+            }
+            let keep = !s.is_idle() || now.duration_since(s.last_used.get()) < idle;
             if !keep {
                 slot.addr.do_send(Delivery::Passivate);
                 stats::passivated(kind, 1);
@@ -115,6 +173,22 @@ impl Shard {
                 live = self.directory.len(),
                 "passivated idle actors"
             );
+        }
+    }
+}
+
+impl Handler<Retired> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, Retired { address }: Retired, _ctx: &mut Context<Self>) {
+        let key = (address.kind, address.id);
+        if self
+            .directory
+            .get(&key)
+            .is_some_and(|slot| slot.status.retired.get())
+        {
+            self.directory.remove(&key);
+            stats::passivated(key.0, 1);
         }
     }
 }
@@ -148,14 +222,32 @@ impl Actor for Shard {
 impl Handler<Route> for Shard {
     type Result = ();
 
-    fn handle(&mut self, Route { address, envelope }: Route, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, Route { address, envelope }: Route, ctx: &mut Context<Self>) {
         let key = (address.kind, address.id.clone());
         let mut delivery = Delivery::Message(envelope);
         // A closed mailbox means the activation stopped on its own: replace it once.
         for _ in 0..2 {
+            if self
+                .directory
+                .get(&key)
+                .is_some_and(|slot| slot.status.retired.get())
+            {
+                self.directory.remove(&key);
+            }
             let slot = match self.directory.get(&key) {
                 Some(slot) => slot,
-                None => self.activate(&address),
+                None => match self.activate(&address, ctx) {
+                    Some(slot) => slot,
+                    None => {
+                        if let Delivery::Message(envelope) = delivery {
+                            let _ = envelope.reply.send(Answer::error(
+                                ErrorCode::Overloaded,
+                                "every actor of this shard is busy; retry later",
+                            ));
+                        }
+                        return;
+                    }
+                },
             };
             slot.status.inflight.set(slot.status.inflight.get() + 1);
             slot.status.last_used.set(Instant::now());
@@ -170,6 +262,7 @@ impl Handler<Route> for Shard {
                     return;
                 }
                 Err(SendError::Full(other) | SendError::Closed(other)) => {
+                    slot.status.done();
                     self.directory.remove(&key);
                     delivery = other;
                 }

@@ -125,6 +125,10 @@ pub struct RuntimeSettings {
     pub default_timeout_ms: u64,
     pub max_timeout_ms: u64,
     pub effect_timeout_ms: u64,
+    pub ask_min_backoff_ms: u64,
+    pub ask_max_backoff_ms: u64,
+    pub retry_interval_ms: u64,
+    pub max_activations: usize,
     pub idempotency_cache: usize,
     pub supervision: SupervisionSettings,
 }
@@ -218,7 +222,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 16] = [
             ("store.redis.pool_size", self.store.redis.pool_size as u64),
             (
                 "store.redis.connect_timeout_ms",
@@ -245,6 +249,19 @@ impl Settings {
                 self.runtime.default_timeout_ms,
             ),
             ("runtime.effect_timeout_ms", self.runtime.effect_timeout_ms),
+            (
+                "runtime.ask_min_backoff_ms",
+                self.runtime.ask_min_backoff_ms,
+            ),
+            (
+                "runtime.ask_max_backoff_ms",
+                self.runtime.ask_max_backoff_ms,
+            ),
+            ("runtime.retry_interval_ms", self.runtime.retry_interval_ms),
+            (
+                "runtime.max_activations",
+                self.runtime.max_activations as u64,
+            ),
             (
                 "runtime.supervision.window_ms",
                 self.runtime.supervision.window_ms,
@@ -310,6 +327,10 @@ impl Settings {
             default_timeout: Duration::from_millis(r.default_timeout_ms),
             max_timeout: Duration::from_millis(r.max_timeout_ms),
             effect_timeout: Duration::from_millis(r.effect_timeout_ms),
+            ask_min_backoff: Duration::from_millis(r.ask_min_backoff_ms),
+            ask_max_backoff: Duration::from_millis(r.ask_max_backoff_ms.max(r.ask_min_backoff_ms)),
+            retry_interval: Duration::from_millis(r.retry_interval_ms),
+            max_activations: r.max_activations,
             idempotency_cache: r.idempotency_cache,
             restart: RestartPolicy {
                 max_restarts: s.max_restarts,

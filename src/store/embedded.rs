@@ -29,6 +29,11 @@ const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entri
 const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
 /// (expiry, `kind/id`, key): the sweep's index of idempotency records.
 const EXPIRY: TableDefinition<(u64, &str, &str), ()> = TableDefinition::new("idempotency_expiry");
+/// (`kind/id`, key) -> fact, kept without expiry.
+const FACTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("facts");
+/// Expired idempotency records one sweep transaction deletes at most, so a
+/// sweep never holds the writer for long and never grows a transaction.
+const SWEEP_CHUNK: usize = 512;
 /// `kind/id` of every actor with work pending.
 const PENDING: TableDefinition<&str, ()> = TableDefinition::new("pending");
 
@@ -198,6 +203,21 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (actor, key) = (actor.to_owned(), key.to_owned());
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
+            let table = txn
+                .open_table(FACTS)
+                .map_err(|e| unavailable("open facts", e))?;
+            let value = table
+                .get((actor.as_str(), key.as_str()))
+                .map_err(|e| unavailable("read fact", e))?;
+            Ok(value.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
     async fn pending(&self) -> Result<Vec<String>, StoreError> {
         self.read(|db| {
             let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
@@ -248,7 +268,21 @@ fn write_loop(
     stats: &WriterStats,
 ) -> Option<oneshot::Sender<()>> {
     let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.blocking_recv() {
+    // A sweep in progress runs one chunk whenever no commit is waiting.
+    let mut sweeping = false;
+    loop {
+        let first = if sweeping {
+            match rx.try_recv() {
+                Ok(request) => request,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    sweeping = sweep_chunk(db);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            }
+        } else {
+            rx.blocking_recv()?
+        };
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -257,30 +291,27 @@ fn write_loop(
             }
         }
         let mut closing = None;
-        let mut sweep = false;
         let mut commits = Vec::with_capacity(batch.len());
         for request in batch.drain(..) {
             match request {
                 Request::Commit(commit, reply) => commits.push((commit, reply)),
-                Request::Sweep => sweep = true,
+                Request::Sweep => sweeping = true,
                 Request::Close(done) => closing = Some(done),
             }
         }
-        if !commits.is_empty() || sweep {
-            write_batch(db, commits, sweep, retention, stats);
+        if !commits.is_empty() {
+            write_batch(db, commits, retention, stats);
         }
         if closing.is_some() {
             return closing;
         }
     }
-    None
 }
 
 /// One transaction, one fsync, for every commit in the batch.
 fn write_batch(
     db: &Database,
     commits: Vec<(Commit, oneshot::Sender<Result<(), StoreError>>)>,
-    sweep: bool,
     retention: u64,
     stats: &WriterStats,
 ) {
@@ -295,9 +326,6 @@ fn write_batch(
             for (commit, _) in &commits {
                 outcomes.push(tables.apply(commit, retention)?);
             }
-        }
-        if sweep {
-            sweep_expired(&txn)?;
         }
         txn.commit().map_err(|e| unavailable("commit", e))?;
         Ok(outcomes)
@@ -327,6 +355,7 @@ struct Tables<'txn> {
     idempotency: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
     expiry: redb::Table<'txn, (u64, &'static str, &'static str), ()>,
     pending: redb::Table<'txn, &'static str, ()>,
+    facts: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -347,6 +376,9 @@ impl<'txn> Tables<'txn> {
             pending: txn
                 .open_table(PENDING)
                 .map_err(|e| unavailable("open pending", e))?,
+            facts: txn
+                .open_table(FACTS)
+                .map_err(|e| unavailable("open facts", e))?,
         })
     }
 
@@ -390,6 +422,11 @@ impl<'txn> Tables<'txn> {
                 .insert((actor, *seq), entry.as_slice())
                 .map_err(|e| unavailable("write entry", e))?;
         }
+        for (key, value) in &c.facts {
+            self.facts
+                .insert((actor, key.as_str()), value.as_slice())
+                .map_err(|e| unavailable("write fact", e))?;
+        }
         let expires = unix_now() + retention;
         for w in &c.idempotency {
             let value = [&expires.to_be_bytes()[..], &w.value].concat();
@@ -404,42 +441,69 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-fn sweep_expired(txn: &WriteTransaction) -> Result<(), StoreError> {
-    let now = unix_now();
-    let mut expiry = txn
-        .open_table(EXPIRY)
-        .map_err(|e| unavailable("open expiry", e))?;
-    let mut idem = txn
-        .open_table(IDEMPOTENCY)
-        .map_err(|e| unavailable("open idempotency", e))?;
-    let expired: Vec<(u64, String, String)> = expiry
-        .range((0, "", "")..(now, "", ""))
-        .map_err(|e| unavailable("read expiry", e))?
-        .filter_map(Result::ok)
-        .map(|(k, _)| {
-            let (t, a, key) = k.value();
-            (t, a.to_owned(), key.to_owned())
-        })
-        .collect();
-    for (t, actor, key) in &expired {
-        expiry
-            .remove((*t, actor.as_str(), key.as_str()))
-            .map_err(|e| unavailable("sweep", e))?;
-        // A newer record under the same key has a later expiry: keep it.
-        let current = idem
-            .get((actor.as_str(), key.as_str()))
-            .map_err(|e| unavailable("sweep", e))?
-            .map(|v| split_u64(v.value()).map(|(e, _)| e))
-            .transpose()?;
-        if current.is_some_and(|e| e <= now) {
-            idem.remove((actor.as_str(), key.as_str()))
-                .map_err(|e| unavailable("sweep", e))?;
+/// One chunk of the sweep of expired idempotency records, in a
+/// transaction of its own with at most [`SWEEP_CHUNK`] records: never
+/// inside a user's commit, so a sweep can neither fail one nor hold the
+/// writer for long. Returns whether more may be left.
+fn sweep_chunk(db: &Database) -> bool {
+    match sweep_expired(db) {
+        Ok(n) => {
+            if n > 0 {
+                tracing::debug!(removed = n, "swept expired idempotency records");
+            }
+            n == SWEEP_CHUNK
+        }
+        Err(e) => {
+            tracing::warn!(error.message = %e, "sweeping expired idempotency records failed; the next sweep retries");
+            false
         }
     }
-    if !expired.is_empty() {
-        tracing::debug!(removed = expired.len(), "swept expired idempotency records");
+}
+
+/// Removes up to [`SWEEP_CHUNK`] expired records; returns how many.
+fn sweep_expired(db: &Database) -> Result<usize, StoreError> {
+    let now = unix_now();
+    let txn = db
+        .begin_write()
+        .map_err(|e| unavailable("begin sweep", e))?;
+    let n = {
+        let mut expiry = txn
+            .open_table(EXPIRY)
+            .map_err(|e| unavailable("open expiry", e))?;
+        let mut idem = txn
+            .open_table(IDEMPOTENCY)
+            .map_err(|e| unavailable("open idempotency", e))?;
+        let expired: Vec<(u64, String, String)> = expiry
+            .range((0, "", "")..(now, "", ""))
+            .map_err(|e| unavailable("read expiry", e))?
+            .take(SWEEP_CHUNK)
+            .map(|item| {
+                let (k, _) = item.map_err(|e| unavailable("read expiry", e))?;
+                let (t, a, key) = k.value();
+                Ok((t, a.to_owned(), key.to_owned()))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        for (t, actor, key) in &expired {
+            expiry
+                .remove((*t, actor.as_str(), key.as_str()))
+                .map_err(|e| unavailable("sweep", e))?;
+            // A newer record under the same key has a later expiry: keep it.
+            let current = idem
+                .get((actor.as_str(), key.as_str()))
+                .map_err(|e| unavailable("sweep", e))?
+                .map(|v| split_u64(v.value()).map(|(e, _)| e))
+                .transpose()?;
+            if current.is_some_and(|e| e <= now) {
+                idem.remove((actor.as_str(), key.as_str()))
+                    .map_err(|e| unavailable("sweep", e))?;
+            }
+        }
+        expired.len()
+    };
+    if n > 0 {
+        txn.commit().map_err(|e| unavailable("commit sweep", e))?;
     }
-    Ok(())
+    Ok(n)
 }
 
 fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
@@ -448,6 +512,7 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(IDEMPOTENCY)?;
     txn.open_table(EXPIRY)?;
     txn.open_table(PENDING)?;
+    txn.open_table(FACTS)?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! durable.
 
 mod embedded;
+mod instrumented;
 mod redis;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedStore;
+pub use instrumented::InstrumentedStore;
 pub use redis::{RedisOptions, RedisStore};
 
 /// An actor's durable state and the version it was written at.
@@ -45,6 +47,9 @@ pub struct Commit {
     /// Journal entries by sequence number.
     pub entries: Vec<(u64, Vec<u8>)>,
     pub idempotency: Vec<IdempotencyWrite>,
+    /// Durable keyed facts (key, value), kept without expiry: what an
+    /// account records about the transfer legs it applied.
+    pub facts: Vec<(String, Vec<u8>)>,
     /// Whether the actor has unfinished work to resume after a restart.
     pub pending: bool,
 }
@@ -99,6 +104,12 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot answer.
     async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The fact an actor stored under `key`, written by an earlier commit.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot answer.
+    async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Every actor whose last commit said it has work pending.
     ///

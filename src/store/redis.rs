@@ -9,6 +9,7 @@
 //! | `troupe:{kind/id}:state` | hash | `v` = version, `s` = JSON state |
 //! | `troupe:{kind/id}:entries` | sorted set | score = seq, member = JSON entry |
 //! | `troupe:{kind/id}:idem:{key}` | string, `EX` retention | JSON `{fingerprint, outcome}` |
+//! | `troupe:{kind/id}:facts` | hash | field = fact key, value = JSON fact; never expires |
 //! | `troupe:pending` | set | `kind/id` of actors with unfinished work |
 //!
 //! A commit is one Lua script (one atomic round trip, whatever the batch
@@ -26,11 +27,11 @@ use redis::{AsyncCommands, Script};
 
 use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 
-/// Compare-and-set commit. KEYS: state, entries, pending, idempotency
-/// keys...; ARGV: expected version, new version, has state (1/0), state,
-/// pending (1/0), actor, retention seconds, entry count, (seq, entry)...,
-/// idempotency values in KEYS order. Returns -1 when applied, else the
-/// version found.
+/// Compare-and-set commit. KEYS: state, entries, pending, facts,
+/// idempotency keys...; ARGV: expected version, new version, has state
+/// (1/0), state, pending (1/0), actor, retention seconds, entry count, fact
+/// count, (seq, entry)..., (fact key, fact)..., idempotency values in KEYS
+/// order. Returns -1 when applied, else the version found.
 const COMMIT: &str = r"
 local found = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if found ~= tonumber(ARGV[1]) then return found end
@@ -38,12 +39,16 @@ if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[4])
   if ARGV[5] == '1' then redis.call('SADD', KEYS[3], ARGV[6]) else redis.call('SREM', KEYS[3], ARGV[6]) end
 end
-local i = 9
+local i = 10
 for _ = 1, tonumber(ARGV[8]) do
   redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-for k = 4, #KEYS do
+for _ = 1, tonumber(ARGV[9]) do
+  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for k = 5, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[7])
   i = i + 1
 end
@@ -157,7 +162,8 @@ impl Store for RedisStore {
         let mut call = self.commit.prepare_invoke();
         call.key(self.key(&c.actor, "state"))
             .key(self.key(&c.actor, "entries"))
-            .key(self.pending_key());
+            .key(self.pending_key())
+            .key(self.key(&c.actor, "facts"));
         for w in &c.idempotency {
             call.key(self.key(&c.actor, &format!("idem:{}", w.key)));
         }
@@ -168,9 +174,13 @@ impl Store for RedisStore {
             .arg(u8::from(c.pending))
             .arg(&c.actor)
             .arg(self.retention_s)
-            .arg(c.entries.len());
+            .arg(c.entries.len())
+            .arg(c.facts.len());
         for (seq, entry) in &c.entries {
             call.arg(*seq).arg(entry.as_slice());
+        }
+        for (key, fact) in &c.facts {
+            call.arg(key.as_str()).arg(fact.as_slice());
         }
         for w in &c.idempotency {
             call.arg(w.value.as_slice());
@@ -209,6 +219,13 @@ impl Store for RedisStore {
     async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.key(actor, &format!("idem:{key}"));
         self.run("idempotency", |mut c| async move { c.get(&key).await })
+            .await
+    }
+
+    async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let hash = self.key(actor, "facts");
+        let field = key.to_owned();
+        self.run("fact", |mut c| async move { c.hget(&hash, &field).await })
             .await
     }
 

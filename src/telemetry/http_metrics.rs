@@ -25,7 +25,7 @@ pub async fn record(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let started = Instant::now();
     metrics.http_in_flight.inc();
     let response = next.call(req).await;
@@ -36,11 +36,29 @@ pub async fn record(
     };
     metrics
         .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .with_label_values(&[route.as_str(), method, status.as_str()])
         .inc();
     metrics
         .http_duration
         .with_label_values(&[route.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a label: the standard ones by name, anything else
+/// `other`, so a client making methods up cannot add series forever.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }

@@ -3,10 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix::prelude::*;
-use async_trait::async_trait;
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -14,7 +12,7 @@ use prometheus::{
 
 use super::SpanCounters;
 use crate::runtime::{Runtime, RuntimeReport};
-use crate::store::{Commit, Snapshot, Store, StoreError};
+use crate::store::{InstrumentedStore, Store};
 
 /// Every metric troupe exports, registered in one registry. Process
 /// metrics (CPU, resident memory, file descriptors, threads) come from the
@@ -135,11 +133,11 @@ impl Metrics {
 
     /// Wraps a store so every operation is timed and every error counted.
     pub fn instrument(&self, store: Arc<dyn Store>) -> Arc<dyn Store> {
-        Arc::new(InstrumentedStore {
-            inner: store,
-            duration: self.store_duration.clone(),
-            errors: self.store_errors.clone(),
-        })
+        Arc::new(InstrumentedStore::new(
+            store,
+            self.store_duration.clone(),
+            self.store_errors.clone(),
+        ))
     }
 }
 
@@ -219,90 +217,5 @@ impl Handler<RuntimeReport> for MetricsActor {
         }
         m.mailbox_depth
             .set(i64::try_from(self.depth.values().sum::<u64>()).unwrap_or(i64::MAX));
-    }
-}
-
-struct InstrumentedStore {
-    inner: Arc<dyn Store>,
-    duration: HistogramVec,
-    errors: IntCounterVec,
-}
-
-impl InstrumentedStore {
-    fn observe<T>(&self, op: &str, started: Instant, result: &Result<T, StoreError>) {
-        let backend = self.inner.backend();
-        self.duration
-            .with_label_values(&[backend, op])
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = result {
-            let kind = match e {
-                StoreError::Conflict { .. } => "conflict",
-                StoreError::Unavailable(_) => "unavailable",
-                StoreError::Corrupt(_) => "corrupt",
-            };
-            self.errors.with_label_values(&[backend, op, kind]).inc();
-        }
-    }
-}
-
-#[async_trait]
-impl Store for InstrumentedStore {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-
-    async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.load(actor).await;
-        self.observe("load", started, &result);
-        result
-    }
-
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let result = self.inner.commit(commit).await;
-        self.observe("commit", started, &result);
-        result
-    }
-
-    async fn entries(
-        &self,
-        actor: &str,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.entries(actor, after, limit).await;
-        self.observe("entries", started, &result);
-        result
-    }
-
-    async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.idempotency(actor, key).await;
-        self.observe("idempotency", started, &result);
-        result
-    }
-
-    async fn pending(&self) -> Result<Vec<String>, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.pending().await;
-        self.observe("pending", started, &result);
-        result
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let result = self.inner.ping().await;
-        self.observe("ping", started, &result);
-        result
-    }
-
-    async fn sweep(&self) {
-        self.inner.sweep().await;
-    }
-
-    async fn close(&self) {
-        self.inner.close().await;
     }
 }

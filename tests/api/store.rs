@@ -66,6 +66,7 @@ fn commit(actor: &str, expected: u64, state: &str, entries: &[(u64, &str)]) -> C
             .map(|(s, e)| (*s, e.as_bytes().to_vec()))
             .collect(),
         idempotency: Vec::new(),
+        facts: Vec::new(),
         pending: false,
     }
 }
@@ -173,6 +174,36 @@ async fn idempotency_records_are_kept_with_their_commit_and_expire(s: Subject) {
     );
 }
 
+async fn facts_are_written_with_their_commit_only_and_outlive_retention(s: Subject) {
+    let mut c = commit("account/a", 0, "v", &[(1, "debit")]);
+    c.facts.push(("transfer:t-1".into(), b"debited".to_vec()));
+    s.store.commit(c).await.unwrap();
+    // A conflicting commit writes none of its facts.
+    let mut stale = commit("account/a", 0, "w", &[]);
+    stale
+        .facts
+        .push(("transfer:t-2".into(), b"debited".to_vec()));
+    assert!(matches!(
+        s.store.commit(stale).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        s.store.fact("account/a", "transfer:t-2").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.store.fact("account/b", "transfer:t-1").await.unwrap(),
+        None
+    );
+    // Retention is one second in this suite: facts are not idempotency records.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    s.store.sweep().await;
+    assert_eq!(
+        s.store.fact("account/a", "transfer:t-1").await.unwrap(),
+        Some(b"debited".to_vec())
+    );
+}
+
 async fn pending_actors_are_listed_until_a_commit_clears_them(s: Subject) {
     let mut c = commit("transfer/t", 0, "p", &[]);
     c.pending = true;
@@ -229,6 +260,7 @@ conformance!(
     the_same_commit_twice_applies_once,
     entries_are_read_after_a_sequence_number_up_to_a_limit,
     idempotency_records_are_kept_with_their_commit_and_expire,
+    facts_are_written_with_their_commit_only_and_outlive_retention,
     pending_actors_are_listed_until_a_commit_clears_them,
     concurrent_commits_of_many_actors_all_land,
 );

@@ -1,11 +1,12 @@
 //! The account's messages: the public ones clients send (`open`, `deposit`,
 //! `withdraw`, `get`, `entries`) and the transfer legs only the transfer
-//! actor sends through the runtime.
+//! actor sends through the runtime (no client can name them).
 
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::domain::{ActorId, Amount, Currency, ParseError, MAX_AMOUNT};
+use crate::protocol::ErrorCode;
 
 /// The most entries one page may hold.
 pub const MAX_PAGE: u32 = 1000;
@@ -30,23 +31,32 @@ pub enum Command {
         after: u64,
         limit: u32,
     },
-    /// Takes a transfer's amount out; refused like a withdrawal, or with
-    /// `currency_mismatch` when the account's currency is not `currency`.
+    /// Takes a transfer's amount out, refused like a withdrawal, and keeps
+    /// the transfer in the account's outbox until it is settled. Applied at
+    /// most once per transfer; a repeat answers as the first did.
     TransferDebit {
         transfer: ActorId,
+        to: ActorId,
         amount: Amount,
-        currency: Currency,
     },
-    /// Puts a transfer's amount in.
+    /// Puts a transfer's amount in; `currency_mismatch` when the account's
+    /// currency is not `currency`. Applied at most once per transfer.
     TransferCredit {
         transfer: ActorId,
+        from: ActorId,
         amount: Amount,
         currency: Currency,
     },
-    /// Gives back a debited amount whose credit failed.
+    /// Gives back the amount this account's debit of `transfer` took out,
+    /// once, and only if that debit was applied.
     Refund {
         transfer: ActorId,
         amount: Amount,
+        reason: ErrorCode,
+    },
+    /// The transfer actor confirms `transfer` is settled: it leaves the outbox.
+    Settle {
+        transfer: ActorId,
     },
     /// Panics inside the handler; exists only for the supervision tests.
     #[cfg(feature = "fault-injection")]
@@ -65,6 +75,7 @@ impl Command {
             Self::TransferDebit { .. } => "transfer_debit",
             Self::TransferCredit { .. } => "transfer_credit",
             Self::Refund { .. } => "refund",
+            Self::Settle { .. } => "settle",
             #[cfg(feature = "fault-injection")]
             Self::Crash => "crash",
         }

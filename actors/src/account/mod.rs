@@ -5,19 +5,23 @@
 //! runtime as part of each change and read back from the store, so an
 //! account's footprint does not grow with its history.
 
+mod legs;
 mod messages;
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use legs::{fact_key, LegFact, Role};
 pub use messages::{
     AmountPayload, Command, Empty, EntriesPayload, OpenPayload, DEFAULT_PAGE, MAX_PAGE,
 };
 
 use crate::domain::{ActorId, Amount, Currency, ParseError};
 use crate::kinds::{payload, AnyCommand, MessageSpec};
-use crate::protocol::{Behavior, Env, ErrorCode, Reply, Step};
+use crate::protocol::{Behavior, Effect, Env, ErrorCode, Outcome, Rejection, Reply, Step};
 
 /// Credits are refused once a balance would pass this; it leaves room for
 /// refunds (at most 10^15 each) to always succeed without overflowing `i64`.
@@ -34,6 +38,21 @@ pub struct AccountState {
     pub balance: i64,
     /// Sequence number of the newest entry; 0 before the first.
     pub last_seq: u64,
+    /// Transfers this account debited whose transfer actor has not yet
+    /// confirmed them settled. After a crash the account hands each one to
+    /// its transfer actor again, so no debit is left without its credit or
+    /// refund even if the transfer actor never persisted anything.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outbox: BTreeMap<ActorId, Outbound>,
+}
+
+/// A debited transfer in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbound {
+    pub to: ActorId,
+    pub amount: Amount,
+    /// The debit's entry.
+    pub seq: u64,
 }
 
 /// What moved the balance.
@@ -118,16 +137,19 @@ impl Behavior for Account {
                         overdraft_limit,
                         balance: 0,
                         last_seq: 0,
+                        outbox: BTreeMap::new(),
                     };
                     let view = view(&opened, env, env.version + 1);
                     Step::reply(Ok(Reply::created(view))).with_change(Some(opened), Vec::new())
                 }
-                Command::TransferDebit { .. }
-                | Command::TransferCredit { .. }
-                | Command::Refund { .. } => Step::reject(
+                Command::TransferDebit { .. } | Command::TransferCredit { .. } => Step::reject(
                     ErrorCode::AccountNotFound,
                     format!("account {} does not exist", env.id),
                 ),
+                // Nothing was ever debited here: nothing to give back or settle.
+                Command::Refund { .. } | Command::Settle { .. } => {
+                    Step::reply(Ok(Reply::ok(json!({}))))
+                }
                 _ => Step::reject(
                     ErrorCode::NotFound,
                     format!("account {} does not exist", env.id),
@@ -159,49 +181,21 @@ impl Behavior for Account {
             }
             Command::TransferDebit {
                 transfer,
+                to,
                 amount,
-                currency,
-            } => {
-                if account.currency != currency {
-                    return currency_mismatch(account, currency);
-                }
-                debit(
-                    account,
-                    env,
-                    amount,
-                    EntryKind::TransferDebit,
-                    Some(transfer),
-                )
-            }
+            } => legs::debit(account, env, transfer, to, amount),
             Command::TransferCredit {
                 transfer,
+                from,
                 amount,
                 currency,
-            } => {
-                if account.currency != currency {
-                    return currency_mismatch(account, currency);
-                }
-                credit(
-                    account,
-                    env,
-                    amount,
-                    EntryKind::TransferCredit,
-                    Some(transfer),
-                )
-            }
-            Command::Refund { transfer, amount } => {
-                // Never refused for the limit: the money left this account
-                // moments ago, and MAX_BALANCE leaves room for it.
-                let balance = account.balance.saturating_add(amount.signed());
-                apply(
-                    account,
-                    env,
-                    amount,
-                    EntryKind::Refund,
-                    Some(transfer),
-                    balance,
-                )
-            }
+            } => legs::credit(account, env, transfer, from, amount, currency),
+            Command::Refund {
+                transfer,
+                amount,
+                reason,
+            } => legs::refund(account, env, transfer, amount, reason),
+            Command::Settle { transfer } => legs::settle(account, transfer),
             #[cfg(feature = "fault-injection")]
             Command::Crash => panic!("fault injection: account {} was asked to crash", env.id),
         }
@@ -209,6 +203,37 @@ impl Behavior for Account {
 
     fn message_name(command: &Command) -> &'static str {
         command.name()
+    }
+
+    fn fact_key(command: &Command) -> Option<String> {
+        match command {
+            Command::TransferDebit { transfer, .. }
+            | Command::TransferCredit { transfer, .. }
+            | Command::Refund { transfer, .. } => Some(fact_key(transfer)),
+            _ => None,
+        }
+    }
+
+    fn on_effect(state: &Self::State, tag: &str, outcome: Outcome, env: &Env) -> Step<Self::State> {
+        match state {
+            Some(account) => legs::on_adopt(account, env, tag, outcome),
+            None => Step::parked(),
+        }
+    }
+
+    fn resume(state: &Self::State, env: &Env) -> Vec<Effect> {
+        state
+            .as_ref()
+            .map(|account| legs::resume(account, env))
+            .unwrap_or_default()
+    }
+
+    fn is_pending(state: &Self::State) -> bool {
+        state.as_ref().is_some_and(|a| !a.outbox.is_empty())
+    }
+
+    fn is_resident(state: &Self::State) -> bool {
+        state.is_some()
     }
 
     fn into_any(command: Command) -> AnyCommand {
@@ -234,6 +259,44 @@ fn view(account: &AccountState, env: &Env, version: u64) -> Value {
     })
 }
 
+/// The balance after putting `amount` in, or the refusal.
+fn credited(account: &AccountState, env: &Env, amount: Amount) -> Result<i64, Rejection> {
+    account
+        .balance
+        .checked_add(amount.signed())
+        .filter(|b| *b <= MAX_BALANCE)
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the balance of account {} would exceed {MAX_BALANCE}",
+                    env.id
+                ),
+            )
+        })
+}
+
+/// The balance after taking `amount` out, or the refusal.
+fn debited(account: &AccountState, env: &Env, amount: Amount) -> Result<i64, Rejection> {
+    let floor = -i64::try_from(account.overdraft_limit).unwrap_or(i64::MAX);
+    account
+        .balance
+        .checked_sub(amount.signed())
+        .filter(|b| *b >= floor)
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::InsufficientFunds,
+                format!(
+                    "account {} has a balance of {} and an overdraft limit of {}: {} cannot be taken out",
+                    env.id,
+                    account.balance,
+                    account.overdraft_limit,
+                    amount.get()
+                ),
+            )
+        })
+}
+
 fn credit(
     account: &AccountState,
     env: &Env,
@@ -241,19 +304,9 @@ fn credit(
     kind: EntryKind,
     transfer: Option<ActorId>,
 ) -> Step<Option<AccountState>> {
-    match account
-        .balance
-        .checked_add(amount.signed())
-        .filter(|b| *b <= MAX_BALANCE)
-    {
-        Some(balance) => apply(account, env, amount, kind, transfer, balance),
-        None => Step::reject(
-            ErrorCode::LimitExceeded,
-            format!(
-                "the balance of account {} would exceed {MAX_BALANCE}",
-                env.id
-            ),
-        ),
+    match credited(account, env, amount) {
+        Ok(balance) => apply(account, env, amount, kind, transfer, balance),
+        Err(refusal) => Step::reply(Err(refusal)),
     }
 }
 
@@ -264,27 +317,10 @@ fn debit(
     kind: EntryKind,
     transfer: Option<ActorId>,
 ) -> Step<Option<AccountState>> {
-    let floor = -i64::try_from(account.overdraft_limit).unwrap_or(i64::MAX);
-    match account.balance.checked_sub(amount.signed()).filter(|b| *b >= floor) {
-        Some(balance) => apply(account, env, amount, kind, transfer, balance),
-        None => Step::reject(
-            ErrorCode::InsufficientFunds,
-            format!(
-                "account {} has a balance of {} and an overdraft limit of {}: {} cannot be taken out",
-                env.id,
-                account.balance,
-                account.overdraft_limit,
-                amount.get()
-            ),
-        ),
+    match debited(account, env, amount) {
+        Ok(balance) => apply(account, env, amount, kind, transfer, balance),
+        Err(refusal) => Step::reply(Err(refusal)),
     }
-}
-
-fn currency_mismatch(account: &AccountState, asked: Currency) -> Step<Option<AccountState>> {
-    Step::reject(
-        ErrorCode::CurrencyMismatch,
-        format!("the account holds {}, not {asked}", account.currency),
-    )
 }
 
 /// Moves the balance, appends the entry and answers with both.
@@ -296,7 +332,25 @@ fn apply(
     transfer_id: Option<ActorId>,
     balance: i64,
 ) -> Step<Option<AccountState>> {
-    let seq = account.last_seq + 1;
+    let (next, entry) = moved(account, env, amount, kind, transfer_id, balance);
+    let body = json!({ "entry": entry, "balance": balance, "version": env.version + 1 });
+    Step::reply(Ok(Reply::ok(body))).with_change(Some(next), vec![(next_seq(account), entry)])
+}
+
+fn next_seq(account: &AccountState) -> u64 {
+    account.last_seq + 1
+}
+
+/// The account after one movement, and the movement's journal entry.
+fn moved(
+    account: &AccountState,
+    env: &Env,
+    amount: Amount,
+    kind: EntryKind,
+    transfer_id: Option<ActorId>,
+    balance: i64,
+) -> (AccountState, Value) {
+    let seq = next_seq(account);
     let entry = Entry {
         seq,
         kind,
@@ -310,9 +364,9 @@ fn apply(
         last_seq: seq,
         ..account.clone()
     };
+    // An `Entry` is plain data: serialising it cannot fail.
     let entry = serde_json::to_value(&entry).unwrap_or(Value::Null);
-    let body = json!({ "entry": entry, "balance": balance, "version": env.version + 1 });
-    Step::reply(Ok(Reply::ok(body))).with_change(Some(next), vec![(seq, entry)])
+    (next, entry)
 }
 
 #[cfg(test)]

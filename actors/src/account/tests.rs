@@ -2,14 +2,20 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::*;
-use crate::protocol::{ReplyPlan, Status};
+use crate::protocol::{Change, ReplyPlan, Status};
 
 fn env(version: u64) -> Env {
-    Env {
-        id: ActorId::parse("acc-1").unwrap(),
-        now: Utc::now(),
-        version,
-    }
+    Env::new(ActorId::parse("acc-1").unwrap(), Utc::now(), version)
+}
+
+fn with_fact(version: u64, fact: Option<&Change<Option<AccountState>>>) -> Env {
+    let mut env = env(version);
+    env.fact = fact.and_then(|c| c.facts.first()).map(|(_, v)| v.clone());
+    env
+}
+
+fn id(s: &str) -> ActorId {
+    ActorId::parse(s).unwrap()
 }
 
 fn opened(balance: i64, overdraft_limit: u64) -> Option<AccountState> {
@@ -18,6 +24,7 @@ fn opened(balance: i64, overdraft_limit: u64) -> Option<AccountState> {
         overdraft_limit,
         balance,
         last_seq: 3,
+        outbox: BTreeMap::new(),
     })
 }
 
@@ -106,6 +113,7 @@ fn unopened_accounts_are_not_found_and_transfer_legs_say_account_not_found() {
     );
     let leg = Command::TransferCredit {
         transfer: ActorId::parse("t").unwrap(),
+        from: id("a"),
         amount: amount(1),
         currency: Currency::USD,
     };
@@ -116,9 +124,10 @@ fn unopened_accounts_are_not_found_and_transfer_legs_say_account_not_found() {
 }
 
 #[test]
-fn transfer_legs_check_the_currency() {
-    let leg = Command::TransferDebit {
-        transfer: ActorId::parse("t").unwrap(),
+fn credits_check_the_currency() {
+    let leg = Command::TransferCredit {
+        transfer: id("t"),
+        from: id("a"),
         amount: amount(1),
         currency: Currency::parse("EUR").unwrap(),
     };
@@ -126,6 +135,98 @@ fn transfer_legs_check_the_currency() {
         rejection_code(&Account::handle(&opened(10, 0), leg, &env(1))),
         Some(ErrorCode::CurrencyMismatch)
     );
+}
+
+fn debit(to: &str, v: u64) -> Command {
+    Command::TransferDebit {
+        transfer: id("t"),
+        to: id(to),
+        amount: amount(v),
+    }
+}
+
+#[test]
+fn a_debit_records_its_fact_and_outbox_and_a_repeat_moves_nothing() {
+    let first = Account::handle(&opened(10, 0), debit("b", 4), &env(1));
+    let change = first.change.clone().expect("a change");
+    let state = change.state.clone().unwrap();
+    assert_eq!(state.balance, 6);
+    assert_eq!(state.outbox[&id("t")].to, id("b"));
+    assert_eq!(change.facts[0].0, "transfer:t");
+    assert!(Account::is_pending(&change.state));
+    // The same leg again, with the fact the runtime reads back.
+    let again = Account::handle(&change.state, debit("b", 4), &with_fact(2, Some(&change)));
+    assert!(again.change.is_none(), "a repeated debit moves nothing");
+    assert_eq!(again.reply, first.reply);
+    // Another body under the same transfer id is refused.
+    let other = Account::handle(&change.state, debit("c", 4), &with_fact(2, Some(&change)));
+    assert_eq!(
+        rejection_code(&other),
+        Some(ErrorCode::IdempotencyKeyReused)
+    );
+}
+
+#[test]
+fn a_refund_gives_back_once_and_only_what_was_debited() {
+    let debited = Account::handle(&opened(10, 0), debit("b", 4), &env(1))
+        .change
+        .unwrap();
+    let refund = || Command::Refund {
+        transfer: id("t"),
+        amount: amount(4),
+        reason: ErrorCode::CurrencyMismatch,
+    };
+    let refunded = Account::handle(&debited.state, refund(), &with_fact(2, Some(&debited)))
+        .change
+        .expect("the refund moves money");
+    let state = refunded.state.clone().unwrap();
+    assert_eq!((state.balance, state.outbox.len()), (10, 0));
+    let again = Account::handle(&refunded.state, refund(), &with_fact(3, Some(&refunded)));
+    assert!(again.change.is_none(), "a second refund moves nothing");
+    // A debit asked again after its refund answers with the refund's reason.
+    let late = Account::handle(
+        &refunded.state,
+        debit("b", 4),
+        &with_fact(3, Some(&refunded)),
+    );
+    assert_eq!(rejection_code(&late), Some(ErrorCode::CurrencyMismatch));
+    // A refund for a transfer never debited here creates nothing.
+    let unknown = Account::handle(&opened(10, 0), refund(), &env(1));
+    assert!(unknown.change.is_none());
+}
+
+#[test]
+fn after_a_restart_the_outbox_is_handed_back_and_settles() {
+    let debited = Account::handle(&opened(10, 0), debit("b", 4), &env(1))
+        .change
+        .unwrap()
+        .state;
+    let effects = Account::resume(&debited, &env(2));
+    assert_eq!(effects.len(), 1);
+    assert_eq!(effects[0].tag, "adopt:t");
+    assert_eq!(effects[0].target.kind, "transfer");
+    // The transfer says it is settled: the outbox empties.
+    let done = Account::on_effect(
+        &debited,
+        "adopt:t",
+        Ok(Reply::ok(json!({"status": "completed"}))),
+        &env(2),
+    );
+    let state = done.change.unwrap().state.unwrap();
+    assert!(state.outbox.is_empty());
+    assert_eq!(state.balance, 6);
+    // The id now names another transfer: the money comes back.
+    let orphan = Account::on_effect(
+        &debited,
+        "adopt:t",
+        Err(crate::protocol::Rejection::new(
+            ErrorCode::IdempotencyKeyReused,
+            "x",
+        )),
+        &env(2),
+    );
+    let state = orphan.change.unwrap().state.unwrap();
+    assert_eq!((state.balance, state.outbox.len()), (10, 0));
 }
 
 #[test]

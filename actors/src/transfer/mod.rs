@@ -1,17 +1,34 @@
-//! The transfer: a saga that moves an amount between two accounts, all or
-//! nothing, even across crashes.
-//!
-//! Its phases are persisted before each leg is asked for:
+//! The transfer: moves an amount between two accounts, all or nothing, even
+//! across crashes, in at most two sequential durable steps.
 //!
 //! ```text
-//! start -> CheckTarget --to exists--> Debit --debited--> Credit --credited--> completed
-//!              |                        |                   |
-//!              +--refused-> failed <----+                   +--refused-> Refund --> failed
+//! start ──> [transfer record: pending ∥ debit at `from`] ──> credit at `to` ──> completed (answered)
+//!              │ refused: failed                                │ refused
+//!              v                                                v
+//!            failed <────────────── refund at `from` <──────────┘
 //! ```
 //!
-//! Each leg carries an idempotency key derived from the transfer id, so a leg
-//! asked again after a crash applies once. On activation, a transfer found
-//! in a pending phase asks for that phase's leg again ([`Behavior::resume`]).
+//! The transfer actor coordinates. Its pending record and the debit are
+//! written in parallel: the runtime sends every ask as soon as a step is
+//! handled and hands its answer back only once that step is durable, so the
+//! credit is never asked for by a transfer whose record could be lost.
+//!
+//! Exactly-once holds by construction, never by retention:
+//! - each leg is applied at most once per transfer id by the account
+//!   itself, which records it in the same commit as the movement (see
+//!   `account::legs`); a leg asked twice, late, or after any outage
+//!   answers as the first time;
+//! - the debit puts the transfer in the source account's outbox. If the
+//!   process dies before the transfer's own record is durable, the account
+//!   hands the transfer back on restart ([`Command::Adopt`]);
+//! - a leg's answer is handled only in the phase that asked for it.
+//!
+//! Between legs the phase is held in memory only: resuming from the durable
+//! record asks the debit again, which answers from the account's record
+//! without moving money. The caller of a completed transfer is answered as
+//! soon as the credit is durable, before the transfer's own record: resuming
+//! reaches `completed` again from durable facts alone. Failures are
+//! answered only once recorded, since a resume could otherwise still succeed.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -34,6 +51,13 @@ pub enum Command {
         amount: Amount,
     },
     Get,
+    /// From the source account after a restart: it debited this transfer
+    /// and has not heard that it settled. Internal: no client can send it.
+    Adopt {
+        from: ActorId,
+        to: ActorId,
+        amount: Amount,
+    },
 }
 
 impl Command {
@@ -42,6 +66,7 @@ impl Command {
         match self {
             Self::Start { .. } => "start",
             Self::Get => "get",
+            Self::Adopt { .. } => "adopt",
         }
     }
 }
@@ -70,10 +95,27 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
+    /// Written by versions before the debit carried the transfer; resumed
+    /// as a debit (nothing was debited in that phase).
     CheckTarget,
-    Debit { currency: Currency },
-    Credit { currency: Currency },
-    Refund { reason: ErrorCode },
+    Debit,
+    Credit {
+        currency: Currency,
+    },
+    Refund {
+        reason: ErrorCode,
+    },
+}
+
+impl Phase {
+    /// The tag of the phase's ask: an answer with another tag is stale.
+    fn tag(&self) -> &'static str {
+        match self {
+            Self::CheckTarget | Self::Debit => "debit",
+            Self::Credit { .. } => "credit",
+            Self::Refund { .. } => "refund",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +128,14 @@ pub struct TransferState {
     pub reason: Option<ErrorCode>,
     pub created_at: DateTime<Utc>,
 }
+
+impl TransferState {
+    fn is(&self, from: &ActorId, to: &ActorId, amount: Amount) -> bool {
+        self.from == *from && self.to == *to && self.amount == amount
+    }
+}
+
+type TransferStep = Step<Option<TransferState>>;
 
 impl Behavior for Transfer {
     const KIND: &'static str = "transfer";
@@ -120,110 +170,106 @@ impl Behavior for Transfer {
         }))
     }
 
-    fn handle(state: &Self::State, command: Command, env: &Env) -> Step<Self::State> {
+    fn handle(state: &Self::State, command: Command, env: &Env) -> TransferStep {
         match (state, command) {
             (None, Command::Get) => Step::reject(
                 ErrorCode::NotFound,
                 format!("transfer {} does not exist", env.id),
             ),
             (Some(t), Command::Get) => Step::reply(Ok(Reply::ok(view(t, env)))),
-            (None, Command::Start { from, to, amount }) => {
-                let mut t = TransferState {
-                    from,
-                    to,
-                    amount,
-                    status: Status::Pending,
-                    phase: Some(Phase::CheckTarget),
-                    reason: None,
-                    created_at: env.now,
+            (None, Command::Start { from, to, amount }) => begin(from, to, amount, env),
+            (None, Command::Adopt { from, to, amount }) => {
+                let step = begin(from, to, amount, env);
+                let answer = match &step.change {
+                    Some(c) => c.state.as_ref().map(|t| view(t, env)).unwrap_or_default(),
+                    None => Value::Null,
                 };
-                if t.from == t.to {
-                    t.status = Status::Failed;
-                    t.phase = None;
-                    t.reason = Some(ErrorCode::SameAccount);
-                    return Step::reply(outcome(&t, env)).with_change(Some(t), Vec::new());
-                }
-                let effect = leg(&t, env);
-                let mut step = Step::parked().with_change(Some(t), Vec::new());
-                step.effects.extend(effect);
-                step
+                step.answering(Ok(Reply::ok(answer)))
             }
             (Some(t), Command::Start { from, to, amount }) => {
-                if t.from != from || t.to != to || t.amount != amount {
-                    return Step::reject(
-                        ErrorCode::IdempotencyKeyReused,
-                        format!("transfer {} already exists with another body", env.id),
-                    );
+                if !t.is(&from, &to, amount) {
+                    return reused(env);
                 }
                 match t.status {
                     Status::Pending => Step::parked().replayed(),
                     Status::Completed | Status::Failed => Step::reply(outcome(t, env)).replayed(),
                 }
             }
+            (Some(t), Command::Adopt { from, to, amount }) => {
+                if t.is(&from, &to, amount) {
+                    Step::reply(Ok(Reply::ok(view(t, env))))
+                } else {
+                    reused(env)
+                }
+            }
         }
     }
 
-    fn on_effect(state: &Self::State, result: Outcome, env: &Env) -> Step<Self::State> {
+    fn on_effect(state: &Self::State, tag: &str, result: Outcome, env: &Env) -> TransferStep {
         let Some(t) = state else {
             return Step::parked();
         };
         let Some(phase) = &t.phase else {
             return Step::parked();
         };
-        let next = match (phase, result) {
-            (Phase::CheckTarget, Ok(reply)) => {
-                match reply
+        if tag != phase.tag() {
+            // An answer to an ask of another phase (or the settle notice).
+            return Step::parked();
+        }
+        match (phase, result) {
+            (Phase::CheckTarget | Phase::Debit, Ok(reply)) => {
+                let currency = reply
                     .body
                     .get("currency")
                     .cloned()
-                    .map(serde_json::from_value::<Currency>)
-                {
-                    Some(Ok(currency)) => Next::Phase(Phase::Debit { currency }),
-                    _ => Next::Fail(ErrorCode::Internal),
+                    .and_then(|c| serde_json::from_value::<Currency>(c).ok());
+                match currency {
+                    Some(currency) => next_leg(t, Phase::Credit { currency }, env),
+                    // Debited, but the answer is not understood: give it back.
+                    None => next_leg(
+                        t,
+                        Phase::Refund {
+                            reason: ErrorCode::Internal,
+                        },
+                        env,
+                    ),
                 }
             }
-            (Phase::CheckTarget, Err(r)) if r.code == ErrorCode::NotFound => {
-                Next::Fail(ErrorCode::AccountNotFound)
+            (Phase::CheckTarget | Phase::Debit, Err(r)) => finish(t, Err(r.code), env),
+            (Phase::Credit { .. }, Ok(_)) => {
+                let step = finish(t, Ok(()), env);
+                let settle = Effect {
+                    target: Address::new(Account::KIND, t.from.clone()),
+                    command: AnyCommand::Account(account::Command::Settle {
+                        transfer: env.id.clone(),
+                    }),
+                    tag: "settle".into(),
+                };
+                step.with_effect(settle)
             }
-            (Phase::Debit { currency }, Ok(_)) => Next::Phase(Phase::Credit {
-                currency: *currency,
-            }),
-            (Phase::Credit { .. }, Ok(_)) => Next::Complete,
-            (Phase::Credit { .. }, Err(r)) => Next::Phase(Phase::Refund { reason: r.code }),
-            (Phase::Refund { reason }, _) => Next::Fail(*reason),
-            (Phase::CheckTarget | Phase::Debit { .. }, Err(r)) => Next::Fail(r.code),
-        };
-        let mut t = t.clone();
-        match next {
-            Next::Phase(phase) => {
-                t.phase = Some(phase);
-                let effect = leg(&t, env);
-                let mut step = Step::parked().with_change(Some(t), Vec::new());
-                step.effects.extend(effect);
-                step
-            }
-            Next::Complete | Next::Fail(_) => {
-                t.phase = None;
-                if let Next::Fail(reason) = next {
-                    t.status = Status::Failed;
-                    t.reason = Some(reason);
-                } else {
-                    t.status = Status::Completed;
-                }
-                let settled = outcome(&t, env);
-                Step::parked()
-                    .with_change(Some(t), Vec::new())
-                    .settling(settled)
-            }
+            (Phase::Credit { .. }, Err(r)) => next_leg(t, Phase::Refund { reason: r.code }, env),
+            (Phase::Refund { reason }, Ok(_)) => finish(t, Err(*reason), env),
+            // A refund is never refused; should one be, the transfer stays
+            // pending and asks again when it is next resumed.
+            (Phase::Refund { .. }, Err(_)) => Step::parked(),
         }
     }
 
-    fn resume(state: &Self::State, env: &Env) -> Option<Effect> {
-        state.as_ref().and_then(|t| leg(t, env))
+    fn resume(state: &Self::State, env: &Env) -> Vec<Effect> {
+        state
+            .as_ref()
+            .filter(|t| t.status == Status::Pending)
+            .and_then(|t| leg(t, env))
+            .into_iter()
+            .collect()
     }
 
     fn is_pending(state: &Self::State) -> bool {
         matches!(state, Some(t) if t.status == Status::Pending)
+    }
+
+    fn is_resident(state: &Self::State) -> bool {
+        Self::is_pending(state)
     }
 
     fn message_name(command: &Command) -> &'static str {
@@ -242,48 +288,101 @@ impl Behavior for Transfer {
     }
 }
 
-enum Next {
-    Phase(Phase),
-    Complete,
-    Fail(ErrorCode),
+fn reused(env: &Env) -> TransferStep {
+    Step::reject(
+        ErrorCode::IdempotencyKeyReused,
+        format!("transfer {} already exists with another body", env.id),
+    )
+}
+
+/// A new transfer: its pending record, written in parallel with the debit.
+fn begin(from: ActorId, to: ActorId, amount: Amount, env: &Env) -> TransferStep {
+    let mut t = TransferState {
+        from,
+        to,
+        amount,
+        status: Status::Pending,
+        phase: Some(Phase::Debit),
+        reason: None,
+        created_at: env.now,
+    };
+    if t.from == t.to {
+        t.status = Status::Failed;
+        t.phase = None;
+        t.reason = Some(ErrorCode::SameAccount);
+        return Step::reply(outcome(&t, env)).with_change(Some(t), Vec::new());
+    }
+    let effect = leg(&t, env);
+    let mut step = Step::parked().with_change(Some(t), Vec::new());
+    step.effects.extend(effect);
+    step
+}
+
+/// Moves to the next leg in memory and asks for it.
+fn next_leg(t: &TransferState, phase: Phase, env: &Env) -> TransferStep {
+    let mut t = t.clone();
+    t.phase = Some(phase);
+    let effect = leg(&t, env);
+    let mut step = Step::parked().with_memo(Some(t));
+    step.effects.extend(effect);
+    step
+}
+
+/// Settles the transfer: completed answers at once, failed once durable.
+fn finish(t: &TransferState, result: Result<(), ErrorCode>, env: &Env) -> TransferStep {
+    let mut t = t.clone();
+    t.phase = None;
+    match result {
+        Ok(()) => t.status = Status::Completed,
+        Err(reason) => {
+            t.status = Status::Failed;
+            t.reason = Some(reason);
+        }
+    }
+    let settled = outcome(&t, env);
+    let step = Step::parked().with_change(Some(t), Vec::new());
+    if result.is_ok() {
+        step.settling_early(settled)
+    } else {
+        step.settling(settled)
+    }
 }
 
 /// The ask for the leg of the transfer's current phase.
 fn leg(t: &TransferState, env: &Env) -> Option<Effect> {
-    let id = env.id.clone();
-    let (target, command, step) = match t.phase.as_ref()? {
-        Phase::CheckTarget => (&t.to, account::Command::Get, None),
-        Phase::Debit { currency } => (
+    let transfer = env.id.clone();
+    let phase = t.phase.as_ref()?;
+    let (target, command) = match phase {
+        Phase::CheckTarget | Phase::Debit => (
             &t.from,
             account::Command::TransferDebit {
-                transfer: id,
+                transfer,
+                to: t.to.clone(),
                 amount: t.amount,
-                currency: *currency,
             },
-            Some("debit"),
         ),
         Phase::Credit { currency } => (
             &t.to,
             account::Command::TransferCredit {
-                transfer: id,
+                transfer,
+                from: t.from.clone(),
                 amount: t.amount,
                 currency: *currency,
             },
-            Some("credit"),
         ),
-        Phase::Refund { .. } => (
+        Phase::Refund { reason } => (
             &t.from,
             account::Command::Refund {
-                transfer: id,
+                transfer,
                 amount: t.amount,
+                reason: *reason,
             },
-            Some("refund"),
         ),
     };
     Some(Effect {
         target: Address::new(Account::KIND, target.clone()),
         command: AnyCommand::Account(command),
-        idempotency_key: step.map(|s| format!("transfer:{}:{s}", env.id)),
+        tag: phase.tag().into(),
     })
 }
 

@@ -1,0 +1,533 @@
+//! One activation: an actix actor hosting one (kind, id) and its state.
+//!
+//! # Layout
+//! - this file: the actor, its [`Phase`] and its message loop: receive,
+//!   look up the idempotency record and the fact the command needs, handle,
+//!   apply the step;
+//! - [`batch`]: group commit, first level: what handled messages wait for;
+//! - [`flush`]: turning the batch into one commit and answering after it;
+//! - [`recovery`]: loading, fencing, restarting from durable state, and
+//!   passivating once nothing is left to do;
+//! - [`asks`]: effects, asks to other actors with retry, tagged with the
+//!   epoch of the state that made them.
+//!
+//! Replies leave only after the changes before them are durable; if a
+//! commit fails they get `503` and the state is reloaded, so an actor never
+//! keeps what it did not persist.
+
+mod asks;
+mod batch;
+mod flush;
+mod recovery;
+
+use std::any::Any;
+use std::num::NonZeroUsize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use lru::LruCache;
+use opentelemetry::trace::TraceContextExt as _;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use troupe_actors::{Address, Behavior, Env, ErrorCode, ReplyPlan, Step};
+
+use super::idempotency::{IdempotencyRecord, IdempotencyRequest};
+use super::shard::{Retired, SlotStatus};
+use super::supervision::{Supervision, SupervisionEvent};
+use super::{stats, Answer, Envelope, Runtime};
+use batch::Batcher;
+
+/// What a shard delivers to an activation. Messages travel unboxed: a
+/// box would cost an allocation per message, and `Passivate` is rare.
+#[allow(clippy::large_enum_variant)]
+pub enum Delivery {
+    Message(Envelope),
+    /// Stop: the shard saw the activation idle and removed it.
+    Passivate,
+}
+
+impl Message for Delivery {
+    type Result = ();
+}
+
+type ReplyTx = oneshot::Sender<Answer>;
+
+/// Where an activation stands; exactly one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No usable state in memory: not loaded yet, or thrown away after a
+    /// failed commit. `fence`: a commit's outcome is unknown, and the next
+    /// load must settle it before trusting what it reads.
+    Unloaded { fence: bool },
+    /// A load is under way (the mailbox waits).
+    Loading,
+    /// After a crash: the state is thrown away and reloads once the
+    /// restart backoff has passed (the mailbox waits).
+    Restarting { fence: bool },
+    /// The state is the durable one plus the open batch.
+    Ready,
+    /// A handler panicked: once the batch is flushed, the state is thrown
+    /// away and reloaded after `backoff`.
+    Crashed { backoff: Duration },
+}
+
+impl Phase {
+    fn is_loaded(self) -> bool {
+        matches!(self, Self::Ready | Self::Crashed { .. })
+    }
+}
+
+/// A caller waiting for the behaviour to settle (a transfer's `start`).
+struct Parked {
+    reply: ReplyTx,
+    replayed: bool,
+    deadline: Instant,
+}
+
+/// What an activation remembers of recent keyed lookups.
+struct Caches {
+    idempotency: LruCache<String, IdempotencyRecord>,
+    facts: LruCache<String, Value>,
+}
+
+pub struct Activation<B: Behavior> {
+    address: Address,
+    runtime: Runtime,
+    status: Rc<SlotStatus>,
+    shard: Recipient<Retired>,
+    state: B::State,
+    /// Version of `state`, counting changes not yet durable.
+    version: u64,
+    phase: Phase,
+    batch: Batcher,
+    parked: Vec<Parked>,
+    caches: Option<Box<Caches>>,
+    supervision: Option<Box<Supervision>>,
+    /// Bumped whenever the state is thrown away or reloaded: answers to
+    /// asks made under another epoch are stale and dropped.
+    epoch: Rc<std::cell::Cell<u32>>,
+    asks_in_flight: u32,
+    /// A timer will resume unfinished work that nothing drives.
+    recheck_scheduled: bool,
+}
+
+/// A message whose command is this kind's.
+struct Incoming<C> {
+    command: C,
+    reply: ReplyTx,
+    idempotency: Option<IdempotencyRequest>,
+    span: tracing::Span,
+    sent_at: Instant,
+    deadline: Instant,
+}
+
+impl<B: Behavior> Actor for Activation<B> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.load(None, ctx);
+    }
+}
+
+impl<B: Behavior> Handler<Delivery> for Activation<B> {
+    type Result = ();
+
+    fn handle(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        match delivery {
+            Delivery::Message(envelope) => self.receive(envelope, ctx),
+            Delivery::Passivate => ctx.stop(),
+        }
+        self.settle_down(ctx);
+    }
+}
+
+impl<B: Behavior> Activation<B> {
+    /// Starts an activation on the current arbiter.
+    pub fn spawn(
+        address: Address,
+        runtime: Runtime,
+        status: Rc<SlotStatus>,
+        shard: Recipient<Retired>,
+    ) -> Recipient<Delivery> {
+        let capacity = runtime.options().mailbox_capacity;
+        Activation::<B>::create(move |ctx| {
+            ctx.set_mailbox_capacity(capacity);
+            Self {
+                address,
+                runtime,
+                status,
+                shard,
+                state: B::State::default(),
+                version: 0,
+                phase: Phase::Unloaded { fence: false },
+                batch: Batcher::default(),
+                parked: Vec::new(),
+                caches: None,
+                supervision: None,
+                epoch: Rc::default(),
+                asks_in_flight: 0,
+                recheck_scheduled: false,
+            }
+        })
+        .recipient()
+    }
+
+    fn receive(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if now >= envelope.deadline {
+            stats::deadline_dropped(B::KIND);
+            return self.respond(
+                envelope.reply,
+                Answer::error(
+                    ErrorCode::DeadlineExceeded,
+                    "the deadline passed while the message waited in the mailbox",
+                ),
+            );
+        }
+        if self.supervision.as_mut().is_some_and(|s| s.failed(now)) {
+            let message = format!("{} is failing repeatedly; retry later", self.address);
+            return self.respond(
+                envelope.reply,
+                Answer::error(ErrorCode::Unavailable, message),
+            );
+        }
+        if !self.phase.is_loaded() {
+            return self.load(Some(envelope), ctx);
+        }
+        let Some(command) = B::from_any(envelope.command) else {
+            return self.respond(
+                envelope.reply,
+                Answer::error(ErrorCode::Internal, "message routed to the wrong kind"),
+            );
+        };
+        let incoming = Incoming {
+            command,
+            reply: envelope.reply,
+            idempotency: envelope.idempotency,
+            span: envelope.span,
+            sent_at: envelope.sent_at,
+            deadline: envelope.deadline,
+        };
+        let Some(request) = incoming.idempotency.clone() else {
+            return self.look_up_fact(incoming, ctx);
+        };
+        if let Some(record) = self.cached_record(&request.key) {
+            return self.replay(incoming.reply, &request, record);
+        }
+        let store = self.runtime.store().clone();
+        let (actor, key) = (self.address.to_string(), request.key.clone());
+        let lookup = async move { store.idempotency(&actor, &key).await };
+        ctx.wait(lookup.into_actor(self).map(move |found, act, ctx| {
+            match found {
+                Ok(None) => act.look_up_fact(incoming, ctx),
+                Ok(Some(bytes)) => match serde_json::from_slice::<IdempotencyRecord>(&bytes) {
+                    Ok(record) => {
+                        act.caches()
+                            .idempotency
+                            .put(request.key.clone(), record.clone());
+                        act.replay(incoming.reply, &request, record);
+                    }
+                    Err(e) => act.respond(
+                        incoming.reply,
+                        Answer::error(
+                            ErrorCode::Internal,
+                            format!("unreadable idempotency record: {e}"),
+                        ),
+                    ),
+                },
+                Err(e) => act.respond(incoming.reply, flush::unavailable(&e)),
+            }
+            act.settle_down(ctx);
+        }));
+    }
+
+    /// Reads the fact the command needs (a transfer leg's record), from
+    /// memory when this activation wrote or read it, else from the store.
+    fn look_up_fact(&mut self, incoming: Incoming<B::Command>, ctx: &mut Context<Self>) {
+        let Some(key) = B::fact_key(&incoming.command) else {
+            return self.process(incoming, None, ctx);
+        };
+        if let Some(fact) = self.caches.as_mut().and_then(|c| c.facts.get(&key)) {
+            let fact = fact.clone();
+            return self.process(incoming, Some(fact), ctx);
+        }
+        let store = self.runtime.store().clone();
+        let actor = self.address.to_string();
+        let lookup = async move { store.fact(&actor, &key).await.map(|f| (key, f)) };
+        ctx.wait(lookup.into_actor(self).map(move |found, act, ctx| {
+            match found {
+                Ok((_, None)) => act.process(incoming, None, ctx),
+                Ok((key, Some(bytes))) => match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(fact) => {
+                        act.caches().facts.put(key, fact.clone());
+                        act.process(incoming, Some(fact), ctx);
+                    }
+                    Err(e) => act.respond(
+                        incoming.reply,
+                        Answer::error(ErrorCode::Internal, format!("unreadable fact {key}: {e}")),
+                    ),
+                },
+                Err(e) => act.respond(incoming.reply, flush::unavailable(&e)),
+            }
+            act.settle_down(ctx);
+        }));
+    }
+
+    fn cached_record(&mut self, key: &str) -> Option<IdempotencyRecord> {
+        self.caches.as_mut()?.idempotency.get(key).cloned()
+    }
+
+    fn caches(&mut self) -> &mut Caches {
+        let size = NonZeroUsize::new(self.runtime.options().idempotency_cache)
+            .unwrap_or(NonZeroUsize::MIN);
+        self.caches.get_or_insert_with(|| {
+            Box::new(Caches {
+                idempotency: LruCache::new(size),
+                facts: LruCache::new(size),
+            })
+        })
+    }
+
+    fn replay(&mut self, reply: ReplyTx, request: &IdempotencyRequest, record: IdempotencyRecord) {
+        let answer = if request.matches(&record) {
+            Answer {
+                outcome: record.outcome,
+                replayed: true,
+            }
+        } else {
+            Answer::error(
+                ErrorCode::IdempotencyKeyReused,
+                format!(
+                    "idempotency key {:?} was used with another request",
+                    request.key
+                ),
+            )
+        };
+        self.answer(reply, answer);
+    }
+
+    fn env(&self, fact: Option<Value>) -> Env {
+        Env {
+            id: self.address.id.clone(),
+            now: chrono::Utc::now(),
+            version: self.version,
+            fact,
+        }
+    }
+
+    fn process(
+        &mut self,
+        incoming: Incoming<B::Command>,
+        fact: Option<Value>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Incoming {
+            command,
+            reply,
+            idempotency,
+            span,
+            sent_at,
+            deadline,
+        } = incoming;
+        let env = self.env(fact);
+        let name = B::message_name(&command);
+        // Log lines written while handling carry the request's ids.
+        let _request = span.enter();
+        // Spans below an unsampled request would be built and thrown away.
+        let sampled = span.context().span().span_context().is_sampled();
+        let _span = if !sampled {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                parent: &span,
+                "actor.handle",
+                actor.kind = B::KIND,
+                actor.id = %self.address.id,
+                actor.message = name,
+                mailbox.wait_us = sent_at.elapsed().as_micros() as u64,
+            )
+        }
+        .entered();
+        match catch_unwind(AssertUnwindSafe(|| B::handle(&self.state, command, &env))) {
+            Ok(step) => {
+                let outcome = match &step.reply {
+                    ReplyPlan::Now(Err(r)) => r.code.as_str(),
+                    _ => "ok",
+                };
+                stats::message(B::KIND, name, outcome);
+                self.apply(step, Some((reply, idempotency, deadline)), ctx);
+            }
+            Err(panic) => {
+                stats::message(B::KIND, name, ErrorCode::Internal.as_str());
+                self.crashed(Some(reply), panic.as_ref(), ctx);
+            }
+        }
+    }
+
+    /// Takes in what a handler decided: the change joins the batch, the
+    /// effects are sent at once, the caller is answered, parked or queued.
+    fn apply(
+        &mut self,
+        step: Step<B::State>,
+        caller: Option<(ReplyTx, Option<IdempotencyRequest>, Instant)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Step {
+            reply: plan,
+            change,
+            effects,
+            settle,
+            replayed,
+            memo,
+        } = step;
+        if let Some(state) = memo {
+            self.state = state;
+        }
+        if let Some(change) = change {
+            self.state = change.state;
+            self.version += 1;
+            self.batch.open().dirty = true;
+            for (seq, entry) in change.entries {
+                let bytes = entry.to_string().into_bytes();
+                self.batch.open().entries.push((seq, bytes));
+            }
+            for (key, fact) in change.facts {
+                let bytes = fact.to_string().into_bytes();
+                self.caches().facts.put(key.clone(), fact);
+                self.batch.open().facts.push((key, bytes));
+            }
+        }
+        // Asks leave now, in parallel with this step's commit; their answers
+        // are handled only after it (see `asks`).
+        self.ask_all(effects, ctx);
+        if let Some(settle) = settle {
+            if settle.early {
+                for parked in std::mem::take(&mut self.parked) {
+                    let answer = Answer {
+                        outcome: settle.outcome.clone(),
+                        replayed: parked.replayed,
+                    };
+                    self.respond(parked.reply, answer);
+                }
+            } else {
+                self.batch.open().settle = Some(settle.outcome);
+            }
+        }
+        if let Some((reply, idempotency, deadline)) = caller {
+            match plan {
+                ReplyPlan::Now(outcome) => {
+                    if let Some(request) = idempotency {
+                        let record = IdempotencyRecord {
+                            fingerprint: request.fingerprint,
+                            outcome: outcome.clone(),
+                        };
+                        self.caches()
+                            .idempotency
+                            .put(request.key.clone(), record.clone());
+                        self.batch.open().idempotency.push((request.key, record));
+                    }
+                    self.answer(reply, Answer { outcome, replayed });
+                }
+                ReplyPlan::Park => self.park(reply, replayed, deadline, ctx),
+                ReplyPlan::Journal { after, limit } => {
+                    self.batch.open().journal.push((reply, after, limit));
+                }
+            }
+        }
+        // The commit is recorded under the first message that writes. Reads
+        // allocate no batch, and an idle actor keeps no request's span alive.
+        if let Some(batch) = self.batch.get_mut() {
+            if batch.writes() && batch.span.is_none() {
+                batch.span = Some(tracing::Span::current());
+            }
+        }
+        self.schedule_flush(ctx);
+    }
+
+    /// Parks a caller until the behaviour settles or its deadline passes,
+    /// whichever comes first: a caller gone is answered `504` and forgotten.
+    fn park(&mut self, reply: ReplyTx, replayed: bool, deadline: Instant, ctx: &mut Context<Self>) {
+        self.parked.push(Parked {
+            reply,
+            replayed,
+            deadline,
+        });
+        let wait = deadline.saturating_duration_since(Instant::now());
+        ctx.run_later(wait, |act, ctx| {
+            let now = Instant::now();
+            let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut act.parked)
+                .into_iter()
+                .partition(|p| p.deadline <= now || p.reply.is_closed());
+            act.parked = waiting;
+            for parked in expired {
+                act.respond(
+                    parked.reply,
+                    Answer::error(
+                        ErrorCode::DeadlineExceeded,
+                        "the deadline passed before the work finished; it goes on",
+                    ),
+                );
+            }
+            act.settle_down(ctx);
+        });
+    }
+
+    /// Answers at once when nothing before it waits to be durable, else
+    /// after the batch's commit.
+    fn answer(&mut self, reply: ReplyTx, answer: Answer) {
+        if self.batch.holds_replies() {
+            self.batch.open().replies.push((reply, answer));
+        } else {
+            self.respond(reply, answer);
+        }
+    }
+
+    fn respond(&self, reply: ReplyTx, answer: Answer) {
+        let _ = reply.send(answer);
+        self.status.done();
+    }
+
+    /// Contains a panic: the message that caused it gets `500`, what the
+    /// batch already holds is still committed, then the state is reloaded.
+    fn crashed(
+        &mut self,
+        reply: Option<ReplyTx>,
+        panic: &(dyn Any + Send),
+        ctx: &mut Context<Self>,
+    ) {
+        let cause = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let policy = self.runtime.options().restart;
+        let event = self
+            .supervision
+            .get_or_insert_with(Box::default)
+            .on_panic(Instant::now(), &policy);
+        tracing::error!(actor = %self.address, error.message = %cause, event = ?event, "actor panicked");
+        if let Some(reply) = reply {
+            let message = format!(
+                "{} crashed while handling this message; it restarts from its last durable state",
+                self.address
+            );
+            self.answer(reply, Answer::error(ErrorCode::Internal, message));
+        }
+        let backoff = match event {
+            SupervisionEvent::Restarting { backoff, .. } => {
+                stats::restarted(B::KIND);
+                backoff
+            }
+            SupervisionEvent::GaveUp { .. } => {
+                stats::failed(B::KIND);
+                Duration::ZERO
+            }
+        };
+        self.phase = Phase::Crashed { backoff };
+        self.schedule_flush(ctx);
+    }
+}

@@ -1,0 +1,112 @@
+//! The store's instrumentation: a wrapper that times every operation and
+//! counts every error into the Prometheus registry, whatever the backend.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use prometheus::{HistogramVec, IntCounterVec};
+
+use super::{Commit, Snapshot, Store, StoreError};
+
+/// Times every operation of the store it wraps and counts its errors, by
+/// backend, operation and kind of error.
+pub struct InstrumentedStore {
+    inner: Arc<dyn Store>,
+    duration: HistogramVec,
+    errors: IntCounterVec,
+}
+
+impl InstrumentedStore {
+    pub fn new(inner: Arc<dyn Store>, duration: HistogramVec, errors: IntCounterVec) -> Self {
+        Self {
+            inner,
+            duration,
+            errors,
+        }
+    }
+
+    fn observe<T>(&self, op: &str, started: Instant, result: &Result<T, StoreError>) {
+        let backend = self.inner.backend();
+        self.duration
+            .with_label_values(&[backend, op])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            let kind = match e {
+                StoreError::Conflict { .. } => "conflict",
+                StoreError::Unavailable(_) => "unavailable",
+                StoreError::Corrupt(_) => "corrupt",
+            };
+            self.errors.with_label_values(&[backend, op, kind]).inc();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for InstrumentedStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.load(actor).await;
+        self.observe("load", started, &result);
+        result
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = self.inner.commit(commit).await;
+        self.observe("commit", started, &result);
+        result
+    }
+
+    async fn entries(
+        &self,
+        actor: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.entries(actor, after, limit).await;
+        self.observe("entries", started, &result);
+        result
+    }
+
+    async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.idempotency(actor, key).await;
+        self.observe("idempotency", started, &result);
+        result
+    }
+
+    async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.fact(actor, key).await;
+        self.observe("fact", started, &result);
+        result
+    }
+
+    async fn pending(&self) -> Result<Vec<String>, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.pending().await;
+        self.observe("pending", started, &result);
+        result
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = self.inner.ping().await;
+        self.observe("ping", started, &result);
+        result
+    }
+
+    async fn sweep(&self) {
+        self.inner.sweep().await;
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
