@@ -91,6 +91,7 @@ async fn serve(
     let controls = Controls {
         sources: Some(sources),
         log_filter: Some(telemetry.log_filter_handle()),
+        store_layer: None,
     };
     let app = Application::build_with(settings, controls).await?;
     tracing::info!(port = app.port(), "troupe listening");

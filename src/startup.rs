@@ -27,9 +27,14 @@ pub struct Application {
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
+/// Wraps the store the application opened (a test's fault injector).
+pub type StoreLayer = Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send>;
+
 /// What the binary hands the application for live reload.
 #[derive(Default)]
 pub struct Controls {
+    /// Wraps the store before anything uses it.
+    pub store_layer: Option<StoreLayer>,
     /// The layers to re-read on a change; `None` turns reload off.
     pub sources: Option<Sources>,
     /// The installed subscriber's log filter.
@@ -51,7 +56,7 @@ impl Application {
     ///
     /// # Errors
     /// When the store cannot be opened or the address cannot be bound.
-    pub async fn build_with(settings: Settings, controls: Controls) -> anyhow::Result<Self> {
+    pub async fn build_with(settings: Settings, mut controls: Controls) -> anyhow::Result<Self> {
         let store: Arc<dyn Store> = match settings.store.backend {
             StoreBackend::Redis => Arc::new(
                 RedisStore::new(&settings.redis_options(), &settings.store_options())
@@ -64,6 +69,10 @@ impl Application {
                     })?;
                 Arc::new(store)
             }
+        };
+        let store = match controls.store_layer.take() {
+            Some(layer) => layer(store),
+            None => store,
         };
         let metrics = Metrics::new();
         let store = metrics.instrument(store);

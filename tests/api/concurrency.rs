@@ -60,6 +60,8 @@ pub async fn run(app: &TestApp) {
         })
         .collect();
 
+    let told = std::sync::Mutex::new(Vec::new());
+    let told_ref = &told;
     let external: i64 = stream::iter(ops)
         .map(|op| async move {
             match op {
@@ -80,6 +82,7 @@ pub async fn run(app: &TestApp) {
                         "transfer answered {}",
                         r.status()
                     );
+                    told_ref.lock().unwrap().push((id, r.status()));
                     0
                 }
             }
@@ -89,6 +92,39 @@ pub async fn run(app: &TestApp) {
         .await;
 
     wait_settled(app, &transfer_ids).await;
+    let told = told.into_inner().unwrap();
+    let answered = told
+        .iter()
+        .filter(|(_, s)| *s != StatusCode::GATEWAY_TIMEOUT)
+        .count();
+    assert!(
+        answered * 10 >= told.len() * 9,
+        "only {answered} of {} transfers were answered in time",
+        told.len()
+    );
+    let completed = told
+        .iter()
+        .filter(|(_, s)| *s == StatusCode::CREATED)
+        .count();
+    assert!(
+        completed * 2 >= told.len(),
+        "only {completed} of {} transfers completed",
+        told.len()
+    );
+    for (id, status) in &told {
+        let got = app.get(&format!("/v1/transfers/{id}")).await;
+        let body: Value = got.json().await.unwrap();
+        let expected = match *status {
+            StatusCode::CREATED => "completed",
+            StatusCode::UNPROCESSABLE_ENTITY => "failed",
+            _ => continue,
+        };
+        assert_eq!(
+            body["status"],
+            json!(expected),
+            "transfer {id} was answered {status}"
+        );
+    }
     let mut total = 0;
     for i in 0..ACCOUNTS {
         let id = format!("c-{i}");

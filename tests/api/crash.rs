@@ -29,6 +29,30 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_resolves_every_trans
     audit(&client, &child.address, &acked, &started).await;
 }
 
+/// A crash loop: the server is killed again and again during a storm of
+/// concurrent transfers, each time restarting on the same data, often
+/// while the previous crash's transfers are still being resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkills_during_a_transfer_storm_conserve_money_and_finish_every_transfer() {
+    let dir = TempDir::new().unwrap();
+    let port = free_port();
+    let mut child = Child::start(dir.path(), port, &[]).await;
+    let client = Client::new();
+    fund(&client, &child.address).await;
+    let (mut acked, mut started) = (Vec::new(), Vec::new());
+    for round in 1..=4u64 {
+        let load = Load::start_round(&client, &child.address, 16, round);
+        tokio::time::sleep(Duration::from_millis(300 + 200 * round)).await;
+        kill(child.pid(), Signal::SIGKILL).unwrap();
+        child.process.wait().await.unwrap();
+        let (a, s) = load.finish().await;
+        acked.extend(a);
+        started.extend(s);
+        child = Child::start(dir.path(), port, &[]).await;
+    }
+    audit(&client, &child.address, &acked, &started).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_readyz_503_then_exits_zero() {
     let dir = TempDir::new().unwrap();

@@ -53,6 +53,18 @@ pub async fn spawn_app_with(dir: TempDir, tweak: impl FnOnce(&mut Settings)) -> 
     spawn_app_controlled(dir, tweak, Controls::default()).await
 }
 
+/// A test server whose store is wrapped by `layer` (fault injection).
+pub async fn spawn_app_layered(
+    tweak: impl FnOnce(&mut Settings),
+    layer: troupe::startup::StoreLayer,
+) -> TestApp {
+    let controls = Controls {
+        store_layer: Some(layer),
+        ..Controls::default()
+    };
+    spawn_app_controlled(TempDir::new().expect("temp dir"), tweak, controls).await
+}
+
 /// A test server that reloads its configuration from `sources`.
 pub async fn spawn_app_reloading(dir: TempDir, mut sources: Sources) -> TestApp {
     sources
@@ -62,6 +74,7 @@ pub async fn spawn_app_reloading(dir: TempDir, mut sources: Sources) -> TestApp 
     let controls = Controls {
         sources: Some(sources),
         log_filter: None,
+        store_layer: None,
     };
     spawn_app_controlled(dir, |s| *s = settings, controls).await
 }

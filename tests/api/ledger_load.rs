@@ -19,9 +19,13 @@ pub const FUNDING: i64 = 1_000;
 /// An acknowledged keyed deposit: account, key, amount, entry seq.
 pub type Acked = (String, String, u64, u64);
 
+/// Transfers started, with the status a client was told (`None`: no answer,
+/// or an answer that promised nothing).
+pub type Started = Vec<(String, Option<&'static str>)>;
+
 pub struct Load {
     pub acked: Arc<Mutex<Vec<Acked>>>,
-    pub started: Arc<Mutex<Vec<String>>>,
+    pub started: Arc<Mutex<Started>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -49,29 +53,40 @@ impl Load {
     /// Starts `workers` clients; each stops at [`Load::finish`] or when the
     /// server stops answering.
     pub fn start(client: &Client, base: &str, workers: u64) -> Self {
+        Self::start_round(client, base, workers, 0)
+    }
+
+    /// As [`Load::start`], with ids and keys of their own for `round`.
+    pub fn start_round(client: &Client, base: &str, workers: u64, round: u64) -> Self {
         let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
-        let started: Arc<Mutex<Vec<String>>> = Arc::default();
+        let started: Arc<Mutex<Started>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..workers)
             .map(|worker| {
                 let (client, base) = (client.clone(), base.to_owned());
                 let (acked, started, stop) = (acked.clone(), started.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let mut rng = rand::rngs::StdRng::seed_from_u64(worker);
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(round * 1000 + worker);
                     for n in 0.. {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
                         let ok = if n % 4 == 0 {
                             let account = format!("k-{}", rng.random_range(0..ACCOUNTS));
-                            let (key, amount) = (format!("d-{worker}-{n}"), rng.random_range(1..100u64));
+                            let (key, amount) = (format!("d-{round}-{worker}-{n}"), rng.random_range(1..100u64));
                             deposit(&client, &base, &account, &key, amount, &acked).await
                         } else {
-                            let id = format!("x-{worker}-{n}");
-                            started.lock().unwrap().push(id.clone());
+                            let id = format!("x-{round}-{worker}-{n}");
                             let (from, to) = (rng.random_range(0..ACCOUNTS), rng.random_range(0..ACCOUNTS));
                             let body = json!({"id": id, "from": format!("k-{from}"), "to": format!("k-{to}"), "amount": rng.random_range(1..300)});
-                            client.post(format!("{base}/v1/transfers")).json(&body).send().await.is_ok()
+                            let sent = client.post(format!("{base}/v1/transfers")).json(&body).send().await;
+                            let told = match &sent {
+                                Ok(r) if r.status() == StatusCode::CREATED => Some("completed"),
+                                Ok(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => Some("failed"),
+                                _ => None,
+                            };
+                            started.lock().unwrap().push((id, told));
+                            sent.is_ok()
                         };
                         if !ok {
                             return;
@@ -88,7 +103,7 @@ impl Load {
         }
     }
 
-    pub async fn finish(self) -> (Vec<Acked>, Vec<String>) {
+    pub async fn finish(self) -> (Vec<Acked>, Started) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await.unwrap();
@@ -98,6 +113,15 @@ impl Load {
         assert!(
             acked.len() > 10 && started.len() > 10,
             "the load did too little"
+        );
+        let completed = started
+            .iter()
+            .filter(|(_, t)| *t == Some("completed"))
+            .count();
+        assert!(
+            completed * 2 > started.len(),
+            "most transfers of an uncontended load complete: {completed} of {}",
+            started.len()
         );
         (acked, started)
     }
@@ -131,12 +155,19 @@ async fn deposit(
     true
 }
 
-/// Every transfer ends completed or failed (or never existed); journals
-/// replay to balances; money is conserved; legs pair up; every acknowledged
-/// deposit is in its journal and replays under its key.
-pub async fn audit(client: &Client, base: &str, acked: &[Acked], started: &[String]) {
+/// Every transfer ends completed or failed (or never existed, if no client
+/// was told anything of it); every transfer a client was told about ends
+/// as it was told; journals replay to balances; money is conserved; legs
+/// pair up; every acknowledged deposit is in its journal and replays under
+/// its key.
+pub async fn audit(
+    client: &Client,
+    base: &str,
+    acked: &[Acked],
+    started: &[(String, Option<&'static str>)],
+) {
     let mut statuses = HashMap::new();
-    for id in started {
+    for (id, told) in started {
         for attempt in 0.. {
             let r = client
                 .get(format!("{base}/v1/transfers/{id}"))
@@ -144,11 +175,22 @@ pub async fn audit(client: &Client, base: &str, acked: &[Acked], started: &[Stri
                 .await
                 .unwrap();
             if r.status() == StatusCode::NOT_FOUND {
+                assert_eq!(
+                    *told, None,
+                    "transfer {id} was answered {told:?}, then vanished"
+                );
                 break;
             }
             let body: Value = r.json().await.unwrap();
             if r_status_settled(&body) {
-                statuses.insert(id.clone(), body["status"].as_str().unwrap().to_owned());
+                let status = body["status"].as_str().unwrap().to_owned();
+                if let Some(told) = told {
+                    assert_eq!(
+                        status, *told,
+                        "transfer {id} ended otherwise than its client was told"
+                    );
+                }
+                statuses.insert(id.clone(), status);
                 break;
             }
             assert!(attempt < 300, "transfer {id} stays {body}");

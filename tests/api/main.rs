@@ -9,6 +9,7 @@ mod crash;
 mod errors;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod exactly_once;
 mod helpers;
 mod idempotency;
 mod ledger_load;

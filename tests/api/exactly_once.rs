@@ -1,0 +1,376 @@
+//! Transfers are exactly-once by construction: whatever a client sends
+//! (any key, any id, any retry), whatever expires, and whatever fails in
+//! the store at any step, money is conserved and every transfer ends as
+//! its client was told. One test per defect of the old saga, plus a
+//! fault-injecting store that fails each kind of store call of each actor
+//! of a transfer in turn.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use troupe::store::{Commit, EmbeddedStore, Snapshot, Store, StoreError, StoreOptions};
+
+use crate::helpers::{
+    all_entries, json_of, replay_journal, spawn_app, spawn_app_layered, spawn_app_with, TestApp,
+};
+
+async fn settled(app: &TestApp, id: &str) -> Value {
+    for _ in 0..200 {
+        let r = app.get(&format!("/v1/transfers/{id}")).await;
+        if r.status() == StatusCode::OK {
+            let body = json_of(r).await;
+            if body["status"] != json!("pending") {
+                return body;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("transfer {id} never settled");
+}
+
+#[actix_rt::test]
+async fn client_keys_shaped_like_leg_keys_cannot_touch_a_transfer() {
+    let app = spawn_app().await;
+    app.open("alice").await;
+    app.open("bob").await;
+    app.deposit("alice", 1000).await;
+    for (account, key) in [
+        ("bob", "transfer:t-9:credit"),
+        ("alice", "transfer:t-9:refund"),
+        ("alice", "transfer:t-9:debit"),
+    ] {
+        let r = app
+            .post_with_key(
+                &format!("/v1/accounts/{account}/deposits"),
+                key,
+                json!({"amount": 1}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = app
+        .post(
+            "/v1/transfers",
+            json!({"id": "t-9", "from": "alice", "to": "bob", "amount": 500}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        (app.balance("alice").await, app.balance("bob").await),
+        (502, 501)
+    );
+}
+
+#[actix_rt::test]
+async fn a_transfer_key_is_bound_to_its_first_body() {
+    let app = spawn_app().await;
+    app.open("a").await;
+    app.open("b").await;
+    app.deposit("a", 100).await;
+    let body_a = json!({"from": "a", "to": "b", "amount": 10});
+    let body_b = json!({"from": "b", "to": "a", "amount": 10});
+    let first = app
+        .post_with_key("/v1/transfers", "pay-1", body_a.clone())
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first = json_of(first).await;
+    let other = app.post_with_key("/v1/transfers", "pay-1", body_b).await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let retry = app.post_with_key("/v1/transfers", "pay-1", body_a).await;
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(json_of(retry).await, first);
+    assert_eq!((app.balance("a").await, app.balance("b").await), (90, 10));
+}
+
+#[actix_rt::test]
+async fn gets_ignore_idempotency_keys() {
+    let app = spawn_app().await;
+    app.open("a").await;
+    let get = || {
+        app.client
+            .get(app.url("/v1/accounts/a"))
+            .header("Idempotency-Key", "same")
+            .send()
+    };
+    assert_eq!(json_of(get().await.unwrap()).await["balance"], json!(0));
+    app.deposit("a", 7).await;
+    let again = get().await.unwrap();
+    assert!(again.headers().get("idempotent-replayed").is_none());
+    assert_eq!(json_of(again).await["balance"], json!(7));
+}
+
+/// The store as it was before a resume: the transfer record says pending
+/// (a backup restored, or an outage longer than key retention) while both
+/// legs are long applied and every idempotency record has expired.
+#[actix_rt::test]
+async fn a_transfer_resumed_after_its_keys_expired_applies_no_leg_twice() {
+    let short = |s: &mut troupe::settings::Settings| {
+        s.store.idempotency_retention_s = 1;
+        s.store.sweep_interval_s = 1;
+    };
+    let app = spawn_app_with(TempDir::new().unwrap(), short).await;
+    app.open("a").await;
+    app.open("b").await;
+    app.deposit("a", 100).await;
+    let r = app
+        .post(
+            "/v1/transfers",
+            json!({"id": "t-old", "from": "a", "to": "b", "amount": 30}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let dir = app.stop().await;
+
+    let options = StoreOptions {
+        idempotency_retention: Duration::from_secs(1),
+        max_batch: 16,
+        queue: 16,
+    };
+    let store = EmbeddedStore::open(dir.path(), options).unwrap();
+    let snapshot = store.load("transfer/t-old").await.unwrap().unwrap();
+    let mut state: Value = serde_json::from_slice(&snapshot.state).unwrap();
+    state["status"] = json!("pending");
+    state["phase"] = json!({"phase": "debit"});
+    let rewind = Commit {
+        actor: "transfer/t-old".into(),
+        expected_version: snapshot.version,
+        version: snapshot.version + 1,
+        state: Some(serde_json::to_vec(&state).unwrap()),
+        pending: true,
+        ..Commit::default()
+    };
+    store.commit(rewind).await.unwrap();
+    store.close().await;
+
+    let app = spawn_app_with(dir, short).await;
+    assert_eq!(settled(&app, "t-old").await["status"], json!("completed"));
+    assert_eq!((app.balance("a").await, app.balance("b").await), (70, 30));
+    assert_eq!(all_entries(&app.client, &app.address, "a").await.len(), 2);
+}
+
+#[actix_rt::test]
+async fn unknown_actors_do_not_stay_in_memory_and_made_up_methods_are_one_series() {
+    let app = spawn_app().await;
+    for i in 0..2000 {
+        let r = app.get(&format!("/v1/accounts/ghost-{i}")).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = app.get(&format!("/v1/transfers/ghost-{i}")).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    for method in ["FOO123", "BAR456"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        app.client
+            .request(m, app.url("/v1/accounts/x"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut text = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = app.get("/metrics").await.text().await.unwrap();
+        if text.contains("troupe_actor_passivations_total{kind=\"transfer\"} 2000") {
+            break;
+        }
+    }
+    let live: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("troupe_actors_live{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        live < 10.0,
+        "{live} activations live after 4000 unknown ids:\n{text}"
+    );
+    assert!(
+        text.contains("troupe_actor_passivations_total{kind=\"account\"} 2000"),
+        "{text}"
+    );
+    assert!(!text.contains("FOO123") && !text.contains("BAR456"));
+    assert!(text.contains("method=\"other\""));
+}
+
+/// Which store call of which actor fails, and how.
+#[derive(Debug, Clone, Copy)]
+struct Fault {
+    op: &'static str,
+    actor: &'static str,
+    nth: usize,
+    /// A commit applied by the store but reported lost (an unknown outcome).
+    after_apply: bool,
+}
+
+struct FaultyStore {
+    inner: Arc<dyn Store>,
+    fault: Fault,
+    armed: AtomicBool,
+    seen: AtomicUsize,
+}
+
+impl FaultyStore {
+    fn trips(&self, op: &str, actor: &str) -> bool {
+        if !self.armed.load(Ordering::SeqCst) || op != self.fault.op || actor != self.fault.actor {
+            return false;
+        }
+        self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.fault.nth
+    }
+
+    fn injected() -> StoreError {
+        StoreError::Unavailable("injected fault".into())
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
+        if self.trips("load", actor) {
+            return Err(Self::injected());
+        }
+        self.inner.load(actor).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        if self.trips("commit", &commit.actor.clone()) {
+            if self.fault.after_apply {
+                self.inner.commit(commit).await?;
+            }
+            return Err(Self::injected());
+        }
+        self.inner.commit(commit).await
+    }
+    async fn entries(
+        &self,
+        actor: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.entries(actor, after, limit).await
+    }
+    async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.idempotency(actor, key).await
+    }
+    async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.trips("fact", actor) {
+            return Err(Self::injected());
+        }
+        self.inner.fact(actor, key).await
+    }
+    async fn pending(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.pending().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn sweep(&self) {
+        self.inner.sweep().await;
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+/// Every store call a transfer makes, failed in turn: the transfer's and
+/// both accounts' commits (lost, or applied and reported lost), loads and
+/// fact reads, first and second of each. Each time, money is conserved,
+/// the transfer settles without a client's help, and it ends as its client
+/// was told.
+#[actix_rt::test]
+async fn a_transfer_survives_a_store_fault_at_every_step() {
+    let mut cases = Vec::new();
+    for actor in ["transfer/t", "account/a", "account/b"] {
+        for nth in 1..=2 {
+            for (op, after_apply) in [
+                ("commit", false),
+                ("commit", true),
+                ("load", false),
+                ("fact", false),
+            ] {
+                cases.push(Fault {
+                    op,
+                    actor,
+                    nth,
+                    after_apply,
+                });
+            }
+        }
+    }
+    for fault in cases {
+        let armed = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
+        let slot = armed.clone();
+        let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
+            let faulty = Arc::new(FaultyStore {
+                inner,
+                fault,
+                armed: AtomicBool::new(false),
+                seen: AtomicUsize::new(0),
+            });
+            *slot.lock().unwrap() = Some(faulty.clone());
+            faulty
+        });
+        let app = spawn_app_layered(
+            |s| {
+                s.runtime.retry_interval_ms = 100;
+                s.runtime.idle_timeout_ms = 50;
+            },
+            layer,
+        )
+        .await;
+        app.open("a").await;
+        app.open("b").await;
+        app.deposit("a", 100).await;
+        // Passivate both, so loads happen with the fault armed.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let faulty = armed.lock().unwrap().clone().unwrap();
+        faulty.armed.store(true, Ordering::SeqCst);
+
+        let r = app
+            .post(
+                "/v1/transfers",
+                json!({"id": "t", "from": "a", "to": "b", "amount": 40}),
+            )
+            .await;
+        let told = r.status();
+        let mut status = None;
+        for _ in 0..100 {
+            let r = app.get("/v1/transfers/t").await;
+            if r.status() == StatusCode::OK {
+                let body = json_of(r).await;
+                if body["status"] != json!("pending") {
+                    status = body["status"].as_str().map(str::to_owned);
+                    break;
+                }
+            } else if told != StatusCode::CREATED && told != StatusCode::UNPROCESSABLE_ENTITY {
+                // No answer and no record yet: the client retries, as told to.
+                app.post(
+                    "/v1/transfers",
+                    json!({"id": "t", "from": "a", "to": "b", "amount": 40}),
+                )
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (a, b) = (app.balance("a").await, app.balance("b").await);
+        assert_eq!(a + b, 100, "{fault:?}: money created or destroyed");
+        match status.as_deref() {
+            Some("completed") => assert_eq!((a, b), (60, 40), "{fault:?}"),
+            other => panic!("{fault:?}: the transfer ended {other:?} (client told {told})"),
+        }
+        if told == StatusCode::UNPROCESSABLE_ENTITY {
+            panic!("{fault:?}: a transfer with funds was refused");
+        }
+        for id in ["a", "b"] {
+            let entries = all_entries(&app.client, &app.address, id).await;
+            assert_eq!(replay_journal(&entries), app.balance(id).await, "{fault:?}");
+        }
+        app.stop().await;
+    }
+}
