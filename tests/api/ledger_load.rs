@@ -118,9 +118,12 @@ impl Load {
             .iter()
             .filter(|(_, t)| *t == Some("completed"))
             .count();
+        // Runs with faults (a kill, a Redis outage) refuse some: a quarter
+        // completing shows the load did real work. The uncontended run in
+        // `concurrency.rs` requires most of them.
         assert!(
-            completed * 2 > started.len(),
-            "most transfers of an uncontended load complete: {completed} of {}",
+            completed * 4 > started.len(),
+            "too few transfers completed: {completed} of {}",
             started.len()
         );
         (acked, started)

@@ -267,30 +267,34 @@ pub fn on_adopt(account: &AccountState, env: &Env, tag: &str, outcome: Outcome) 
     else {
         return Step::parked();
     };
+    let fact = LegFact {
+        role: Role::Debit,
+        counterparty: out.to.clone(),
+        amount: out.amount,
+        currency: account.currency,
+        seq: out.seq,
+        refunded: None,
+    };
     match outcome {
-        Ok(reply) => {
-            let settled = reply
-                .body
-                .get("status")
-                .and_then(Value::as_str)
-                .is_some_and(|s| s != "pending");
-            if settled {
-                settle(account, transfer.clone())
-            } else {
-                Step::parked()
+        Ok(reply) => match reply.body.get("status").and_then(Value::as_str) {
+            Some("completed") => settle(account, transfer.clone()),
+            // Failed, yet still in the outbox: the transfer's refund never
+            // came here (a debit delivered late, after the transfer had
+            // already failed on a refusal). Give the money back.
+            Some("failed") => {
+                let reason = reply
+                    .body
+                    .get("reason")
+                    .cloned()
+                    .and_then(|r| serde_json::from_value(r).ok())
+                    .unwrap_or(ErrorCode::Internal);
+                give_back(account, env, transfer, fact, reason)
             }
-        }
+            _ => Step::parked(),
+        },
         // The id now names another transfer: this debit was never part of
         // anything a client was told about. Give the money back.
         Err(r) if r.code == ErrorCode::IdempotencyKeyReused => {
-            let fact = LegFact {
-                role: Role::Debit,
-                counterparty: out.to.clone(),
-                amount: out.amount,
-                currency: account.currency,
-                seq: out.seq,
-                refunded: None,
-            };
             give_back(account, env, transfer, fact, r.code)
         }
         Err(_) => Step::parked(),

@@ -215,6 +215,18 @@ fn after_a_restart_the_outbox_is_handed_back_and_settles() {
     let state = done.change.unwrap().state.unwrap();
     assert!(state.outbox.is_empty());
     assert_eq!(state.balance, 6);
+    // The transfer failed without refunding here (a debit delivered after
+    // the transfer had failed on a refusal): the money comes back.
+    let late = Account::on_effect(
+        &debited,
+        "adopt:t",
+        Ok(Reply::ok(
+            json!({"status": "failed", "reason": "insufficient_funds"}),
+        )),
+        &env(2),
+    );
+    let state = late.change.unwrap().state.unwrap();
+    assert_eq!((state.balance, state.outbox.len()), (10, 0));
     // The id now names another transfer: the money comes back.
     let orphan = Account::on_effect(
         &debited,

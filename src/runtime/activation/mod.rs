@@ -476,6 +476,13 @@ impl<B: Behavior> Activation<B> {
         });
     }
 
+    /// Answers every parked caller `503`: they may retry.
+    fn release_parked(&mut self, message: &str) {
+        for parked in std::mem::take(&mut self.parked) {
+            self.respond(parked.reply, Answer::error(ErrorCode::Unavailable, message));
+        }
+    }
+
     /// Answers at once when nothing before it waits to be durable, else
     /// after the batch's commit.
     fn answer(&mut self, reply: ReplyTx, answer: Answer) {

@@ -43,6 +43,15 @@ impl<B: Behavior> Activation<B> {
                     act.phase = Phase::Ready;
                     act.bump_epoch();
                     act.caches = None;
+                    if !B::is_pending(&act.state) {
+                        // Whatever the parked callers waited for was lost
+                        // before it became durable: nothing will settle
+                        // them, and a later request under the same id may
+                        // carry another body. They retry.
+                        act.release_parked(
+                            "the work this request started was lost before it was durable; retry",
+                        );
+                    }
                     let resumed = B::resume(&act.state, &act.env(None));
                     act.ask_all(resumed, ctx);
                     act.recheck_later(ctx);
@@ -130,6 +139,9 @@ impl<B: Behavior> Activation<B> {
     /// memory (an account never opened, a settled transfer, a state the
     /// store could not load): such actors never wait for the idle timeout.
     pub(super) fn settle_down(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Ready {
+            self.recheck_later(ctx);
+        }
         let pinned = self.is_pinned();
         self.status.pinned.set(pinned);
         if pinned || self.status.inflight.get() > 0 || ctx.state() != ActorState::Running {
