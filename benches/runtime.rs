@@ -68,7 +68,7 @@ fn round_trip(c: &mut Criterion) {
         (runtime, echo)
     });
     let id = ActorId::parse("bench").expect("id");
-    let address = Address::new("account", id);
+    let address = Address::new(troupe_actors::Kind::Account, id);
     let open = AnyCommand::Account(Command::Open {
         currency: troupe_actors::Currency::USD,
         overdraft_limit: 0,

@@ -14,18 +14,26 @@
 //!   it: [`protocol::Behavior`], [`protocol::Step`], replies and rejections.
 //! - [`account`]: balances, overdraft limits and the entry journal.
 //! - [`transfer`]: the saga moving money between two accounts.
-//! - [`kinds`]: the catalogue of kinds and the typed command enum the runtime
-//!   routes, built from the message name and JSON payload.
+//! - [`kind`]: the closed set of kinds; [`command`]: the command enum the
+//!   runtime routes; [`payload`]: strict payload parsing;
+//! - [`kinds`]: the catalogue: a typed command from a kind, a message name
+//!   and a JSON payload, and every kind's messages.
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod command;
 pub mod domain;
+pub mod kind;
 pub mod kinds;
+pub mod payload;
 pub mod protocol;
 pub mod transfer;
 
+pub use command::AnyCommand;
 pub use domain::{ActorId, Amount, Currency, ParseError};
-pub use kinds::{AnyCommand, KindSpec, MessageSpec};
+pub use kind::Kind;
+pub use kinds::KindSpec;
+pub use payload::MessageSpec;
 pub use protocol::{
     Address, Behavior, Change, Effect, Env, ErrorCode, Outcome, Rejection, Reply, ReplyPlan,
     Settle, Status, Step,

@@ -20,8 +20,10 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::command::AnyCommand;
 use crate::domain::{ActorId, ParseError};
-use crate::kinds::{AnyCommand, MessageSpec};
+use crate::kind::Kind;
+use crate::payload::MessageSpec;
 
 /// The API's error codes, shared by the domain, the runtime and HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -81,12 +83,12 @@ impl ErrorCode {
 /// Where an actor lives: its kind and its id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Address {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub id: ActorId,
 }
 
 impl Address {
-    pub fn new(kind: &'static str, id: ActorId) -> Self {
+    pub fn new(kind: Kind, id: ActorId) -> Self {
         Self { kind, id }
     }
 }
@@ -305,7 +307,7 @@ impl Env {
 /// A kind of actor: pure functions over its state.
 pub trait Behavior: 'static {
     /// The kind's name in addresses and URLs.
-    const KIND: &'static str;
+    const KIND: Kind;
     type State: Serialize + DeserializeOwned + Default + Clone + Debug + Send + Unpin + 'static;
     type Command: Debug + Send + 'static;
 

@@ -4,7 +4,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
-use troupe_actors::{kinds, ErrorCode};
+use troupe_actors::{kinds, ErrorCode, Kind};
 
 use super::body::JsonBody;
 use super::context::RequestMeta;
@@ -68,7 +68,7 @@ pub async fn message(
     send(&rt, &meta, kind, id, &message, body.0, Shape::Wrapped).await
 }
 
-fn known_kind(meta: &RequestMeta, kind: &str) -> Result<&'static str, ApiError> {
-    kinds::kind(kind)
+fn known_kind(meta: &RequestMeta, kind: &str) -> Result<Kind, ApiError> {
+    Kind::parse(kind)
         .ok_or_else(|| meta.error(ErrorCode::NotFound, format!("no actor kind {kind:?}")))
 }

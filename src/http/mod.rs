@@ -15,7 +15,7 @@ use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use troupe_actors::kinds::{self, ParseFailure};
-use troupe_actors::{ActorId, Address, ErrorCode, Status};
+use troupe_actors::{ActorId, Address, ErrorCode, Kind, Status};
 
 pub use context::RequestIds;
 pub use error::ApiError;
@@ -87,7 +87,7 @@ fn parse_id(meta: &RequestMeta, raw: String) -> Result<ActorId, ApiError> {
 async fn send(
     runtime: &Runtime,
     meta: &RequestMeta,
-    kind: &str,
+    kind: Kind,
     id: ActorId,
     message: &str,
     payload: Value,
@@ -98,13 +98,11 @@ async fn send(
         .clone()
         .map(|key| IdempotencyRequest::new(key, message, &payload));
     let command = kinds::parse(kind, message, payload).map_err(|e| match e {
-        ParseFailure::UnknownKind(_) | ParseFailure::UnknownMessage { .. } => {
-            meta.error(ErrorCode::NotFound, e.to_string())
-        }
+        ParseFailure::UnknownMessage { .. } => meta.error(ErrorCode::NotFound, e.to_string()),
         ParseFailure::Invalid(e) => meta.error(ErrorCode::InvalidRequest, e.to_string()),
     })?;
     let address = Address::new(command.kind(), id);
-    tracing::debug!(actor.kind = address.kind, actor.id = %address.id, message, "sending");
+    tracing::debug!(actor.kind = address.kind.as_str(), actor.id = %address.id, message, "sending");
     let answer = runtime
         .ask(address, command, meta.deadline, idempotency)
         .await;

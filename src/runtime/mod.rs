@@ -295,8 +295,10 @@ impl Runtime {
             let Some((kind, id)) = key.split_once('/') else {
                 continue;
             };
-            let (Some(kind), Ok(id)) = (kinds::kind(kind), troupe_actors::ActorId::parse(id))
-            else {
+            let (Some(kind), Ok(id)) = (
+                troupe_actors::Kind::parse(kind),
+                troupe_actors::ActorId::parse(id),
+            ) else {
                 tracing::warn!(actor = %key, "skipping unknown pending actor");
                 continue;
             };
@@ -398,6 +400,6 @@ fn route(
 /// runs, so a bench or a log can tell which thread owns an actor.
 fn shard_of(address: &Address, shards: usize) -> usize {
     let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-    let hash = hasher.hash_one((address.kind, address.id.as_str()));
+    let hash = hasher.hash_one((address.kind.as_str(), address.id.as_str()));
     (hash % shards as u64) as usize
 }

@@ -21,7 +21,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 use troupe_actors::account::Account;
 use troupe_actors::transfer::Transfer;
-use troupe_actors::{ActorId, Address, Behavior, ErrorCode};
+use troupe_actors::{ActorId, Address, ErrorCode, Kind};
 
 use super::activation::{Activation, Delivery};
 use super::{stats, Answer, Envelope, Runtime};
@@ -76,7 +76,7 @@ struct Slot {
 pub struct Shard {
     index: usize,
     runtime: Runtime,
-    directory: HashMap<(&'static str, ActorId), Slot>,
+    directory: HashMap<(Kind, ActorId), Slot>,
 }
 
 impl Shard {
@@ -112,10 +112,12 @@ impl Shard {
         });
         let (runtime, shard) = (self.runtime.clone(), ctx.address().recipient());
         let addr = match address.kind {
-            Transfer::KIND => {
+            Kind::Account => {
+                Activation::<Account>::spawn(address.clone(), runtime, status.clone(), shard)
+            }
+            Kind::Transfer => {
                 Activation::<Transfer>::spawn(address.clone(), runtime, status.clone(), shard)
             }
-            _ => Activation::<Account>::spawn(address.clone(), runtime, status.clone(), shard),
         };
         stats::activated(address.kind);
         let key = (address.kind, address.id.clone());
@@ -127,7 +129,7 @@ impl Shard {
     /// activations (at least one), so that making room costs one scan per
     /// many activations. Returns whether any room was made.
     fn make_room(&mut self) -> bool {
-        let mut idle: Vec<(Instant, (&'static str, ActorId))> = self
+        let mut idle: Vec<(Instant, (Kind, ActorId))> = self
             .directory
             .iter()
             .filter(|(_, slot)| slot.status.is_idle())
@@ -161,7 +163,7 @@ impl Shard {
             let keep = !s.is_idle() || now.duration_since(s.last_used.get()) < idle;
             if !keep {
                 slot.addr.do_send(Delivery::Passivate);
-                stats::passivated(kind, 1);
+                stats::passivated(*kind, 1);
             }
             keep
         });
@@ -197,18 +199,13 @@ impl Shard {
     fn report(&mut self, _ctx: &mut Context<Self>) {
         let mut report = stats::take();
         report.shard = self.index;
-        let mut live: Vec<(&'static str, u64)> = Vec::new();
+        let mut live: Vec<(&'static str, u64)> =
+            Kind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
         for ((kind, _), slot) in &self.directory {
-            match live.iter_mut().find(|(k, _)| k == kind) {
-                Some((_, n)) => *n += 1,
-                None => live.push((kind, 1)),
+            if let Some((_, n)) = live.iter_mut().find(|(k, _)| *k == kind.as_str()) {
+                *n += 1;
             }
             report.mailbox_depth += u64::from(slot.status.inflight.get());
-        }
-        for kind in troupe_actors::kinds::KINDS {
-            if !live.iter().any(|(k, _)| *k == kind) {
-                live.push((kind, 0));
-            }
         }
         report.live = live;
         self.runtime.report(report);

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::Message;
+use troupe_actors::Kind;
 
 /// How often a shard reports.
 pub const REPORT_EVERY: Duration = Duration::from_millis(250);
@@ -45,27 +46,33 @@ fn bump(f: impl FnOnce(&mut RuntimeReport)) {
     LOCAL.with(|l| f(&mut l.borrow_mut()));
 }
 
-pub fn activated(kind: &'static str) {
+pub fn activated(kind: Kind) {
+    let kind = kind.as_str();
     bump(|r| *r.activations.entry(kind).or_default() += 1);
 }
 
-pub fn passivated(kind: &'static str, n: u64) {
+pub fn passivated(kind: Kind, n: u64) {
+    let kind = kind.as_str();
     bump(|r| *r.passivations.entry(kind).or_default() += n);
 }
 
-pub fn restarted(kind: &'static str) {
+pub fn restarted(kind: Kind) {
+    let kind = kind.as_str();
     bump(|r| *r.restarts.entry(kind).or_default() += 1);
 }
 
-pub fn failed(kind: &'static str) {
+pub fn failed(kind: Kind) {
+    let kind = kind.as_str();
     bump(|r| *r.failures.entry(kind).or_default() += 1);
 }
 
-pub fn deadline_dropped(kind: &'static str) {
+pub fn deadline_dropped(kind: Kind) {
+    let kind = kind.as_str();
     bump(|r| *r.deadline_drops.entry(kind).or_default() += 1);
 }
 
-pub fn message(kind: &'static str, message: &'static str, outcome: &'static str) {
+pub fn message(kind: Kind, message: &'static str, outcome: &'static str) {
+    let kind = kind.as_str();
     bump(|r| *r.messages.entry((kind, message, outcome)).or_default() += 1);
 }
 

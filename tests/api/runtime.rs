@@ -21,7 +21,7 @@ async fn a_message_whose_deadline_passed_in_the_mailbox_is_dropped_unprocessed()
     let past = tokio::time::Instant::now()
         .checked_sub(Duration::from_millis(1))
         .unwrap();
-    let address = Address::new("account", ActorId::parse("a").unwrap());
+    let address = Address::new(troupe_actors::Kind::Account, ActorId::parse("a").unwrap());
     let answer = app.app_runtime.ask(address, deposit, past, None).await;
     assert_eq!(
         answer.outcome.unwrap_err().code,

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{credited, debited, moved, next_seq, AccountState, EntryKind, Outbound};
+use crate::command::AnyCommand;
 use crate::domain::{ActorId, Amount, Currency};
-use crate::kinds::AnyCommand;
 use crate::protocol::{Address, Behavior, Effect, Env, ErrorCode, Outcome, Rejection, Reply, Step};
 use crate::transfer::{self, Transfer};
 

@@ -19,8 +19,10 @@ pub use messages::{
     AmountPayload, Command, Empty, EntriesPayload, OpenPayload, DEFAULT_PAGE, MAX_PAGE,
 };
 
+use crate::command::AnyCommand;
 use crate::domain::{ActorId, Amount, Currency, ParseError};
-use crate::kinds::{payload, AnyCommand, MessageSpec};
+use crate::kind::Kind;
+use crate::payload::{payload, MessageSpec};
 use crate::protocol::{Behavior, Effect, Env, ErrorCode, Outcome, Rejection, Reply, Step};
 
 /// Credits are refused once a balance would pass this; it leaves room for
@@ -78,7 +80,7 @@ pub struct Entry {
 }
 
 impl Behavior for Account {
-    const KIND: &'static str = "account";
+    const KIND: Kind = Kind::Account;
     type State = Option<AccountState>;
     type Command = Command;
 

@@ -204,7 +204,7 @@ fn after_a_restart_the_outbox_is_handed_back_and_settles() {
     let effects = Account::resume(&debited, &env(2));
     assert_eq!(effects.len(), 1);
     assert_eq!(effects[0].tag, "adopt:t");
-    assert_eq!(effects[0].target.kind, "transfer");
+    assert_eq!(effects[0].target.kind, Kind::Transfer);
     // The transfer says it is settled: the outbox empties.
     let done = Account::on_effect(
         &debited,

@@ -36,8 +36,10 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::account::{self, Account};
+use crate::command::AnyCommand;
 use crate::domain::{ActorId, Amount, Currency, ParseError};
-use crate::kinds::{payload, AnyCommand, MessageSpec};
+use crate::kind::Kind;
+use crate::payload::{payload, MessageSpec};
 use crate::protocol::{Address, Behavior, Effect, Env, ErrorCode, Outcome, Rejection, Reply, Step};
 
 /// The transfer kind.
@@ -138,7 +140,7 @@ impl TransferState {
 type TransferStep = Step<Option<TransferState>>;
 
 impl Behavior for Transfer {
-    const KIND: &'static str = "transfer";
+    const KIND: Kind = Kind::Transfer;
     type State = Option<TransferState>;
     type Command = Command;
 

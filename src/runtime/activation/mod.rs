@@ -345,7 +345,7 @@ impl<B: Behavior> Activation<B> {
             tracing::debug_span!(
                 parent: &span,
                 "actor.handle",
-                actor.kind = B::KIND,
+                actor.kind = B::KIND.as_str(),
                 actor.id = %self.address.id,
                 actor.message = name,
                 mailbox.wait_us = sent_at.elapsed().as_micros() as u64,
