@@ -26,7 +26,7 @@ use crate::kind::Kind;
 use crate::payload::MessageSpec;
 
 /// The API's error codes, shared by the domain, the runtime and HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidRequest,

@@ -10,9 +10,10 @@ use utoipa::IntoParams;
 use super::body::JsonBody;
 use super::context::RequestMeta;
 use super::error::ApiError;
-use super::openapi::{AccountView, ErrorBody, Movement};
+use super::openapi::ErrorBody;
 use super::{method_not_allowed, parse_id, send, Shape};
 use crate::runtime::Runtime;
+use troupe_actors::account::{AccountView, EntriesPage, Movement};
 
 /// Sends `message` to the account in the path.
 async fn to_account(
@@ -127,7 +128,7 @@ pub struct EntriesQuery {
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{id}/entries", tag = "accounts", params(EntriesQuery),
-    responses((status = 200, body = super::openapi::EntriesPage), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = EntriesPage), (status = 404, body = ErrorBody)))]
 pub async fn entries(
     rt: web::Data<Runtime>,
     meta: RequestMeta,

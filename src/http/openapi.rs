@@ -1,7 +1,11 @@
-//! `/openapi.json`, generated from the handlers' annotations and the
-//! schemas below (which document the JSON the actors produce).
+//! `/openapi.json`, generated from the handlers' annotations, the actors'
+//! typed views (the very types that serialise their replies) and the
+//! request and error shapes below.
 
 use actix_web::{web, HttpResponse};
+use troupe_actors::account::{AccountView, EntriesPage, Entry, EntryKind, Movement};
+use troupe_actors::transfer::{Status as TransferStatus, TransferView};
+use troupe_actors::ErrorCode;
 use utoipa::{OpenApi, ToSchema};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -33,10 +37,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     components(schemas(
         AccountView,
         Movement,
-        EntryView,
+        Entry,
+        EntryKind,
         EntriesPage,
         TransferRequest,
         TransferView,
+        TransferStatus,
+        ErrorCode,
         ErrorBody,
         ErrorDetail,
         ActorReply
@@ -50,48 +57,6 @@ async fn document() -> HttpResponse {
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct AccountView {
-    id: String,
-    #[schema(example = "EUR")]
-    currency: String,
-    balance: i64,
-    overdraft_limit: u64,
-    version: u64,
-}
-
-/// The answer to a deposit or withdrawal.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Movement {
-    entry: EntryView,
-    balance: i64,
-    version: u64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct EntryView {
-    seq: u64,
-    #[schema(example = "deposit")]
-    /// `deposit`, `withdrawal`, `transfer_debit`, `transfer_credit` or `refund`.
-    kind: String,
-    amount: u64,
-    balance_after: i64,
-    transfer_id: Option<String>,
-    /// RFC 3339.
-    at: String,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct EntriesPage {
-    entries: Vec<EntryView>,
-    /// Pass as `after` for the next page; null on the last.
-    next: Option<u64>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct TransferRequest {
     /// Optional; also the idempotency key.
     id: Option<String>,
@@ -99,20 +64,6 @@ pub struct TransferRequest {
     to: String,
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_u64)]
     amount: u64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct TransferView {
-    id: String,
-    from: String,
-    to: String,
-    amount: u64,
-    /// `pending`, `completed` or `failed`.
-    status: String,
-    /// For failed transfers: `insufficient_funds`, `account_not_found`, `currency_mismatch`, `same_account`, `limit_exceeded`.
-    reason: Option<String>,
-    created_at: String,
 }
 
 #[derive(ToSchema)]

@@ -8,9 +8,10 @@ use troupe_actors::{ActorId, Behavior, ErrorCode};
 use super::body::JsonBody;
 use super::context::RequestMeta;
 use super::error::ApiError;
-use super::openapi::{ErrorBody, TransferRequest, TransferView};
+use super::openapi::{ErrorBody, TransferRequest};
 use super::{method_not_allowed, parse_id, send, Shape};
 use crate::runtime::Runtime;
+use troupe_actors::transfer::TransferView;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(

@@ -143,3 +143,47 @@ async fn a_bad_transfer_body_is_400() {
         .await;
     }
 }
+
+/// Replies are the typed views the OpenAPI document describes: the same
+/// types serialise them and name them in the document.
+#[actix_rt::test]
+async fn replies_are_the_views_the_openapi_document_names() {
+    use troupe_actors::account::{AccountView, EntriesPage, Movement};
+    use troupe_actors::transfer::TransferView;
+    let app = spawn_app().await;
+    funded(&app, "a", "EUR", 100).await;
+    funded(&app, "b", "EUR", 0).await;
+    let account: AccountView =
+        serde_json::from_value(json_of(app.get("/v1/accounts/a").await).await).unwrap();
+    assert_eq!(account.balance, 100);
+    let moved: Movement = serde_json::from_value(json_of(app.deposit("a", 1).await).await).unwrap();
+    assert_eq!((moved.balance, moved.entry.seq), (101, 2));
+    let t = app
+        .post(
+            "/v1/transfers",
+            json!({"id": "t-v", "from": "a", "to": "b", "amount": 1}),
+        )
+        .await;
+    let t: TransferView = serde_json::from_value(json_of(t).await).unwrap();
+    assert_eq!(t.id.as_str(), "t-v");
+    let page: EntriesPage =
+        serde_json::from_value(json_of(app.get("/v1/accounts/a/entries").await).await).unwrap();
+    assert_eq!(page.entries.len(), 3);
+    let doc = json_of(app.get("/openapi.json").await).await;
+    for name in [
+        "AccountView",
+        "Movement",
+        "Entry",
+        "EntriesPage",
+        "TransferView",
+        "ErrorCode",
+    ] {
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{name} is not in the document"
+        );
+    }
+    let get = &doc["paths"]["/v1/accounts/{id}"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"]["$ref"];
+    assert_eq!(get, &json!("#/components/schemas/AccountView"));
+}

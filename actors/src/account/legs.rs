@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{credited, debited, moved, next_seq, AccountState, EntryKind, Outbound};
+use super::{credited, debited, moved, next_seq, views, AccountState, EntryKind, Outbound};
 use crate::command::AnyCommand;
 use crate::domain::{ActorId, Amount, Currency};
 use crate::protocol::{Address, Behavior, Effect, Env, ErrorCode, Outcome, Rejection, Reply, Step};
@@ -128,7 +128,7 @@ pub fn debit(
                 next.outbox
                     .insert(transfer.clone(), Outbound { to, amount, seq });
                 Step::reply(fact.answer())
-                    .with_change(Some(next), vec![(seq, entry)])
+                    .with_change(Some(next), vec![(seq, views::body(&entry))])
                     .with_fact(fact_key(&transfer), fact.to_value())
             }
         },
@@ -172,7 +172,7 @@ pub fn credit(
                     refunded: None,
                 };
                 Step::reply(fact.answer())
-                    .with_change(Some(next), vec![(seq, entry)])
+                    .with_change(Some(next), vec![(seq, views::body(&entry))])
                     .with_fact(fact_key(&transfer), fact.to_value())
             }
         },
@@ -226,7 +226,7 @@ fn give_back(
     next.outbox.remove(transfer);
     fact.refunded = Some(reason);
     Step::parked()
-        .with_change(Some(next), vec![(seq, entry)])
+        .with_change(Some(next), vec![(seq, views::body(&entry))])
         .with_fact(fact_key(transfer), fact.to_value())
 }
 

@@ -7,6 +7,7 @@
 
 mod legs;
 mod messages;
+mod views;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ pub use legs::{fact_key, LegFact, Role};
 pub use messages::{
     AmountPayload, Command, Empty, EntriesPayload, OpenPayload, DEFAULT_PAGE, MAX_PAGE,
 };
+pub use views::{AccountView, EntriesPage, Movement};
 
 use crate::command::AnyCommand;
 use crate::domain::{ActorId, Amount, Currency, ParseError};
@@ -58,7 +60,7 @@ pub struct Outbound {
 }
 
 /// What moved the balance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     Deposit,
@@ -69,12 +71,15 @@ pub enum EntryKind {
 }
 
 /// One line of the journal, as API.md describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
+    /// Gapless, from 1.
     pub seq: u64,
     pub kind: EntryKind,
     pub amount: u64,
     pub balance_after: i64,
+    /// The transfer that made this entry, for transfer legs and refunds.
+    #[schema(value_type = Option<String>)]
     pub transfer_id: Option<ActorId>,
     pub at: DateTime<Utc>,
 }
@@ -252,12 +257,12 @@ impl Behavior for Account {
 
 /// The account as API.md shows it.
 fn view(account: &AccountState, env: &Env, version: u64) -> Value {
-    json!({
-        "id": env.id,
-        "currency": account.currency,
-        "balance": account.balance,
-        "overdraft_limit": account.overdraft_limit,
-        "version": version,
+    views::body(&AccountView {
+        id: env.id.clone(),
+        currency: account.currency,
+        balance: account.balance,
+        overdraft_limit: account.overdraft_limit,
+        version,
     })
 }
 
@@ -335,8 +340,15 @@ fn apply(
     balance: i64,
 ) -> Step<Option<AccountState>> {
     let (next, entry) = moved(account, env, amount, kind, transfer_id, balance);
-    let body = json!({ "entry": entry, "balance": balance, "version": env.version + 1 });
-    Step::reply(Ok(Reply::ok(body))).with_change(Some(next), vec![(next_seq(account), entry)])
+    let seq = entry.seq;
+    let movement = Movement {
+        entry,
+        balance,
+        version: env.version + 1,
+    };
+    let body = views::body(&movement);
+    let entry = views::body(&movement.entry);
+    Step::reply(Ok(Reply::ok(body))).with_change(Some(next), vec![(seq, entry)])
 }
 
 fn next_seq(account: &AccountState) -> u64 {
@@ -351,7 +363,7 @@ fn moved(
     kind: EntryKind,
     transfer_id: Option<ActorId>,
     balance: i64,
-) -> (AccountState, Value) {
+) -> (AccountState, Entry) {
     let seq = next_seq(account);
     let entry = Entry {
         seq,
@@ -366,8 +378,6 @@ fn moved(
         last_seq: seq,
         ..account.clone()
     };
-    // An `Entry` is plain data: serialising it cannot fail.
-    let entry = serde_json::to_value(&entry).unwrap_or(Value::Null);
     (next, entry)
 }
 

@@ -32,7 +32,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::account::{self, Account};
@@ -85,7 +85,7 @@ pub struct StartPayload {
     pub amount: Amount,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -388,20 +388,39 @@ fn leg(t: &TransferState, env: &Env) -> Option<Effect> {
     })
 }
 
+/// A transfer: `POST /v1/transfers`, `GET /v1/transfers/{id}`, and the
+/// fields of a failed transfer's `422`. Serialises the replies and
+/// describes them in the OpenAPI document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TransferView {
+    #[schema(value_type = String, example = "t-1")]
+    pub id: ActorId,
+    #[schema(value_type = String)]
+    pub from: ActorId,
+    #[schema(value_type = String)]
+    pub to: ActorId,
+    #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000_000_000_u64)]
+    pub amount: Amount,
+    pub status: Status,
+    /// Why a failed transfer failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorCode>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// The transfer as API.md shows it.
 pub fn view(t: &TransferState, env: &Env) -> Value {
-    let mut v = json!({
-        "id": env.id,
-        "from": t.from,
-        "to": t.to,
-        "amount": t.amount,
-        "status": t.status,
-        "created_at": t.created_at,
-    });
-    if let Some(reason) = t.reason {
-        v["reason"] = json!(reason);
-    }
-    v
+    let view = TransferView {
+        id: env.id.clone(),
+        from: t.from.clone(),
+        to: t.to.clone(),
+        amount: t.amount,
+        status: t.status,
+        reason: t.reason,
+        created_at: t.created_at,
+    };
+    // Plain data: serialising it cannot fail.
+    serde_json::to_value(view).unwrap_or(Value::Null)
 }
 
 /// The answer to `start` for a settled transfer: `201` or `422`.
