@@ -138,7 +138,11 @@ impl Reloader {
     ///
     /// # Errors
     /// When the directory cannot be watched.
-    pub fn watch(&self, dir: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+    pub fn watch(
+        &self,
+        background: &crate::background::Background,
+        dir: PathBuf,
+    ) -> notify::Result<notify::RecommendedWatcher> {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -149,7 +153,7 @@ impl Reloader {
             })?;
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         let reloader = self.clone();
-        actix_rt::spawn(async move {
+        background.spawn(async move {
             while rx.recv().await.is_some() {
                 tokio::time::sleep(DEBOUNCE).await;
                 while rx.try_recv().is_ok() {}

@@ -16,6 +16,7 @@
 
 #[cfg(not(feature = "etcd"))]
 mod disabled {
+    use crate::background::Background;
     use crate::reload::Reloader;
     use crate::settings::Settings;
 
@@ -27,7 +28,7 @@ mod disabled {
         None
     }
 
-    pub fn spawn(_settings: &Settings, _reloader: Reloader) {}
+    pub fn spawn(_background: &Background, _settings: &Settings, _reloader: Reloader) {}
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -44,6 +45,7 @@ mod enabled {
     use backon::{BackoffBuilder, ExponentialBuilder};
     use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 
+    use crate::background::Background;
     use crate::reload::Reloader;
     use crate::settings::Settings;
 
@@ -110,13 +112,13 @@ mod enabled {
     }
 
     /// Follows the prefix in the background when etcd is configured.
-    pub fn spawn(settings: &Settings, reloader: Reloader) {
+    pub fn spawn(background: &Background, settings: &Settings, reloader: Reloader) {
         let etcd = settings.remote.etcd.clone();
         if etcd.endpoints.is_empty() {
             return;
         }
         let connect = options(settings);
-        actix_rt::spawn(async move {
+        background.spawn(async move {
             let mut backoff = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
                 .with_max_delay(Duration::from_secs(5))

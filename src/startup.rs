@@ -10,6 +10,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
+use crate::background::Background;
 use crate::http::{self, context, HttpLimits};
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
@@ -23,6 +24,7 @@ pub struct Application {
     server: Server,
     runtime: Runtime,
     settings: Settings,
+    background: Background,
     /// Keeps the config directory watched while the server runs.
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -76,7 +78,9 @@ impl Application {
         };
         let metrics = Metrics::new();
         let store = metrics.instrument(store);
+        let background = Background::new();
         spawn_sweeper(
+            &background,
             store.clone(),
             Duration::from_secs(settings.store.sweep_interval_s.max(1)),
         );
@@ -126,7 +130,7 @@ impl Application {
         .listen(listener)?
         .run();
 
-        spawn_resume(runtime.clone());
+        spawn_resume(&background, runtime.clone());
         let watcher = match controls.sources {
             Some(sources) => {
                 let dir = sources
@@ -140,8 +144,8 @@ impl Application {
                     controls.log_filter,
                     metrics.config_reloads.clone(),
                 );
-                crate::remote::spawn(&settings, reloader.clone());
-                match reloader.watch(dir.clone()) {
+                crate::remote::spawn(&background, &settings, reloader.clone());
+                match reloader.watch(&background, dir.clone()) {
                     Ok(w) => Some(w),
                     Err(e) => {
                         tracing::warn!(dir = %dir.display(), error.message = %e, "cannot watch the configuration; live reload from files is off");
@@ -156,6 +160,7 @@ impl Application {
             server,
             runtime,
             settings,
+            background,
             _watcher: watcher,
         })
     }
@@ -168,6 +173,11 @@ impl Application {
         &self.runtime
     }
 
+    /// The background tasks, for tests that check shutdown stops them.
+    pub fn background(&self) -> &Background {
+        &self.background
+    }
+
     /// Stops the server as a signal would (graceful when `graceful`).
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
@@ -175,7 +185,8 @@ impl Application {
 
     /// Serves until SIGTERM or SIGINT, then drains: `/readyz` turns 503 for
     /// `drain_delay_ms`, the listener closes, in-flight requests finish
-    /// within the grace period, and the store flushes what is queued.
+    /// within the grace period, every background task is cancelled and
+    /// awaited, and the store flushes what is queued.
     ///
     /// # Errors
     /// When the server fails.
@@ -184,6 +195,7 @@ impl Application {
             server,
             runtime,
             settings,
+            background,
             ..
         } = self;
         let handle = server.handle();
@@ -197,6 +209,11 @@ impl Application {
             handle.stop(true).await;
         });
         server.await?;
+        // Shutdown, in order: the listener and in-flight requests are done;
+        // now every background task stops and is awaited, and only then
+        // does the store flush what is queued and close.
+        runtime.set_draining();
+        background.shutdown().await;
         runtime.store().close().await;
         tracing::info!("stopped");
         Ok(())
@@ -227,13 +244,14 @@ async fn shutdown_signal() {
 
 /// Wakes every actor with unfinished work; while the store cannot list
 /// them (Redis down at start-up), keeps trying with backoff.
-fn spawn_resume(runtime: Runtime) {
+fn spawn_resume(background: &Background, runtime: Runtime) {
     use backon::{ExponentialBuilder, Retryable};
-    actix_rt::spawn(async move {
+    let tasks = background.clone();
+    background.spawn(async move {
         let backoff = ExponentialBuilder::default()
             .with_max_delay(Duration::from_secs(5))
             .without_max_times();
-        let resume = || async { runtime.resume_pending().await };
+        let resume = || async { runtime.resume_pending(&tasks).await };
         let notify = |e: &crate::store::StoreError, wait: Duration| {
             tracing::warn!(error.message = %e, ?wait, "cannot list unfinished actors yet; retrying");
         };
@@ -246,8 +264,8 @@ fn spawn_resume(runtime: Runtime) {
 }
 
 /// Deletes expired idempotency keys now and then.
-fn spawn_sweeper(store: Arc<dyn Store>, every: Duration) {
-    actix_rt::spawn(async move {
+fn spawn_sweeper(background: &Background, store: Arc<dyn Store>, every: Duration) {
+    background.spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;

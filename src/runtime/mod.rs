@@ -288,7 +288,10 @@ impl Runtime {
     ///
     /// # Errors
     /// When the store cannot list them.
-    pub async fn resume_pending(&self) -> Result<usize, crate::store::StoreError> {
+    pub async fn resume_pending(
+        &self,
+        background: &crate::background::Background,
+    ) -> Result<usize, crate::store::StoreError> {
         let pending = self.inner.store.pending().await?;
         let count = pending.len();
         for key in pending {
@@ -303,7 +306,7 @@ impl Runtime {
                 continue;
             };
             let runtime = self.clone();
-            actix::spawn(async move { runtime.wake(Address::new(kind, id)).await });
+            background.spawn(async move { runtime.wake(Address::new(kind, id)).await });
         }
         Ok(count)
     }

@@ -41,6 +41,7 @@ pub struct TestApp {
     pub client: Client,
     pub dir: TempDir,
     pub app_runtime: troupe::runtime::Runtime,
+    pub background: troupe::background::Background,
     handle: ServerHandle,
     task: actix_rt::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -100,12 +101,14 @@ async fn spawn_app_controlled(
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.server_handle();
     let app_runtime = app.runtime().clone();
+    let background = app.background().clone();
     let task = actix_rt::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: Client::new(),
         dir,
         app_runtime,
+        background,
         handle,
         task,
     }

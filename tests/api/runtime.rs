@@ -102,3 +102,19 @@ async fn idle_actors_are_passivated_and_come_back_with_their_state() {
         json!(3)
     );
 }
+
+/// Shutdown is a protocol: once the server has stopped, every background
+/// task (the sweeper, the resume, the watches) was cancelled and awaited
+/// before the store closed.
+#[actix_rt::test]
+async fn stopping_cancels_and_awaits_every_background_task() {
+    let app = crate::helpers::spawn_app().await;
+    assert!(
+        !app.background.is_empty(),
+        "the sweeper runs in the background"
+    );
+    let background = app.background.clone();
+    app.stop().await;
+    assert!(background.is_cancelled());
+    assert_eq!(background.len(), 0, "a background task outlived the store");
+}
