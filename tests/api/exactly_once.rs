@@ -212,6 +212,8 @@ struct FaultyStore {
     fault: Fault,
     armed: AtomicBool,
     seen: AtomicUsize,
+    /// Loads and idempotency lookups of the fault's actor take this long.
+    slow: Duration,
 }
 
 impl FaultyStore {
@@ -220,6 +222,12 @@ impl FaultyStore {
             return false;
         }
         self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.fault.nth
+    }
+
+    async fn pace(&self, actor: &str) {
+        if self.armed.load(Ordering::SeqCst) && actor == self.fault.actor {
+            tokio::time::sleep(self.slow).await;
+        }
     }
 
     fn injected() -> StoreError {
@@ -233,6 +241,7 @@ impl Store for FaultyStore {
         self.inner.backend()
     }
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.pace(actor).await;
         if self.trips("load", actor) {
             return Err(Self::injected());
         }
@@ -256,6 +265,7 @@ impl Store for FaultyStore {
         self.inner.entries(actor, after, limit).await
     }
     async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.pace(actor).await;
         self.inner.idempotency(actor, key).await
     }
     async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -312,6 +322,7 @@ async fn a_transfer_survives_a_store_fault_at_every_step() {
                 fault,
                 armed: AtomicBool::new(false),
                 seen: AtomicUsize::new(0),
+                slow: Duration::ZERO,
             });
             *slot.lock().unwrap() = Some(faulty.clone());
             faulty
@@ -378,5 +389,79 @@ async fn a_transfer_survives_a_store_fault_at_every_step() {
             assert_eq!(replay_journal(&entries), app.balance(id).await, "{fault:?}");
         }
         app.stop().await;
+    }
+}
+
+/// The answer to a leg is handled only once the step that asked for it is
+/// durable, even when a slow lookup for another message holds the actor
+/// between the two: a transfer whose pending record is then lost must not
+/// have asked for its credit. Here a keyed message lands behind `start`, its
+/// lookup outlasts the debit, the pending record's commit fails, and an
+/// attacker reuses the id with another amount.
+#[actix_rt::test]
+async fn a_leg_answer_waits_for_the_commit_of_the_step_that_asked() {
+    let slot = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
+    let keep = slot.clone();
+    let fault = Fault {
+        op: "commit",
+        actor: "transfer/t",
+        nth: 1,
+        after_apply: false,
+    };
+    let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
+        let faulty = Arc::new(FaultyStore {
+            inner,
+            fault,
+            armed: AtomicBool::new(false),
+            seen: AtomicUsize::new(0),
+            slow: Duration::from_millis(150),
+        });
+        *keep.lock().unwrap() = Some(faulty.clone());
+        faulty
+    });
+    // The account re-offers its outbox after a second: the attacker is faster.
+    let app = spawn_app_layered(|s| s.runtime.retry_interval_ms = 1000, layer).await;
+    app.open("a").await;
+    app.open("b").await;
+    app.deposit("a", 100).await;
+    slot.lock()
+        .unwrap()
+        .clone()
+        .unwrap()
+        .armed
+        .store(true, Ordering::SeqCst);
+
+    let start = app.post(
+        "/v1/transfers",
+        json!({"id": "t", "from": "a", "to": "b", "amount": 40}),
+    );
+    let keyed = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        app.client
+            .post(app.url("/v1/actors/transfer/t/get"))
+            .header("Idempotency-Key", "look-up")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let (start, _) = futures_util::join!(start, keyed);
+    assert_eq!(
+        start.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the pending record was lost"
+    );
+    // The id, reused at once with another amount.
+    app.post(
+        "/v1/transfers",
+        json!({"id": "t", "from": "a", "to": "b", "amount": 41}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (a, b) = (app.balance("a").await, app.balance("b").await);
+    assert_eq!(a + b, 100, "money created or destroyed: a={a} b={b}");
+    for id in ["a", "b"] {
+        let entries = all_entries(&app.client, &app.address, id).await;
+        assert_eq!(replay_journal(&entries), app.balance(id).await);
     }
 }

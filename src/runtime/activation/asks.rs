@@ -3,11 +3,11 @@
 //! An ask leaves as soon as the step that made it is handled, in parallel
 //! with that step's commit: a transfer's pending record and its debit are
 //! written at the same time. Its answer is handled only once that commit is
-//! durable, because the answer's handler runs in the activation's context,
-//! which `ctx.wait` holds while a commit is under way. Every ask carries
-//! the epoch of the state that made it; an answer that comes back after the
-//! state was thrown away or reloaded is stale and dropped, and its retries
-//! stop.
+//! durable: every ask records the batch generation it needs, and an answer
+//! that arrives earlier waits (in `deferred`) until that generation's commit
+//! succeeds. Every ask also carries the epoch of the state that made it; an
+//! answer that comes back after the state was thrown away or reloaded is
+//! stale and dropped, and no attempt of a stale ask is sent any more.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -51,7 +51,9 @@ impl<B: Behavior> Activation<B> {
             .dispatch(target.clone(), command.clone(), deadline, None);
         let runtime = self.runtime.clone();
         let epoch = self.epoch.get();
+        let needs = self.batch.needed_for_ask();
         let live = self.epoch.clone();
+        let still_live = live.clone();
         let work = async move {
             let answer = match first {
                 Ok(rx) => runtime.await_answer(rx, deadline).await,
@@ -62,7 +64,15 @@ impl<B: Behavior> Activation<B> {
             }
             let attempt = || {
                 let (runtime, target, command) = (runtime.clone(), target.clone(), command.clone());
+                let stale = still_live.get() != epoch;
                 async move {
+                    if stale {
+                        // The state that made this ask is gone: send nothing.
+                        return Ok(Answer::error(
+                            troupe_actors::ErrorCode::Unavailable,
+                            "stale ask",
+                        ));
+                    }
                     let deadline = Instant::now() + timeout;
                     let answer = runtime.ask(target, command, deadline, None).await;
                     if transient(&answer) {
@@ -100,12 +110,33 @@ impl<B: Behavior> Activation<B> {
                     let _entered = origin.enter();
                     act.asks_in_flight -= 1;
                     if act.epoch.get() == epoch && act.phase == Phase::Ready {
-                        act.answered(&tag, answer.outcome, ctx);
+                        if act.batch.durable_generation >= needs {
+                            act.answered(&tag, answer.outcome, ctx);
+                        } else {
+                            act.deferred.push((tag, answer.outcome, needs));
+                        }
                     }
                     act.settle_down(ctx);
                     act.recheck_later(ctx);
                 }),
         );
+    }
+
+    /// Hands over the deferred answers whose step is now durable.
+    pub(super) fn release_answers(&mut self, ctx: &mut Context<Self>) {
+        let durable = self.batch.durable_generation;
+        if self.deferred.iter().all(|(_, _, needs)| *needs > durable) {
+            return;
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(_, _, needs)| *needs <= durable);
+        self.deferred = waiting;
+        for (tag, outcome, _) in ready {
+            if self.phase == Phase::Ready {
+                self.answered(&tag, outcome, ctx);
+            }
+        }
     }
 
     fn answered(&mut self, tag: &str, outcome: Outcome, ctx: &mut Context<Self>) {

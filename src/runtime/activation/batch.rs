@@ -90,7 +90,6 @@ impl Batch {
 }
 
 /// The open batch of an activation and where its commits stand.
-#[derive(Default)]
 pub struct Batcher {
     /// Boxed and absent between batches: an idle activation stays small.
     open: Option<Box<Batch>>,
@@ -98,9 +97,37 @@ pub struct Batcher {
     pub flush_scheduled: bool,
     /// The version the store holds for this actor.
     pub durable_version: u64,
+    /// Numbers the open batch; the next flush commits this generation.
+    pub open_generation: u64,
+    /// The last generation whose commit is durable.
+    pub durable_generation: u64,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Self {
+            open: None,
+            flush_scheduled: false,
+            durable_version: 0,
+            open_generation: 1,
+            durable_generation: 0,
+        }
+    }
 }
 
 impl Batcher {
+    /// The generation that must be durable before an answer to an ask made
+    /// now may be handled: the open batch's when it holds anything to
+    /// write or a flush is pending, else the last durable one.
+    pub fn needed_for_ask(&self) -> u64 {
+        let writes = self.open.as_ref().is_some_and(|b| b.writes());
+        if writes || self.flush_scheduled {
+            self.open_generation
+        } else {
+            self.durable_generation
+        }
+    }
+
     pub fn open(&mut self) -> &mut Batch {
         self.open.get_or_insert_with(Box::default)
     }

@@ -29,6 +29,8 @@ impl<B: Behavior> Activation<B> {
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.batch.flush_scheduled = false;
+        let generation = self.batch.open_generation;
+        self.batch.open_generation += 1;
         let mut batch = self.batch.take();
         let versions = (self.batch.durable_version, self.version);
         let pending = B::is_pending(&self.state);
@@ -38,7 +40,7 @@ impl<B: Behavior> Activation<B> {
                 // Never acknowledge what could not be written as it is.
                 let error = StoreError::Corrupt(format!("cannot serialise {}: {e}", self.address));
                 tracing::error!(actor = %self.address, error.message = %error, "commit refused");
-                return self.flushed(batch, Err(error), ctx);
+                return self.flushed(batch, generation, Err(error), ctx);
             }
         };
         let pages: Vec<(u64, u32)> = batch
@@ -71,7 +73,7 @@ impl<B: Behavior> Activation<B> {
         }
         .instrument(span);
         ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
-            act.flushed(batch, result, ctx);
+            act.flushed(batch, generation, result, ctx);
             act.settle_down(ctx);
         }));
     }
@@ -79,12 +81,14 @@ impl<B: Behavior> Activation<B> {
     fn flushed(
         &mut self,
         batch: Batch,
+        generation: u64,
         result: Result<(u64, Vec<Page>), StoreError>,
         ctx: &mut Context<Self>,
     ) {
         match result {
             Ok((version, pages)) => {
                 self.batch.durable_version = version;
+                self.batch.durable_generation = generation;
                 for (reply, answer) in batch.replies {
                     self.respond(reply, answer);
                 }
@@ -106,6 +110,8 @@ impl<B: Behavior> Activation<B> {
                 }
                 if let Phase::Crashed { backoff } = self.phase {
                     self.restart_after(backoff, false, ctx);
+                } else {
+                    self.release_answers(ctx);
                 }
             }
             Err(e) => {

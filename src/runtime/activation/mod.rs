@@ -111,6 +111,9 @@ pub struct Activation<B: Behavior> {
     /// asks made under another epoch are stale and dropped.
     epoch: Rc<std::cell::Cell<u32>>,
     asks_in_flight: u32,
+    /// Answers that arrived before the commit of the step that asked:
+    /// (tag, outcome, generation that must be durable first).
+    deferred: Vec<(String, troupe_actors::Outcome, u64)>,
     /// A timer will resume unfinished work that nothing drives.
     recheck_scheduled: bool,
 }
@@ -170,6 +173,7 @@ impl<B: Behavior> Activation<B> {
                 supervision: None,
                 epoch: Rc::default(),
                 asks_in_flight: 0,
+                deferred: Vec::new(),
                 recheck_scheduled: false,
             }
         })

@@ -94,6 +94,7 @@ impl<B: Behavior> Activation<B> {
     pub(super) fn unload(&mut self, fence: bool) {
         self.phase = Phase::Unloaded { fence };
         self.caches = None;
+        self.deferred.clear();
         self.bump_epoch();
     }
 
@@ -124,6 +125,7 @@ impl<B: Behavior> Activation<B> {
                 self.batch.flush_scheduled
                     || !self.batch.is_empty()
                     || self.asks_in_flight > 0
+                    || !self.deferred.is_empty()
                     || !self.parked.is_empty()
                     || B::is_pending(&self.state)
             }
