@@ -72,6 +72,14 @@ impl Application {
                 Arc::new(store)
             }
         };
+        // A store that cannot answer yet (Redis down at start) is checked
+        // by nobody: legacy transfers are then merely never resumed.
+        match crate::upgrade::check(&*store).await {
+            Err(crate::upgrade::UpgradeError::Store(e)) => {
+                tracing::warn!(error.message = %e, "cannot check the store for transfers of an earlier version");
+            }
+            other => other.context("checking the data of earlier versions")?,
+        }
         let store = match controls.store_layer.take() {
             Some(layer) => layer(store),
             None => store,

@@ -333,6 +333,21 @@ pub trait Behavior: 'static {
         None
     }
 
+    /// Whether `command` is deduplicated by its actor's id alone (a
+    /// transfer's `start`, whose id is its idempotency key): the runtime
+    /// then ignores any client idempotency key sent with it.
+    fn keyed_by_id(command: &Self::Command) -> bool {
+        let _ = command;
+        false
+    }
+
+    /// The outcome a settled state gives its waiting callers, if the state
+    /// is settled; `None` while work is pending or for kinds that never park.
+    fn settled(state: &Self::State, env: &Env) -> Option<Outcome> {
+        let _ = (state, env);
+        None
+    }
+
     /// Handles one command.
     fn handle(state: &Self::State, command: Self::Command, env: &Env) -> Step<Self::State>;
 

@@ -101,6 +101,10 @@ pub struct Envelope {
     pub span: tracing::Span,
     /// When the message was sent, for the mailbox wait.
     pub sent_at: Instant,
+    /// Sent by an actor or by the runtime itself (a transfer leg, a
+    /// wake-up): activated even past `max_activations`, since unfinished
+    /// work must reach its actors whatever clients are doing.
+    pub internal: bool,
 }
 
 /// A cheap, cloneable handle on the runtime.
@@ -236,18 +240,41 @@ impl Runtime {
         deadline: Instant,
         idempotency: Option<IdempotencyRequest>,
     ) -> Answer {
+        self.ask_as(address, command, deadline, idempotency, false)
+            .await
+    }
+
+    /// As [`Runtime::ask`], for an actor or the runtime itself.
+    pub(crate) async fn ask_internal(
+        &self,
+        address: Address,
+        command: AnyCommand,
+        deadline: Instant,
+    ) -> Answer {
+        self.ask_as(address, command, deadline, None, true).await
+    }
+
+    async fn ask_as(
+        &self,
+        address: Address,
+        command: AnyCommand,
+        deadline: Instant,
+        idempotency: Option<IdempotencyRequest>,
+        internal: bool,
+    ) -> Answer {
         let index = shard_of(&address, self.inner.shards.len());
         let Some(shard) = self.shard(index, deadline).await else {
             return Answer::error(ErrorCode::Unavailable, "the runtime is starting");
         };
-        match route(&shard, address, command, deadline, idempotency) {
+        match route(&shard, address, command, deadline, idempotency, internal) {
             Ok(rx) => self.await_answer(rx, deadline).await,
             Err(answer) => answer,
         }
     }
 
-    /// Routes `command` at once, without waiting for anything: the first
-    /// attempt of an actor-to-actor ask leaves before its step's commit.
+    /// Routes an actor's `command` at once, without waiting for anything:
+    /// the first attempt of an actor-to-actor ask leaves before its step's
+    /// commit.
     ///
     /// # Errors
     /// The [`Answer`] to give when the message could not be routed.
@@ -265,7 +292,7 @@ impl Runtime {
                 "the runtime is starting",
             ));
         };
-        route(&shard, address, command, deadline, idempotency)
+        route(&shard, address, command, deadline, idempotency, true)
     }
 
     /// The answer on `rx`, or `504` once `deadline` passes.
@@ -325,7 +352,7 @@ impl Runtime {
             let command = kinds::parse(address.kind, "get", serde_json::Value::Null)
                 .map_err(|e| Answer::error(ErrorCode::Internal, e.to_string()))?;
             let deadline = self.deadline(None);
-            let answer = self.ask(address.clone(), command, deadline, None).await;
+            let answer = self.ask_internal(address.clone(), command, deadline).await;
             match &answer.outcome {
                 Err(r) if r.code.is_transient() && !self.is_draining() => Err(answer),
                 _ => Ok(answer),
@@ -375,6 +402,7 @@ fn route(
     command: AnyCommand,
     deadline: Instant,
     idempotency: Option<IdempotencyRequest>,
+    internal: bool,
 ) -> Result<oneshot::Receiver<Answer>, Answer> {
     let (reply, rx) = oneshot::channel();
     let envelope = Envelope {
@@ -384,6 +412,7 @@ fn route(
         reply,
         span: tracing::Span::current(),
         sent_at: Instant::now(),
+        internal,
     };
     match shard.try_send(Route { address, envelope }) {
         Ok(()) => Ok(rx),

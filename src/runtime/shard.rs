@@ -77,7 +77,13 @@ pub struct Shard {
     index: usize,
     runtime: Runtime,
     directory: HashMap<(Kind, ActorId), Slot>,
+    /// When a scan at the cap last found no idle activation.
+    full_since: Option<Instant>,
 }
+
+/// How long a shard at the cap with nothing idle refuses new actors before
+/// scanning for idle ones again.
+const FULL_RESCAN: Duration = Duration::from_millis(50);
 
 impl Shard {
     pub fn new(index: usize, runtime: Runtime, ctx: &mut Context<Self>) -> Self {
@@ -91,6 +97,7 @@ impl Shard {
             index,
             runtime,
             directory: HashMap::new(),
+            full_since: None,
         }
     }
 
@@ -100,8 +107,17 @@ impl Shard {
         (self.runtime.options().max_activations / shards).max(1)
     }
 
-    fn activate(&mut self, address: &Address, ctx: &mut Context<Self>) -> Option<&Slot> {
-        if self.directory.len() >= self.capacity() && !self.make_room() {
+    /// Creates the activation of `address`. At the cap, room is made first;
+    /// when none can be made a client's message is refused, while an
+    /// internal one (a leg, a wake-up) goes over the cap rather than leave
+    /// unfinished work stranded.
+    fn activate(
+        &mut self,
+        address: &Address,
+        internal: bool,
+        ctx: &mut Context<Self>,
+    ) -> Option<&Slot> {
+        if self.directory.len() >= self.capacity() && !self.make_room() && !internal {
             return None;
         }
         let status = Rc::new(SlotStatus {
@@ -129,6 +145,11 @@ impl Shard {
     /// activations (at least one), so that making room costs one scan per
     /// many activations. Returns whether any room was made.
     fn make_room(&mut self) -> bool {
+        // A scan that just found nothing idle is not repeated at once: at
+        // the cap under load, that would be a full scan per message.
+        if self.full_since.is_some_and(|at| at.elapsed() < FULL_RESCAN) {
+            return false;
+        }
         let mut idle: Vec<(Instant, (Kind, ActorId))> = self
             .directory
             .iter()
@@ -136,8 +157,10 @@ impl Shard {
             .map(|(key, slot)| (slot.status.last_used.get(), key.clone()))
             .collect();
         if idle.is_empty() {
+            self.full_since = Some(Instant::now());
             return false;
         }
+        self.full_since = None;
         let evict = (self.directory.len() / 10).clamp(1, idle.len());
         if evict < idle.len() {
             idle.select_nth_unstable_by_key(evict, |(used, _)| *used);
@@ -221,6 +244,7 @@ impl Handler<Route> for Shard {
 
     fn handle(&mut self, Route { address, envelope }: Route, ctx: &mut Context<Self>) {
         let key = (address.kind, address.id.clone());
+        let internal = envelope.internal;
         let mut delivery = Delivery::Message(envelope);
         // A closed mailbox means the activation stopped on its own: replace it once.
         for _ in 0..2 {
@@ -233,7 +257,7 @@ impl Handler<Route> for Shard {
             }
             let slot = match self.directory.get(&key) {
                 Some(slot) => slot,
-                None => match self.activate(&address, ctx) {
+                None => match self.activate(&address, internal, ctx) {
                     Some(slot) => slot,
                     None => {
                         if let Delivery::Message(envelope) = delivery {

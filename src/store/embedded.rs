@@ -34,6 +34,8 @@ const FACTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("facts"
 /// Expired idempotency records one sweep transaction deletes at most, so a
 /// sweep never holds the writer for long and never grows a transaction.
 const SWEEP_CHUNK: usize = 512;
+/// Under steady load, the longest a sweep in progress waits between chunks.
+const SWEEP_PACE: std::time::Duration = std::time::Duration::from_millis(100);
 /// `kind/id` of every actor with work pending.
 const PENDING: TableDefinition<&str, ()> = TableDefinition::new("pending");
 
@@ -268,14 +270,21 @@ fn write_loop(
     stats: &WriterStats,
 ) -> Option<oneshot::Sender<()>> {
     let mut batch = Vec::with_capacity(max_batch);
-    // A sweep in progress runs one chunk whenever no commit is waiting.
+    // A sweep in progress runs one chunk whenever no commit is waiting, and
+    // at least every SWEEP_PACE under steady load, so it never starves.
     let mut sweeping = false;
+    let mut last_chunk = std::time::Instant::now();
     loop {
+        if sweeping && last_chunk.elapsed() >= SWEEP_PACE {
+            sweeping = sweep_chunk(db);
+            last_chunk = std::time::Instant::now();
+        }
         let first = if sweeping {
             match rx.try_recv() {
                 Ok(request) => request,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     sweeping = sweep_chunk(db);
+                    last_chunk = std::time::Instant::now();
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,

@@ -89,6 +89,33 @@ async fn a_transfer_key_is_bound_to_its_first_body() {
 }
 
 #[actix_rt::test]
+async fn through_the_actor_api_too_a_transfer_is_bound_to_its_first_body() {
+    let app = spawn_app().await;
+    app.open("a").await;
+    app.open("b").await;
+    app.deposit("a", 100).await;
+    let path = "/v1/actors/transfer/t-api/start";
+    let first = app
+        .post_with_key(path, "k", json!({"from": "a", "to": "b", "amount": 10}))
+        .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let other = app
+        .post_with_key(path, "k", json!({"from": "a", "to": "b", "amount": 11}))
+        .await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let retry = app
+        .post_with_key(path, "k", json!({"from": "a", "to": "b", "amount": 10}))
+        .await;
+    assert_eq!(
+        retry.status(),
+        StatusCode::OK,
+        "the first body's retry still replays"
+    );
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!((app.balance("a").await, app.balance("b").await), (90, 10));
+}
+
+#[actix_rt::test]
 async fn gets_ignore_idempotency_keys() {
     let app = spawn_app().await;
     app.open("a").await;
@@ -464,4 +491,42 @@ async fn a_leg_answer_waits_for_the_commit_of_the_step_that_asked() {
         let entries = all_entries(&app.client, &app.address, id).await;
         assert_eq!(replay_journal(&entries), app.balance(id).await);
     }
+}
+
+/// A transfer left mid-way by the saga before the two-step protocol
+/// deduplicated its legs with idempotency keys: resuming it here could
+/// apply a leg twice or lose a refund, so the service refuses to start and
+/// says what to do.
+#[actix_rt::test]
+async fn a_transfer_in_flight_from_the_previous_protocol_stops_start_up() {
+    let dir = TempDir::new().unwrap();
+    let options = StoreOptions {
+        idempotency_retention: Duration::from_secs(60),
+        max_batch: 16,
+        queue: 16,
+    };
+    let store = EmbeddedStore::open(dir.path(), options).unwrap();
+    let old = json!({
+        "from": "a", "to": "b", "amount": 5, "status": "pending",
+        "phase": {"phase": "credit", "currency": "USD"}, "reason": null,
+        "created_at": "2026-01-01T00:00:00Z"
+    });
+    let commit = Commit {
+        actor: "transfer/t-old".into(),
+        expected_version: 0,
+        version: 1,
+        state: Some(serde_json::to_vec(&old).unwrap()),
+        pending: true,
+        ..Commit::default()
+    };
+    store.commit(commit).await.unwrap();
+    store.close().await;
+
+    let settings = crate::helpers::test_settings(dir.path());
+    let refused = troupe::startup::Application::build(settings).await;
+    let message = format!("{:#}", refused.err().expect("start-up is refused"));
+    assert!(
+        message.contains("transfer/t-old") && message.contains("previous version"),
+        "{message}"
+    );
 }

@@ -266,12 +266,18 @@ fn view(account: &AccountState, env: &Env, version: u64) -> Value {
     })
 }
 
-/// The balance after putting `amount` in, or the refusal.
+/// The balance after putting `amount` in, or the refusal. The transfers
+/// in the outbox count as if already refunded, so that refunds, which are
+/// never refused, can never overflow.
 fn credited(account: &AccountState, env: &Env, amount: Amount) -> Result<i64, Rejection> {
+    let refundable = account
+        .outbox
+        .values()
+        .fold(0i64, |sum, o| sum.saturating_add(o.amount.signed()));
     account
         .balance
         .checked_add(amount.signed())
-        .filter(|b| *b <= MAX_BALANCE)
+        .filter(|b| b.saturating_add(refundable) <= MAX_BALANCE)
         .ok_or_else(|| {
             Rejection::new(
                 ErrorCode::LimitExceeded,

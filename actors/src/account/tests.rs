@@ -257,3 +257,17 @@ fn payloads_are_parsed_strictly() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn credits_leave_room_for_every_refund_the_outbox_may_bring() {
+    let debited = Account::handle(&opened(MAX_BALANCE - 10, 0), debit("b", 1_000), &env(1))
+        .change
+        .unwrap()
+        .state;
+    // The balance is 1,000 lower, but that 1,000 may come back as a refund.
+    let deposit = Command::Deposit { amount: amount(20) };
+    assert_eq!(
+        rejection_code(&Account::handle(&debited, deposit, &env(2))),
+        Some(ErrorCode::LimitExceeded)
+    );
+}

@@ -129,9 +129,26 @@ pub struct TransferState {
     pub phase: Option<Phase>,
     pub reason: Option<ErrorCode>,
     pub created_at: DateTime<Utc>,
+    /// The protocol that wrote the record: [`PROTOCOL`]; 0 for records of
+    /// the saga before it, whose legs were deduplicated by idempotency keys
+    /// and cannot be resumed safely by this one.
+    #[serde(default)]
+    pub protocol: u32,
 }
 
+/// The transfer protocol this version writes: debit carrying the intent,
+/// legs deduplicated by facts.
+pub const PROTOCOL: u32 = 2;
+
 impl TransferState {
+    /// A pending record of the older saga that may have applied a leg:
+    /// this version does not resume it (see `troupe::upgrade`).
+    pub fn is_legacy_in_flight(&self) -> bool {
+        self.protocol < PROTOCOL
+            && self.status == Status::Pending
+            && !matches!(self.phase, None | Some(Phase::CheckTarget))
+    }
+
     fn is(&self, from: &ActorId, to: &ActorId, amount: Amount) -> bool {
         self.from == *from && self.to == *to && self.amount == amount
     }
@@ -260,7 +277,7 @@ impl Behavior for Transfer {
     fn resume(state: &Self::State, env: &Env) -> Vec<Effect> {
         state
             .as_ref()
-            .filter(|t| t.status == Status::Pending)
+            .filter(|t| t.status == Status::Pending && !t.is_legacy_in_flight())
             .and_then(|t| leg(t, env))
             .into_iter()
             .collect()
@@ -272,6 +289,17 @@ impl Behavior for Transfer {
 
     fn is_resident(state: &Self::State) -> bool {
         Self::is_pending(state)
+    }
+
+    fn keyed_by_id(command: &Command) -> bool {
+        matches!(command, Command::Start { .. })
+    }
+
+    fn settled(state: &Self::State, env: &Env) -> Option<Outcome> {
+        state
+            .as_ref()
+            .filter(|t| t.status != Status::Pending)
+            .map(|t| outcome(t, env))
     }
 
     fn message_name(command: &Command) -> &'static str {
@@ -307,6 +335,7 @@ fn begin(from: ActorId, to: ActorId, amount: Amount, env: &Env) -> TransferStep 
         phase: Some(Phase::Debit),
         reason: None,
         created_at: env.now,
+        protocol: PROTOCOL,
     };
     if t.from == t.to {
         t.status = Status::Failed;

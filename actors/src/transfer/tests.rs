@@ -164,3 +164,17 @@ fn settled_and_unknown_transfers_are_not_kept_in_memory() {
     ));
     assert!(!Transfer::is_resident(&failed));
 }
+
+#[test]
+fn a_legacy_transfer_past_its_first_leg_is_never_resumed() {
+    let legacy: TransferState = serde_json::from_value(json!({
+        "from": "a", "to": "b", "amount": 5, "status": "pending",
+        "phase": {"phase": "credit", "currency": "USD"}, "reason": null,
+        "created_at": "2026-01-01T00:00:00Z"
+    }))
+    .unwrap();
+    assert!(legacy.is_legacy_in_flight());
+    assert!(Transfer::resume(&Some(legacy), &env(1)).is_empty());
+    let fresh = pending(&Transfer::handle(&None, start("a", "b", 5), &env(0))).unwrap();
+    assert!(!fresh.is_legacy_in_flight());
+}

@@ -74,7 +74,7 @@ impl<B: Behavior> Activation<B> {
                         ));
                     }
                     let deadline = Instant::now() + timeout;
-                    let answer = runtime.ask(target, command, deadline, None).await;
+                    let answer = runtime.ask_internal(target, command, deadline).await;
                     if transient(&answer) {
                         Err(answer)
                     } else {

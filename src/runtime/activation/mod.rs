@@ -208,10 +208,14 @@ impl<B: Behavior> Activation<B> {
                 Answer::error(ErrorCode::Internal, "message routed to the wrong kind"),
             );
         };
+        // A command keyed by its actor's id (a transfer's start) binds its
+        // body itself, durably: a client's key would be a second, weaker
+        // binding that another body could take first.
+        let idempotency = envelope.idempotency.filter(|_| !B::keyed_by_id(&command));
         let incoming = Incoming {
             command,
             reply: envelope.reply,
-            idempotency: envelope.idempotency,
+            idempotency,
             span: envelope.span,
             sent_at: envelope.sent_at,
             deadline: envelope.deadline,
@@ -455,6 +459,16 @@ impl<B: Behavior> Activation<B> {
     /// Parks a caller until the behaviour settles or its deadline passes,
     /// whichever comes first: a caller gone is answered `504` and forgotten.
     fn park(&mut self, reply: ReplyTx, replayed: bool, deadline: Instant, ctx: &mut Context<Self>) {
+        // As many waiting callers as a mailbox holds messages, no more.
+        if self.parked.len() >= self.runtime.options().mailbox_capacity {
+            return self.respond(
+                reply,
+                Answer::error(
+                    ErrorCode::Overloaded,
+                    format!("too many callers wait on {}; retry later", self.address),
+                ),
+            );
+        }
         self.parked.push(Parked {
             reply,
             replayed,
@@ -480,10 +494,20 @@ impl<B: Behavior> Activation<B> {
         });
     }
 
-    /// Answers every parked caller `503`: they may retry.
+    /// Answers every parked caller after a reload found nothing left to
+    /// settle them: with the settled outcome when the durable state has
+    /// one (a failed transfer whose record did land), else `503` to retry.
     fn release_parked(&mut self, message: &str) {
+        let settled = B::settled(&self.state, &self.env(None));
         for parked in std::mem::take(&mut self.parked) {
-            self.respond(parked.reply, Answer::error(ErrorCode::Unavailable, message));
+            let answer = match &settled {
+                Some(outcome) => Answer {
+                    outcome: outcome.clone(),
+                    replayed: parked.replayed,
+                },
+                None => Answer::error(ErrorCode::Unavailable, message),
+            };
+            self.respond(parked.reply, answer);
         }
     }
 
