@@ -210,6 +210,11 @@ pub struct Step<S> {
     /// A new state held in memory only: one that resuming from the durable
     /// state would recompute (a transfer's phase between two legs).
     pub memo: Option<S>,
+    /// A new state persisted with the actor's next commit, or on its own
+    /// after `runtime.retry_interval_ms` if none comes: for changes that
+    /// resuming would redo if they were lost (a settled transfer leaving an
+    /// account's outbox), so a hot actor pays no commit of their own.
+    pub lazy: Option<S>,
 }
 
 impl<S> Step<S> {
@@ -221,6 +226,7 @@ impl<S> Step<S> {
             settle: None,
             replayed: false,
             memo: None,
+            lazy: None,
         }
     }
     pub fn reject(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -248,6 +254,10 @@ impl<S> Step<S> {
     }
     pub fn with_memo(mut self, state: S) -> Self {
         self.memo = Some(state);
+        self
+    }
+    pub fn with_lazy(mut self, state: S) -> Self {
+        self.lazy = Some(state);
         self
     }
     pub fn with_effect(mut self, effect: Effect) -> Self {

@@ -186,6 +186,9 @@ struct Node<B: Behavior> {
     /// The version of `memory`, counting unsaved changes.
     version: u64,
     unsaved: Option<Unsaved>,
+    /// `memory` holds a lazy change: written with the next commit, or on
+    /// its own when the runtime's timer fires (modelled at quiescence).
+    lazy: bool,
     epoch: u32,
     /// Callers waiting for the behaviour to settle.
     parked: Vec<Caller>,
@@ -207,6 +210,7 @@ impl<B: Behavior> Node<B> {
             unsaved: None,
             epoch: 0,
             parked: Vec::new(),
+            lazy: false,
         }
     }
 
@@ -250,9 +254,14 @@ impl<B: Behavior> Node<B> {
             settle,
             replayed: _,
             memo,
+            lazy,
         } = step;
         if let Some(state) = memo {
             self.memory = state;
+        }
+        if let Some(state) = lazy {
+            self.memory = state;
+            self.lazy = true;
         }
         if let Some(change) = change {
             self.memory = change.state;
@@ -293,6 +302,7 @@ impl<B: Behavior> Node<B> {
         if unsaved.written {
             self.durable.state = self.memory.clone();
             self.durable.version = self.version;
+            self.lazy = false;
         }
         self.durable.facts.extend(unsaved.facts);
         self.durable
@@ -312,6 +322,7 @@ impl<B: Behavior> Node<B> {
     /// (a failed commit) and keeps its parked callers; otherwise the
     /// process died and they are gone.
     fn crash(&mut self, keep_parked: bool, out: &mut Outbox) {
+        self.lazy = false;
         if let Some(unsaved) = self.unsaved.take() {
             for (caller, _) in unsaved.replies {
                 if let Caller::Ask(ask) = caller {
@@ -776,6 +787,13 @@ impl World {
             }
             let mut out = Outbox::default();
             for node in &mut self.accounts {
+                // The runtime's timer writes a lazy change nothing joined.
+                if node.lazy {
+                    node.lazy = false;
+                    node.version += 1;
+                    node.durable.state = node.memory.clone();
+                    node.durable.version = node.version;
+                }
                 if Account::is_pending(&node.memory) {
                     node.resume(&mut out);
                 }

@@ -530,3 +530,34 @@ async fn a_transfer_in_flight_from_the_previous_protocol_stops_start_up() {
         "{message}"
     );
 }
+
+/// The settle that empties the source's outbox waits for the account's
+/// next commit, but not for ever: an account with no other traffic writes
+/// it on its own, so nothing stays listed as unfinished.
+#[actix_rt::test]
+async fn a_quiet_source_account_writes_its_settled_outbox_on_its_own() {
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| {
+        s.runtime.retry_interval_ms = 100
+    })
+    .await;
+    app.open("a").await;
+    app.open("b").await;
+    app.deposit("a", 100).await;
+    let r = app
+        .post(
+            "/v1/transfers",
+            json!({"id": "t-q", "from": "a", "to": "b", "amount": 5}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dir = app.stop().await;
+    let options = StoreOptions {
+        idempotency_retention: Duration::from_secs(60),
+        max_batch: 16,
+        queue: 16,
+    };
+    let store = EmbeddedStore::open(dir.path(), options).unwrap();
+    assert_eq!(store.pending().await.unwrap(), Vec::<String>::new());
+    store.close().await;
+}

@@ -231,6 +231,8 @@ fn give_back(
 }
 
 /// The transfer actor says `transfer` is settled: it leaves the outbox.
+/// Lazily: written with the account's next commit, since a settle lost in
+/// a crash is redone by handing the transfer back after the restart.
 pub fn settle(account: &AccountState, transfer: ActorId) -> AccountStep {
     let done = Step::reply(Ok(Reply::ok(json!({}))));
     if !account.outbox.contains_key(&transfer) {
@@ -238,7 +240,7 @@ pub fn settle(account: &AccountState, transfer: ActorId) -> AccountStep {
     }
     let mut next = account.clone();
     next.outbox.remove(&transfer);
-    done.with_change(Some(next), Vec::new())
+    done.with_lazy(Some(next))
 }
 
 /// After a restart: every transfer still in the outbox goes back to its

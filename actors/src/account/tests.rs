@@ -212,7 +212,7 @@ fn after_a_restart_the_outbox_is_handed_back_and_settles() {
         Ok(Reply::ok(json!({"status": "completed"}))),
         &env(2),
     );
-    let state = done.change.unwrap().state.unwrap();
+    let state = done.lazy.unwrap().unwrap();
     assert!(state.outbox.is_empty());
     assert_eq!(state.balance, 6);
     // The transfer failed without refunding here (a debit delivered after

@@ -27,8 +27,41 @@ impl<B: Behavior> Activation<B> {
         ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| act.flush(ctx)));
     }
 
+    /// A lazy change joins the next commit, or is written on its own
+    /// after `runtime.retry_interval_ms` if nothing else commits by then.
+    pub(super) fn persist_lazily(&mut self, ctx: &mut Context<Self>) {
+        if self.lazy {
+            return;
+        }
+        self.lazy = true;
+        let epoch = self.epoch.get();
+        let wait = self.runtime.options().retry_interval;
+        ctx.run_later(wait, move |act, ctx| {
+            if act.lazy && act.epoch.get() == epoch && act.phase == Phase::Ready {
+                act.take_lazy();
+                act.schedule_flush(ctx);
+            }
+        });
+    }
+
+    /// Moves a lazy change into the open batch.
+    fn take_lazy(&mut self) {
+        if !self.lazy {
+            return;
+        }
+        self.lazy = false;
+        let batch = self.batch.open();
+        if !batch.dirty {
+            batch.dirty = true;
+            self.version += 1;
+        }
+    }
+
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.batch.flush_scheduled = false;
+        if self.batch.get_mut().is_some_and(|b| b.writes()) {
+            self.take_lazy();
+        }
         let generation = self.batch.open_generation;
         self.batch.open_generation += 1;
         let mut batch = self.batch.take();

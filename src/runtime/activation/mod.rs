@@ -116,6 +116,8 @@ pub struct Activation<B: Behavior> {
     deferred: Vec<(String, troupe_actors::Outcome, u64)>,
     /// A timer will resume unfinished work that nothing drives.
     recheck_scheduled: bool,
+    /// The state holds a lazy change not yet written (see `Step::lazy`).
+    lazy: bool,
 }
 
 /// A message whose command is this kind's.
@@ -175,6 +177,7 @@ impl<B: Behavior> Activation<B> {
                 asks_in_flight: 0,
                 deferred: Vec::new(),
                 recheck_scheduled: false,
+                lazy: false,
             }
         })
         .recipient()
@@ -391,9 +394,14 @@ impl<B: Behavior> Activation<B> {
             settle,
             replayed,
             memo,
+            lazy,
         } = step;
         if let Some(state) = memo {
             self.state = state;
+        }
+        if let Some(state) = lazy {
+            self.state = state;
+            self.persist_lazily(ctx);
         }
         if let Some(change) = change {
             self.state = change.state;

@@ -93,6 +93,8 @@ impl<B: Behavior> Activation<B> {
     /// had unfinished work.
     pub(super) fn unload(&mut self, fence: bool) {
         self.phase = Phase::Unloaded { fence };
+        // A lazy change is redone by resuming (that is what makes it lazy).
+        self.lazy = false;
         self.caches = None;
         self.deferred.clear();
         self.bump_epoch();
@@ -123,6 +125,7 @@ impl<B: Behavior> Activation<B> {
             Phase::Loading | Phase::Restarting { .. } | Phase::Crashed { .. } => true,
             Phase::Unloaded { .. } | Phase::Ready => {
                 self.batch.flush_scheduled
+                    || self.lazy
                     || !self.batch.is_empty()
                     || self.asks_in_flight > 0
                     || !self.deferred.is_empty()
