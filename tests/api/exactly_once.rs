@@ -244,11 +244,14 @@ struct FaultyStore {
 }
 
 impl FaultyStore {
+    /// Whether this call fails: the `nth` matching one, or every one
+    /// while armed when `nth` is 0.
     fn trips(&self, op: &str, actor: &str) -> bool {
         if !self.armed.load(Ordering::SeqCst) || op != self.fault.op || actor != self.fault.actor {
             return false;
         }
-        self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.fault.nth
+        let seen = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        self.fault.nth == 0 || seen == self.fault.nth
     }
 
     async fn pace(&self, actor: &str) {
@@ -560,4 +563,70 @@ async fn a_quiet_source_account_writes_its_settled_outbox_on_its_own() {
     let store = EmbeddedStore::open(dir.path(), options).unwrap();
     assert_eq!(store.pending().await.unwrap(), Vec::<String>::new());
     store.close().await;
+}
+
+/// A caller parked on a transfer that cannot finish yet is answered `504`
+/// at its deadline and forgotten (nothing of it stays counted), while the
+/// transfer goes on and completes once the store answers again.
+#[actix_rt::test]
+async fn a_parked_caller_is_answered_at_its_deadline_and_forgotten() {
+    let slot = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
+    let keep = slot.clone();
+    // Every fact read of the source fails while armed: the debit is retried.
+    let fault = Fault {
+        op: "fact",
+        actor: "account/a",
+        nth: 0,
+        after_apply: false,
+    };
+    let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
+        let faulty = Arc::new(FaultyStore {
+            inner,
+            fault,
+            armed: AtomicBool::new(false),
+            seen: AtomicUsize::new(0),
+            slow: Duration::ZERO,
+        });
+        *keep.lock().unwrap() = Some(faulty.clone());
+        faulty
+    });
+    let app = spawn_app_layered(|s| s.runtime.ask_max_backoff_ms = 50, layer).await;
+    app.open("a").await;
+    app.open("b").await;
+    app.deposit("a", 100).await;
+    let faulty = slot.lock().unwrap().clone().unwrap();
+    faulty.armed.store(true, Ordering::SeqCst);
+
+    let r = app
+        .client
+        .post(app.url("/v1/transfers"))
+        .header("X-Request-Timeout", "300")
+        .json(&json!({"id": "t-slow", "from": "a", "to": "b", "amount": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    let depth = r#"troupe_actor_mailbox_depth "#;
+    let mut text = String::new();
+    let mut forgotten = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = app.get("/metrics").await.text().await.unwrap();
+        if text
+            .lines()
+            .any(|l| l.starts_with(depth) && l.ends_with(" 0"))
+        {
+            forgotten = true;
+            break;
+        }
+    }
+    assert!(forgotten, "the parked caller is still counted:\n{text}");
+    assert_eq!(
+        json_of(app.get("/v1/transfers/t-slow").await).await["status"],
+        json!("pending")
+    );
+
+    faulty.armed.store(false, Ordering::SeqCst);
+    assert_eq!(settled(&app, "t-slow").await["status"], json!("completed"));
+    assert_eq!((app.balance("a").await, app.balance("b").await), (95, 5));
 }
