@@ -118,3 +118,53 @@ async fn stopping_cancels_and_awaits_every_background_task() {
     assert!(background.is_cancelled());
     assert_eq!(background.len(), 0, "a background task outlived the store");
 }
+
+/// A worker thread that dies takes its shard with it: messages for that
+/// shard are answered `503` (a state that retrying fixes, not `429`), and
+/// the worker that takes its place hosts the shard again, with its actors
+/// reloaded from the store.
+#[actix_rt::test]
+async fn a_dead_shard_answers_503_and_its_replacement_serves_its_actors() {
+    let dir = TempDir::new().unwrap();
+    let settings = crate::helpers::test_settings(dir.path());
+    let store: std::sync::Arc<dyn troupe::store::Store> = std::sync::Arc::new(
+        troupe::store::EmbeddedStore::open(dir.path(), settings.store_options()).unwrap(),
+    );
+    let runtime = troupe::runtime::Runtime::new(store, settings.runtime_options(), 1);
+    let host = |runtime: &troupe::runtime::Runtime| {
+        let arbiter = actix::Arbiter::new();
+        let rt = runtime.clone();
+        assert!(arbiter.spawn_fn(move || {
+            rt.host_shard_here();
+        }));
+        arbiter
+    };
+    let ask = |runtime: troupe::runtime::Runtime, command: Command| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let address = Address::new(troupe_actors::Kind::Account, ActorId::parse("w").unwrap());
+        runtime
+            .ask(address, AnyCommand::Account(command), deadline, None)
+            .await
+    };
+    let open = || Command::Open {
+        currency: troupe_actors::Currency::USD,
+        overdraft_limit: 0,
+    };
+    let deposit = || Command::Deposit {
+        amount: Amount::new(7).unwrap(),
+    };
+
+    let worker = host(&runtime);
+    assert!(ask(runtime.clone(), open()).await.outcome.is_ok());
+    assert!(ask(runtime.clone(), deposit()).await.outcome.is_ok());
+    worker.stop();
+    worker.join().unwrap();
+
+    let refused = ask(runtime.clone(), deposit()).await;
+    assert_eq!(refused.outcome.unwrap_err().code, ErrorCode::Unavailable);
+
+    let _replacement = host(&runtime);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = ask(runtime.clone(), Command::Get).await.outcome.unwrap();
+    assert_eq!(got.body["balance"], json!(7));
+}
