@@ -38,6 +38,7 @@ fn options() -> RuntimeOptions {
         ask_max_backoff: Duration::from_secs(2),
         retry_interval: Duration::from_secs(1),
         max_activations: 200_000,
+        wake_concurrency: 256,
         restart: RestartPolicy {
             max_restarts: 5,
             window: Duration::from_secs(10),

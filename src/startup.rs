@@ -259,6 +259,19 @@ fn spawn_resume(background: &Background, runtime: Runtime) {
         let backoff = ExponentialBuilder::default()
             .with_max_delay(Duration::from_secs(5))
             .without_max_times();
+        let check = || async { crate::upgrade::check(&**runtime.store()).await };
+        let retry = ExponentialBuilder::default()
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times();
+        let checked = check
+            .retry(retry)
+            .when(|e| matches!(e, crate::upgrade::UpgradeError::Store(_)))
+            .await;
+        if let Err(e) = checked {
+            tracing::error!(error.message = %e, "not resuming anything; the service stays not ready");
+            runtime.set_draining();
+            return;
+        }
         let resume = || async { runtime.resume_pending(&tasks).await };
         let notify = |e: &crate::store::StoreError, wait: Duration| {
             tracing::warn!(error.message = %e, ?wait, "cannot list unfinished actors yet; retrying");

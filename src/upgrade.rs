@@ -5,7 +5,14 @@
 //! them with facts, so resuming such a transfer could apply a leg twice or
 //! lose a refund. They are never resumed (see
 //! `TransferState::is_legacy_in_flight`), and the service refuses to start
-//! while the store holds any, saying what to do.
+//! while the store holds any, saying what to do. When the store cannot be
+//! read at start (Redis down), the check runs before unfinished work is
+//! resumed, once the store answers; finding any then keeps the service
+//! not ready (`/readyz` 503) with the same message in the log.
+//!
+//! "Earlier version" means main up to 3905f75. Several instances sharing a
+//! Redis must all be upgraded together: an old instance still running can
+//! start transfers this check has not seen.
 
 use troupe_actors::transfer::TransferState;
 use troupe_actors::Kind;
@@ -40,10 +47,19 @@ pub async fn check(store: &dyn Store) -> Result<(), UpgradeError> {
         let Some(snapshot) = store.load(&actor).await? else {
             continue;
         };
-        let state: Option<TransferState> = serde_json::from_slice(&snapshot.state)
-            .map_err(|e| StoreError::Corrupt(format!("state of {actor}: {e}")))?;
-        if state.is_some_and(|t| t.is_legacy_in_flight()) {
-            legacy.push(actor);
+        // One unreadable record must not hide the others.
+        match serde_json::from_slice::<Option<TransferState>>(&snapshot.state) {
+            Ok(state)
+                if state
+                    .as_ref()
+                    .is_some_and(TransferState::is_legacy_in_flight) =>
+            {
+                legacy.push(actor);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(actor = %actor, error.message = %e, "unreadable pending transfer")
+            }
         }
     }
     match legacy.first() {

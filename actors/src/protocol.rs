@@ -319,7 +319,7 @@ pub trait Behavior: 'static {
     /// The kind's name in addresses and URLs.
     const KIND: Kind;
     type State: Serialize + DeserializeOwned + Default + Clone + Debug + Send + Unpin + 'static;
-    type Command: Debug + Send + 'static;
+    type Command: Debug + Clone + Send + Unpin + 'static;
 
     /// The messages clients may send, with their payload schemas.
     fn messages() -> Vec<MessageSpec>;
@@ -351,11 +351,14 @@ pub trait Behavior: 'static {
         false
     }
 
-    /// The outcome a settled state gives its waiting callers, if the state
-    /// is settled; `None` while work is pending or for kinds that never park.
-    fn settled(state: &Self::State, env: &Env) -> Option<Outcome> {
-        let _ = (state, env);
-        None
+    /// Whether handling `command` may park its caller. The runtime keeps
+    /// such a command with its parked caller, so that after a reload it can
+    /// hand it to the reloaded state again and answer what that state says
+    /// (the settled outcome, another body's refusal), never an outcome
+    /// computed for another request.
+    fn may_park(command: &Self::Command) -> bool {
+        let _ = command;
+        false
     }
 
     /// Handles one command.

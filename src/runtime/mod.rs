@@ -64,6 +64,8 @@ pub struct RuntimeOptions {
     /// Live activations across all shards; idle ones are passivated to
     /// make room, and a shard with no idle one answers `429`.
     pub max_activations: usize,
+    /// Actors with unfinished work woken at once after a restart.
+    pub wake_concurrency: usize,
     pub restart: RestartPolicy,
     /// Idempotency records each activation keeps in memory.
     pub idempotency_cache: usize,
@@ -321,6 +323,10 @@ impl Runtime {
     ) -> Result<usize, crate::store::StoreError> {
         let pending = self.inner.store.pending().await?;
         let count = pending.len();
+        // Wake-ups go past the activation cap; this bounds how many run at once.
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.options().wake_concurrency.max(1),
+        ));
         for key in pending {
             let Some((kind, id)) = key.split_once('/') else {
                 continue;
@@ -333,7 +339,13 @@ impl Runtime {
                 continue;
             };
             let runtime = self.clone();
-            background.spawn(async move { runtime.wake(Address::new(kind, id)).await });
+            let permits = permits.clone();
+            background.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                runtime.wake(Address::new(kind, id)).await;
+            });
         }
         Ok(count)
     }

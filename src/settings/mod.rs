@@ -129,6 +129,7 @@ pub struct RuntimeSettings {
     pub ask_max_backoff_ms: u64,
     pub retry_interval_ms: u64,
     pub max_activations: usize,
+    pub wake_concurrency: usize,
     pub idempotency_cache: usize,
     pub supervision: SupervisionSettings,
 }
@@ -222,7 +223,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        let positive: [(&'static str, u64); 16] = [
+        let positive: [(&'static str, u64); 17] = [
             ("store.redis.pool_size", self.store.redis.pool_size as u64),
             (
                 "store.redis.connect_timeout_ms",
@@ -261,6 +262,10 @@ impl Settings {
             (
                 "runtime.max_activations",
                 self.runtime.max_activations as u64,
+            ),
+            (
+                "runtime.wake_concurrency",
+                self.runtime.wake_concurrency as u64,
             ),
             (
                 "runtime.supervision.window_ms",
@@ -331,6 +336,7 @@ impl Settings {
             ask_max_backoff: Duration::from_millis(r.ask_max_backoff_ms.max(r.ask_min_backoff_ms)),
             retry_interval: Duration::from_millis(r.retry_interval_ms),
             max_activations: r.max_activations,
+            wake_concurrency: r.wake_concurrency,
             idempotency_cache: r.idempotency_cache,
             restart: RestartPolicy {
                 max_restarts: s.max_restarts,

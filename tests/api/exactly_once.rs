@@ -418,6 +418,21 @@ async fn a_transfer_survives_a_store_fault_at_every_step() {
             let entries = all_entries(&app.client, &app.address, id).await;
             assert_eq!(replay_journal(&entries), app.balance(id).await, "{fault:?}");
         }
+        // Nothing stays unfinished: the source's outbox empties even when
+        // the write that empties it is the one that failed.
+        let faulty = armed.lock().unwrap().clone().unwrap();
+        let mut pending = Vec::new();
+        for _ in 0..40 {
+            pending = faulty.inner.pending().await.unwrap();
+            if pending.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            pending.is_empty(),
+            "{fault:?}: still unfinished: {pending:?}"
+        );
         app.stop().await;
     }
 }

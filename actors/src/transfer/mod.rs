@@ -295,11 +295,8 @@ impl Behavior for Transfer {
         matches!(command, Command::Start { .. })
     }
 
-    fn settled(state: &Self::State, env: &Env) -> Option<Outcome> {
-        state
-            .as_ref()
-            .filter(|t| t.status != Status::Pending)
-            .map(|t| outcome(t, env))
+    fn may_park(command: &Command) -> bool {
+        matches!(command, Command::Start { .. })
     }
 
     fn message_name(command: &Command) -> &'static str {

@@ -178,3 +178,14 @@ fn a_legacy_transfer_past_its_first_leg_is_never_resumed() {
     let fresh = pending(&Transfer::handle(&None, start("a", "b", 5), &env(0))).unwrap();
     assert!(!fresh.is_legacy_in_flight());
 }
+
+#[test]
+fn records_of_the_previous_saga_still_decode() {
+    let old_debit: TransferState = serde_json::from_value(json!({
+        "from": "a", "to": "b", "amount": 5, "status": "pending",
+        "phase": {"phase": "debit", "currency": "EUR"}, "reason": null,
+        "created_at": "2026-01-01T00:00:00Z"
+    }))
+    .unwrap();
+    assert!(old_debit.is_legacy_in_flight());
+}

@@ -56,6 +56,18 @@ impl Message for Delivery {
 
 type ReplyTx = oneshot::Sender<Answer>;
 
+/// Who waits for a handled message: the reply, the client's idempotency
+/// request, the deadline, and the command when it may park.
+type Caller<C> = (ReplyTx, Option<IdempotencyRequest>, Instant, Option<C>);
+
+/// The answer to a caller whose work was lost before it became durable.
+fn lost() -> Answer {
+    Answer::error(
+        ErrorCode::Unavailable,
+        "the work this request started was lost before it was durable; retry",
+    )
+}
+
 /// Where an activation stands; exactly one at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -81,11 +93,13 @@ impl Phase {
     }
 }
 
-/// A caller waiting for the behaviour to settle (a transfer's `start`).
-struct Parked {
+/// A caller waiting for the behaviour to settle (a transfer's `start`),
+/// with the command it sent.
+struct Parked<C> {
     reply: ReplyTx,
     replayed: bool,
     deadline: Instant,
+    command: Option<C>,
 }
 
 /// What an activation remembers of recent keyed lookups.
@@ -104,7 +118,7 @@ pub struct Activation<B: Behavior> {
     version: u64,
     phase: Phase,
     batch: Batcher,
-    parked: Vec<Parked>,
+    parked: Vec<Parked<B::Command>>,
     caches: Option<Box<Caches>>,
     supervision: Option<Box<Supervision>>,
     /// Bumped whenever the state is thrown away or reloaded: answers to
@@ -346,6 +360,7 @@ impl<B: Behavior> Activation<B> {
         } = incoming;
         let env = self.env(fact);
         let name = B::message_name(&command);
+        let kept = B::may_park(&command).then(|| command.clone());
         // Log lines written while handling carry the request's ids.
         let _request = span.enter();
         // Spans below an unsampled request would be built and thrown away.
@@ -370,7 +385,7 @@ impl<B: Behavior> Activation<B> {
                     _ => "ok",
                 };
                 stats::message(B::KIND, name, outcome);
-                self.apply(step, Some((reply, idempotency, deadline)), ctx);
+                self.apply(step, Some((reply, idempotency, deadline, kept)), ctx);
             }
             Err(panic) => {
                 stats::message(B::KIND, name, ErrorCode::Internal.as_str());
@@ -384,7 +399,7 @@ impl<B: Behavior> Activation<B> {
     fn apply(
         &mut self,
         step: Step<B::State>,
-        caller: Option<(ReplyTx, Option<IdempotencyRequest>, Instant)>,
+        caller: Option<Caller<B::Command>>,
         ctx: &mut Context<Self>,
     ) {
         let Step {
@@ -399,6 +414,10 @@ impl<B: Behavior> Activation<B> {
         if let Some(state) = memo {
             self.state = state;
         }
+        debug_assert!(
+            lazy.is_none() || change.is_none(),
+            "a step is either lazy or a change"
+        );
         if let Some(state) = lazy {
             self.state = state;
             self.persist_lazily(ctx);
@@ -433,7 +452,7 @@ impl<B: Behavior> Activation<B> {
                 self.batch.open().settle = Some(settle.outcome);
             }
         }
-        if let Some((reply, idempotency, deadline)) = caller {
+        if let Some((reply, idempotency, deadline, command)) = caller {
             match plan {
                 ReplyPlan::Now(outcome) => {
                     if let Some(request) = idempotency {
@@ -448,7 +467,15 @@ impl<B: Behavior> Activation<B> {
                     }
                     self.answer(reply, Answer { outcome, replayed });
                 }
-                ReplyPlan::Park => self.park(reply, replayed, deadline, ctx),
+                ReplyPlan::Park => self.park(
+                    Parked {
+                        reply,
+                        replayed,
+                        deadline,
+                        command,
+                    },
+                    ctx,
+                ),
                 ReplyPlan::Journal { after, limit } => {
                     self.batch.open().journal.push((reply, after, limit));
                 }
@@ -466,23 +493,19 @@ impl<B: Behavior> Activation<B> {
 
     /// Parks a caller until the behaviour settles or its deadline passes,
     /// whichever comes first: a caller gone is answered `504` and forgotten.
-    fn park(&mut self, reply: ReplyTx, replayed: bool, deadline: Instant, ctx: &mut Context<Self>) {
+    fn park(&mut self, parked: Parked<B::Command>, ctx: &mut Context<Self>) {
         // As many waiting callers as a mailbox holds messages, no more.
         if self.parked.len() >= self.runtime.options().mailbox_capacity {
             return self.respond(
-                reply,
+                parked.reply,
                 Answer::error(
                     ErrorCode::Overloaded,
                     format!("too many callers wait on {}; retry later", self.address),
                 ),
             );
         }
-        self.parked.push(Parked {
-            reply,
-            replayed,
-            deadline,
-        });
-        let wait = deadline.saturating_duration_since(Instant::now());
+        let wait = parked.deadline.saturating_duration_since(Instant::now());
+        self.parked.push(parked);
         ctx.run_later(wait, |act, ctx| {
             let now = Instant::now();
             let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut act.parked)
@@ -502,20 +525,31 @@ impl<B: Behavior> Activation<B> {
         });
     }
 
-    /// Answers every parked caller after a reload found nothing left to
-    /// settle them: with the settled outcome when the durable state has
-    /// one (a failed transfer whose record did land), else `503` to retry.
-    fn release_parked(&mut self, message: &str) {
-        let settled = B::settled(&self.state, &self.env(None));
+    /// After a reload, hands every parked caller's command to the reloaded
+    /// state again and answers what it says: the settled outcome, a refusal
+    /// when the id now holds another body, or stays parked while its work
+    /// is still pending. A command that would start work anew (the work it
+    /// parked on was lost before it was durable) is answered `503`: the
+    /// client retries, with whatever body it means.
+    fn reconcile_parked(&mut self) {
+        let env = self.env(None);
         for parked in std::mem::take(&mut self.parked) {
-            let answer = match &settled {
-                Some(outcome) => Answer {
-                    outcome: outcome.clone(),
-                    replayed: parked.replayed,
-                },
-                None => Answer::error(ErrorCode::Unavailable, message),
+            let Some(command) = parked.command.clone() else {
+                self.respond(parked.reply, lost());
+                continue;
             };
-            self.respond(parked.reply, answer);
+            let step = catch_unwind(AssertUnwindSafe(|| B::handle(&self.state, command, &env)));
+            match step {
+                Ok(step) if step.change.is_none() && step.effects.is_empty() => match step.reply {
+                    ReplyPlan::Now(outcome) => {
+                        let replayed = parked.replayed || step.replayed;
+                        self.respond(parked.reply, Answer { outcome, replayed });
+                    }
+                    ReplyPlan::Park => self.parked.push(parked),
+                    ReplyPlan::Journal { .. } => self.respond(parked.reply, lost()),
+                },
+                _ => self.respond(parked.reply, lost()),
+            }
         }
     }
 

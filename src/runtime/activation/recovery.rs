@@ -43,15 +43,7 @@ impl<B: Behavior> Activation<B> {
                     act.phase = Phase::Ready;
                     act.bump_epoch();
                     act.caches = None;
-                    if !B::is_pending(&act.state) {
-                        // Whatever the parked callers waited for was lost
-                        // before it became durable: nothing will settle
-                        // them, and a later request under the same id may
-                        // carry another body. They retry.
-                        act.release_parked(
-                            "the work this request started was lost before it was durable; retry",
-                        );
-                    }
+                    act.reconcile_parked();
                     let resumed = B::resume(&act.state, &act.env(None));
                     act.ask_all(resumed, ctx);
                     act.recheck_later(ctx);
