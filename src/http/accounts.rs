@@ -1,39 +1,33 @@
 //! `/v1/accounts`: thin translations onto the account actor's messages.
+//! Each handler builds the typed command from a typed body or query; the
+//! JSON body is kept only to fingerprint a keyed request.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
-use troupe_actors::account::Account;
-use troupe_actors::Behavior;
+use troupe_actors::account::{
+    AccountView, AmountPayload, Command, EntriesPage, EntriesPayload, Movement, OpenPayload,
+};
+use troupe_actors::{AnyCommand, ErrorCode};
 use utoipa::IntoParams;
 
 use super::body::JsonBody;
 use super::context::RequestMeta;
 use super::error::ApiError;
 use super::openapi::ErrorBody;
-use super::{method_not_allowed, parse_id, send, Shape};
-use crate::runtime::Runtime;
-use troupe_actors::account::{AccountView, EntriesPage, Movement};
+use super::{deliver, keyed, method_not_allowed, parse_id, typed, Shape};
+use crate::runtime::{IdempotencyRequest, Runtime};
 
-/// Sends `message` to the account in the path.
+/// Sends a typed command to the account in the path.
 async fn to_account(
     rt: &Runtime,
     meta: &RequestMeta,
     id: String,
-    message: &str,
-    payload: serde_json::Value,
+    command: Command,
+    idempotency: Option<IdempotencyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(meta, id)?;
-    send(
-        rt,
-        meta,
-        Account::KIND,
-        id,
-        message,
-        payload,
-        Shape::Resource,
-    )
-    .await
+    let command = AnyCommand::Account(command);
+    deliver(rt, meta, id, command, idempotency, Shape::Resource).await
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -75,11 +69,11 @@ pub async fn open(
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     // PUT is idempotent by itself; a key adds nothing.
-    let meta = RequestMeta {
-        idempotency_key: None,
-        ..meta
-    };
-    to_account(&rt, &meta, id.into_inner(), "open", body.0).await
+    let payload: OpenPayload = typed(&meta, body.0)?;
+    let command = payload
+        .into_command()
+        .map_err(|e| meta.error(ErrorCode::InvalidRequest, e.to_string()))?;
+    to_account(&rt, &meta, id.into_inner(), command, None).await
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts",
@@ -89,7 +83,7 @@ pub async fn get(
     meta: RequestMeta,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    to_account(&rt, &meta, id.into_inner(), "get", json!({})).await
+    to_account(&rt, &meta, id.into_inner(), Command::Get, None).await
 }
 
 #[utoipa::path(post, path = "/v1/accounts/{id}/deposits", tag = "accounts",
@@ -102,7 +96,10 @@ pub async fn deposit(
     id: web::Path<String>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    to_account(&rt, &meta, id.into_inner(), "deposit", body.0).await
+    let idempotency = keyed(&meta, "deposit", &body.0);
+    let AmountPayload { amount } = typed(&meta, body.0)?;
+    let command = Command::Deposit { amount };
+    to_account(&rt, &meta, id.into_inner(), command, idempotency).await
 }
 
 #[utoipa::path(post, path = "/v1/accounts/{id}/withdrawals", tag = "accounts",
@@ -115,7 +112,10 @@ pub async fn withdraw(
     id: web::Path<String>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    to_account(&rt, &meta, id.into_inner(), "withdraw", body.0).await
+    let idempotency = keyed(&meta, "withdraw", &body.0);
+    let AmountPayload { amount } = typed(&meta, body.0)?;
+    let command = Command::Withdraw { amount };
+    to_account(&rt, &meta, id.into_inner(), command, idempotency).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -136,6 +136,8 @@ pub async fn entries(
     query: web::Query<EntriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let EntriesQuery { after, limit } = query.into_inner();
-    let payload = json!({ "after": after, "limit": limit });
-    to_account(&rt, &meta, id.into_inner(), "entries", payload).await
+    let command = EntriesPayload { after, limit }
+        .into_command()
+        .map_err(|e| meta.error(ErrorCode::InvalidRequest, e.to_string()))?;
+    to_account(&rt, &meta, id.into_inner(), command, None).await
 }

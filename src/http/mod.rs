@@ -15,7 +15,8 @@ use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use troupe_actors::kinds::{self, ParseFailure};
-use troupe_actors::{ActorId, Address, ErrorCode, Kind, Status};
+use troupe_actors::payload::payload;
+use troupe_actors::{ActorId, Address, AnyCommand, ErrorCode, Kind, Status};
 
 pub use context::RequestIds;
 pub use error::ApiError;
@@ -83,7 +84,21 @@ fn parse_id(meta: &RequestMeta, raw: String) -> Result<ActorId, ApiError> {
     ActorId::parse(raw).map_err(|e| meta.error(ErrorCode::InvalidRequest, e.to_string()))
 }
 
-/// Sends one message and turns the answer into a response.
+/// The client's idempotency request for `message` with `payload`, when the
+/// request carries a key.
+fn keyed(meta: &RequestMeta, message: &str, payload: &Value) -> Option<IdempotencyRequest> {
+    meta.idempotency_key
+        .clone()
+        .map(|key| IdempotencyRequest::new(key, message, payload))
+}
+
+/// A typed payload from a JSON body, parsed strictly; refused in the API's
+/// error shape.
+fn typed<T: serde::de::DeserializeOwned>(meta: &RequestMeta, body: Value) -> Result<T, ApiError> {
+    payload::<T>(body).map_err(|e| meta.error(ErrorCode::InvalidRequest, e.to_string()))
+}
+
+/// Sends a message by kind and name with a JSON payload (the actor API).
 async fn send(
     runtime: &Runtime,
     meta: &RequestMeta,
@@ -93,16 +108,25 @@ async fn send(
     payload: Value,
     shape: Shape,
 ) -> Result<HttpResponse, ApiError> {
-    let idempotency = meta
-        .idempotency_key
-        .clone()
-        .map(|key| IdempotencyRequest::new(key, message, &payload));
+    let idempotency = keyed(meta, message, &payload);
     let command = kinds::parse(kind, message, payload).map_err(|e| match e {
         ParseFailure::UnknownMessage { .. } => meta.error(ErrorCode::NotFound, e.to_string()),
         ParseFailure::Invalid(e) => meta.error(ErrorCode::InvalidRequest, e.to_string()),
     })?;
+    deliver(runtime, meta, id, command, idempotency, shape).await
+}
+
+/// Sends one typed command and turns the answer into a response.
+async fn deliver(
+    runtime: &Runtime,
+    meta: &RequestMeta,
+    id: ActorId,
+    command: AnyCommand,
+    idempotency: Option<IdempotencyRequest>,
+    shape: Shape,
+) -> Result<HttpResponse, ApiError> {
     let address = Address::new(command.kind(), id);
-    tracing::debug!(actor.kind = address.kind.as_str(), actor.id = %address.id, message, "sending");
+    tracing::debug!(actor.kind = address.kind.as_str(), actor.id = %address.id, message = command.name(), "sending");
     let answer = runtime
         .ask(address, command, meta.deadline, idempotency)
         .await;

@@ -1,17 +1,17 @@
-//! `/v1/transfers`: thin translations onto the transfer actor's messages.
+//! `/v1/transfers`: thin translations onto the transfer actor's messages,
+//! built as typed commands.
 
 use actix_web::{web, HttpResponse};
-use serde_json::{json, Value};
-use troupe_actors::transfer::Transfer;
-use troupe_actors::{ActorId, Behavior, ErrorCode};
+use serde_json::Value;
+use troupe_actors::transfer::{Command, StartPayload, TransferView};
+use troupe_actors::{ActorId, AnyCommand, ErrorCode};
 
 use super::body::JsonBody;
 use super::context::RequestMeta;
 use super::error::ApiError;
 use super::openapi::{ErrorBody, TransferRequest};
-use super::{method_not_allowed, parse_id, send, Shape};
+use super::{deliver, method_not_allowed, parse_id, typed, Shape};
 use crate::runtime::Runtime;
-use troupe_actors::transfer::TransferView;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -58,21 +58,11 @@ pub async fn start(
     };
     // The transfer's id is its idempotency key: the transfer actor binds
     // the id to the first body it sees, durably and with no expiry. A
-    // separate idempotency record would only be a second, weaker binding.
-    let meta = RequestMeta {
-        idempotency_key: None,
-        ..meta
-    };
-    send(
-        &rt,
-        &meta,
-        Transfer::KIND,
-        id,
-        "start",
-        payload,
-        Shape::Resource,
-    )
-    .await
+    // separate idempotency record would only be a second, weaker binding,
+    // so none is sent.
+    let StartPayload { from, to, amount } = typed(&meta, payload)?;
+    let command = AnyCommand::Transfer(Command::Start { from, to, amount });
+    deliver(&rt, &meta, id, command, None, Shape::Resource).await
 }
 
 /// A transfer id from an idempotency key (stable), or a fresh one.
@@ -93,14 +83,6 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&meta, id.into_inner())?;
-    send(
-        &rt,
-        &meta,
-        Transfer::KIND,
-        id,
-        "get",
-        json!({}),
-        Shape::Resource,
-    )
-    .await
+    let command = AnyCommand::Transfer(Command::Get);
+    deliver(&rt, &meta, id, command, None, Shape::Resource).await
 }
