@@ -185,6 +185,33 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// The value of one series of `/metrics` (its full name and labels, as
+    /// printed), if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get("/metrics").await.text().await.ok()?;
+        text.lines().find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    /// Polls `/metrics` until `series` satisfies `holds` (shards report every
+    /// 250 ms); panics with the last value after five seconds.
+    pub async fn wait_metric(&self, series: &str, holds: impl Fn(f64) -> bool) -> f64 {
+        let mut last = None;
+        for _ in 0..100 {
+            last = self.metric(series).await;
+            if let Some(v) = last.filter(|v| holds(*v)) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{series} never held; last value {last:?}");
+    }
+}
+
 pub async fn json_of(response: Response) -> Value {
     response.json().await.expect("a JSON body")
 }

@@ -86,7 +86,13 @@ async fn keys_survive_passivation_because_they_live_in_the_store() {
         .await;
     app.post_with_key("/v1/accounts/a/deposits", "newer", json!({"amount": 7}))
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Passivated for real: its cache of keys is gone with it.
+    app.wait_metric(r#"troupe_actor_passivations_total{kind="account"}"#, |n| {
+        n >= 1.0
+    })
+    .await;
+    app.wait_metric(r#"troupe_actors_live{kind="account"}"#, |n| n == 0.0)
+        .await;
     let r = app
         .post_with_key("/v1/accounts/a/deposits", "old", json!({"amount": 5}))
         .await;

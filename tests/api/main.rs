@@ -10,6 +10,7 @@ mod errors;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod exactly_once;
+mod group_commit;
 mod helpers;
 mod idempotency;
 mod ledger_load;

@@ -95,7 +95,13 @@ async fn idle_actors_are_passivated_and_come_back_with_their_state() {
     let app = spawn_app_with(TempDir::new().unwrap(), |s| s.runtime.idle_timeout_ms = 30).await;
     app.open("sleepy").await;
     app.deposit("sleepy", 9).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It really left memory: counted as passivated, nothing live.
+    app.wait_metric(r#"troupe_actor_passivations_total{kind="account"}"#, |n| {
+        n >= 1.0
+    })
+    .await;
+    app.wait_metric(r#"troupe_actors_live{kind="account"}"#, |n| n == 0.0)
+        .await;
     assert_eq!(app.balance("sleepy").await, 9);
     assert_eq!(
         json_of(app.deposit("sleepy", 1).await).await["version"],
