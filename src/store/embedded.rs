@@ -16,7 +16,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
@@ -104,6 +107,26 @@ impl EmbeddedStore {
 
     pub fn stats(&self) -> &WriterStats {
         &self.stats
+    }
+
+    /// Idempotency records held on disk, expired or not (reads filter the
+    /// expired ones; this counts what the sweep has yet to delete).
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn idempotency_rows(&self) -> Result<u64, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
+            let records = txn
+                .open_table(IDEMPOTENCY)
+                .map_err(|e| unavailable("open idempotency", e))?;
+            let index = txn
+                .open_table(EXPIRY)
+                .map_err(|e| unavailable("open expiry", e))?;
+            let count = |n: Result<u64, redb::StorageError>| n.map_err(|e| unavailable("count", e));
+            Ok(count(records.len())? + count(index.len())?)
+        })
+        .await
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>

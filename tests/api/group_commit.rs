@@ -1,4 +1,4 @@
-//! Group commit and supervision seen from outside, through a store whose
+//! Group commit, deadlines and supervision seen from outside, through a store whose
 //! loads can be held at a gate: every message sent while an actor waits for
 //! its state lands in one mailbox drain, so what README claims about a
 //! batch (one commit for all of it, replies only after it, a crash in the
@@ -229,4 +229,32 @@ async fn after_a_crash_whose_batch_could_not_commit_the_state_is_the_durable_one
         0,
         "the uncommitted deposit survived the restart"
     );
+}
+
+/// A message whose deadline passes while it waits in a mailbox is dropped
+/// unprocessed, counted, and its caller gets `504`: here it waits behind
+/// its actor's load, held longer than the request's `X-Request-Timeout`.
+#[actix_rt::test]
+async fn a_deadline_that_passes_in_the_mailbox_drops_the_message_unapplied() {
+    let (app, store) = gated_app().await;
+    opened_and_passivated(&app, "d").await;
+    store.hold_loads_of("account/d");
+    let late = app
+        .client
+        .post(app.url("/v1/accounts/d/deposits"))
+        .header("X-Request-Timeout", "150")
+        .json(&json!({"amount": 5}))
+        .send();
+    let opener = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        store.open();
+    };
+    let (late, ()) = futures_util::join!(late, opener);
+    assert_eq!(late.unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
+    app.wait_metric(
+        r#"troupe_actor_deadline_drops_total{kind="account"}"#,
+        |n| n >= 1.0,
+    )
+    .await;
+    assert_eq!(app.balance("d").await, 0, "the late deposit was applied");
 }

@@ -293,6 +293,47 @@ async fn the_embedded_store_coalesces_concurrent_commits_into_fewer_transactions
     );
 }
 
+/// Expired records are deleted, not only hidden from reads: the sweep
+/// removes them in chunks of its own, more than one chunk's worth here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_sweep_deletes_expired_records_in_chunks() {
+    let dir = TempDir::new().unwrap();
+    let store = EmbeddedStore::open(dir.path(), options(Duration::from_secs(1))).unwrap();
+    for batch in 0..3 {
+        let mut c = commit(&format!("account/s{batch}"), 0, "v", &[]);
+        c.idempotency = (0..400)
+            .map(|i| IdempotencyWrite {
+                key: format!("k-{i}"),
+                value: b"r".to_vec(),
+            })
+            .collect();
+        store.commit(c).await.unwrap();
+    }
+    assert_eq!(store.idempotency_rows().await.unwrap(), 2 * 1200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    store.sweep().await;
+    let mut rows = u64::MAX;
+    for _ in 0..100 {
+        rows = store.idempotency_rows().await.unwrap();
+        if rows == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rows, 0, "expired records still on disk");
+    // A record written after the sweep started is kept.
+    let mut fresh = commit("account/s0", 1, "w", &[]);
+    fresh.idempotency.push(IdempotencyWrite {
+        key: "new".into(),
+        value: b"r".to_vec(),
+    });
+    store.commit(fresh).await.unwrap();
+    store.sweep().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.idempotency_rows().await.unwrap(), 2);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn redis_down_is_unavailable_within_the_timeout_and_redis_back_recovers() {
     let mut server = RedisServer::start();
