@@ -110,12 +110,31 @@ async fn a_write_whose_outcome_is_unknown_is_never_applied_twice() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Either the first attempt landed after all (and the retry replays it)
-    // or the actor's fence got there first (and the retry applies it):
-    // exactly once either way.
-    answer.expect("the retry succeeds");
+    // The first attempt may land when the pause ends, or be dropped with
+    // its timed-out connection. Each has exactly one correct outcome, and
+    // in both the actor must have fenced the unknown outcome off before
+    // trusting what it read (a fence writes the state back at the next
+    // version):
+    // - the first attempt landed: open 1, deposit 2, fence 3; the retry replays;
+    // - it never landed: open 1, fence 2, and the retry applies it: 3.
+    let answer = answer.expect("the retry succeeds");
+    let replayed = answer.headers().get("idempotent-replayed").is_some();
+    eprintln!(
+        "unknown outcome resolved: {}",
+        if replayed {
+            "the first attempt landed and the retry replayed it"
+        } else {
+            "the first attempt never landed; the fence ran and the retry applied it"
+        }
+    );
     assert_eq!(app.balance("a").await, 5);
     assert_eq!(all_entries(&app.client, &app.address, "a").await.len(), 1);
+    let account = json_of(app.get("/v1/accounts/a").await).await;
+    assert_eq!(
+        account["version"],
+        json!(3),
+        "replayed {replayed}: {account}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

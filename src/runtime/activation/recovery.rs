@@ -51,9 +51,10 @@ impl<B: Behavior> Activation<B> {
                 Err(e) => {
                     tracing::warn!(actor = %act.address, error.message = %e, "loading state failed");
                     act.phase = Phase::Unloaded { fence };
-                    // Unfinished work must not wait for a client to come by:
+                    // Unfinished work, and a commit of unknown outcome still
+                    // to fence off, must not wait for a client to come by:
                     // keep trying (and stay active) until the store answers.
-                    if B::is_pending(&act.state) || !act.parked.is_empty() {
+                    if fence || B::is_pending(&act.state) || !act.parked.is_empty() {
                         let retry = act.runtime.options().retry_interval;
                         ctx.run_later(retry, |act, ctx| {
                             if matches!(act.phase, Phase::Unloaded { .. }) {
@@ -115,6 +116,9 @@ impl<B: Behavior> Activation<B> {
     fn is_pinned(&self) -> bool {
         match self.phase {
             Phase::Loading | Phase::Restarting { .. } | Phase::Crashed { .. } => true,
+            // A commit of unknown outcome is fenced off by this activation:
+            // a new one would not know it has to.
+            Phase::Unloaded { fence: true } => true,
             Phase::Unloaded { .. } | Phase::Ready => {
                 self.batch.flush_scheduled
                     || self.lazy
