@@ -61,6 +61,7 @@ impl Cli {
                 .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
                 .collect(),
             remote: Vec::new(),
+            environment: None,
         }
     }
 }

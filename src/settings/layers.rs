@@ -45,7 +45,8 @@ impl Sources {
         let env = Environment::with_prefix("TROUPE")
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true);
+            .try_parsing(true)
+            .source(self.environment.clone());
         layers.push((
             "environment (TROUPE__*)".to_owned(),
             Config::builder().add_source(env).build()?,

@@ -169,6 +169,10 @@ pub struct Sources {
     /// `(dotted.key, value)` pairs from the remote store (etcd), between
     /// the environment and the flags.
     pub remote: Vec<(String, String)>,
+    /// The `TROUPE__*` variables to read; `None` reads the process
+    /// environment. Tests pass theirs here rather than mutate the process's,
+    /// which concurrent tests in one process would see.
+    pub environment: Option<std::collections::HashMap<String, String>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,8 @@ fn sources(dir: &Path, env: &str) -> Sources {
         env: Some(env.into()),
         overrides: Vec::new(),
         remote: Vec::new(),
+        // Never the process's: tests in one process must not see each other's.
+        environment: Some(Default::default()),
     }
 }
 
@@ -37,9 +39,14 @@ fn each_layer_overrides_the_ones_below_and_is_named_as_the_origin() {
         "[server]\nport = 2222\n[runtime]\nidle_timeout_ms = 5\neffect_timeout_ms = 6\n",
     );
     write(dir.path(), "local.toml", "[runtime]\nidle_timeout_ms = 7\n");
-    // SAFETY of the test: nextest runs each test in its own process.
-    std::env::set_var("TROUPE__RUNTIME__DEFAULT_TIMEOUT_MS", "1234");
     let mut s = sources(dir.path(), "staging");
+    s.environment = Some(
+        [(
+            "TROUPE__RUNTIME__DEFAULT_TIMEOUT_MS".to_owned(),
+            "1234".to_owned(),
+        )]
+        .into(),
+    );
     s.remote = vec![
         ("runtime.max_timeout_ms".into(), "9999".into()),
         ("server.port".into(), "4444".into()),
@@ -47,7 +54,6 @@ fn each_layer_overrides_the_ones_below_and_is_named_as_the_origin() {
     s.overrides = vec![("server.port".into(), "3333".into())];
 
     let (settings, origins) = Settings::load_with_origins(&s).unwrap();
-    std::env::remove_var("TROUPE__RUNTIME__DEFAULT_TIMEOUT_MS");
 
     assert_eq!(settings.server.port, 3333);
     assert_eq!(origins.layer("server.port"), Some("flags"));
@@ -118,10 +124,10 @@ fn bad_values_are_refused_with_the_key_the_value_and_the_layer() {
 
 #[test]
 fn a_bad_environment_variable_names_the_environment() {
-    std::env::set_var("TROUPE__RUNTIME__MAX_TIMEOUT_MS", "1");
     let dir = TempDir::new().unwrap();
-    let e = Settings::load(&sources(dir.path(), "development")).unwrap_err();
-    std::env::remove_var("TROUPE__RUNTIME__MAX_TIMEOUT_MS");
+    let mut s = sources(dir.path(), "development");
+    s.environment = Some([("TROUPE__RUNTIME__MAX_TIMEOUT_MS".to_owned(), "1".to_owned())].into());
+    let e = Settings::load(&s).unwrap_err();
     assert!(
         matches!(
             &e,

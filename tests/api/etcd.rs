@@ -101,6 +101,7 @@ async fn app_following(etcd_url: &str, config: &Path) -> TestApp {
             ("server.workers".into(), "2".into()),
         ],
         remote: Vec::new(),
+        environment: None,
     };
     spawn_app_reloading(TempDir::new().unwrap(), sources).await
 }

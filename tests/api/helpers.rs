@@ -32,6 +32,8 @@ pub fn test_settings(dir: &Path) -> Settings {
             ("store.path".into(), dir.display().to_string()),
         ],
         remote: Vec::new(),
+        // The suite's servers never read the process environment.
+        environment: Some(Default::default()),
     };
     Settings::load(&sources).expect("test settings load")
 }
