@@ -81,6 +81,97 @@ async fn redis_down_answers_503_with_retry_after_and_redis_back_recovers_without
     );
 }
 
+/// A Redis that hangs (SIGSTOP: connections stay open, nothing answers)
+/// is bounded like one that is gone: every kind of request that needs it
+/// answers `503` with `Retry-After` within a few command timeouts (a keyed
+/// write does a lookup and a commit, a transfer several steps), and the
+/// service carries on when Redis does.
+#[actix_rt::test]
+async fn a_hung_redis_answers_503_for_every_kind_of_request_and_the_service_carries_on() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| {
+        redis.configure(s);
+        s.store.redis.command_timeout_ms = 300;
+    })
+    .await;
+    app.open("a").await;
+    app.open("b").await;
+    assert_eq!(app.deposit("a", 100).await.status(), StatusCode::OK);
+
+    redis.freeze(true);
+    // Bounded, not fast: a request that hung would never answer at all.
+    async fn bounded(
+        what: &'static str,
+        r: impl std::future::Future<Output = reqwest::Response>,
+    ) -> (&'static str, reqwest::Response) {
+        let r = tokio::time::timeout(Duration::from_secs(10), r)
+            .await
+            .unwrap_or_else(|_| panic!("{what} hung with Redis"));
+        (what, r)
+    }
+    let requests = [
+        bounded("deposit", app.deposit("a", 1)).await,
+        bounded(
+            "keyed deposit",
+            app.post_with_key("/v1/accounts/b/deposits", "k", json!({"amount": 1})),
+        )
+        .await,
+        bounded("cold read", app.get("/v1/accounts/never-loaded")).await,
+        bounded(
+            "transfer",
+            app.post(
+                "/v1/transfers",
+                json!({"id": "t-h", "from": "a", "to": "b", "amount": 1}),
+            ),
+        )
+        .await,
+    ];
+    for (what, r) in requests {
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        assert_eq!(r.headers()["retry-after"], "1", "{what}");
+    }
+    redis.freeze(false);
+
+    let mut recovered = false;
+    for _ in 0..100 {
+        if app.deposit("a", 1).await.status() == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recovered, "the service did not carry on after Redis did");
+}
+
+/// The service starts while Redis is down, is not ready, and becomes ready
+/// when Redis comes, without a restart.
+#[actix_rt::test]
+async fn the_service_starts_without_redis_and_becomes_ready_when_it_comes() {
+    let dir = TempDir::new().unwrap();
+    let mut redis = RedisServer::start_durable(dir.path(), free_port());
+    redis.kill();
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| {
+        redis.configure(s);
+        s.store.redis.command_timeout_ms = 300;
+    })
+    .await;
+    assert_eq!(
+        app.get("/readyz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    redis.restart();
+    let mut ready = false;
+    for _ in 0..100 {
+        if app.get("/readyz").await.status() == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "never became ready");
+    app.open("late").await;
+}
+
 #[actix_rt::test]
 async fn a_write_whose_outcome_is_unknown_is_never_applied_twice() {
     let redis = RedisServer::start();

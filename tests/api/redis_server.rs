@@ -90,6 +90,20 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP (`hung`) or SIGCONT: a Redis that accepts connections and
+    /// answers nothing, then carries on.
+    pub fn freeze(&self, hung: bool) {
+        let signal = if hung {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, signal).expect("signal redis-server");
+        }
+    }
+
     /// Starts again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
