@@ -215,3 +215,52 @@ async fn editing_a_file_reloads_the_running_server_and_invalid_edits_are_rejecte
     );
     assert_eq!(app.app_runtime.options().mailbox_capacity, 1024);
 }
+
+/// Through the binary, as an operator runs it: `troupe config` prints every
+/// effective setting with the layer it came from, and a bad value stops
+/// start-up with a message naming the key, the value and the layer, before
+/// anything binds a port.
+#[tokio::test]
+async fn the_binary_prints_its_settings_and_refuses_a_bad_value() {
+    let binary = env!("CARGO_BIN_EXE_troupe");
+    let printed = tokio::process::Command::new(binary)
+        .arg("--config-dir")
+        .arg(crate::helpers::config_dir())
+        .arg("config")
+        .env("TROUPE__RUNTIME__IDLE_TIMEOUT_MS", "4321")
+        .output()
+        .await
+        .unwrap();
+    assert!(printed.status.success());
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l == "runtime.idle_timeout_ms = 4321    # environment (TROUPE__*)"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("store.backend = embedded    # ")),
+        "{text}"
+    );
+
+    let refused = tokio::process::Command::new(binary)
+        .arg("--config-dir")
+        .arg(crate::helpers::config_dir())
+        .args(["--port", "0"])
+        .env("TROUPE__RUNTIME__MAILBOX_CAPACITY", "0")
+        .env("RUST_BACKTRACE", "0")
+        .output();
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(30), refused)
+        .await
+        .expect("start-up stops instead of serving")
+        .unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("runtime.mailbox_capacity")
+            && message.contains("\"0\"")
+            && message.contains("environment"),
+        "{message}"
+    );
+}
