@@ -87,3 +87,39 @@ async fn sigterm_turns_readyz_503_then_exits_zero() {
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// SIGTERM under load: requests already in flight finish and what they
+/// acknowledged is durable, the listener refuses new connections once the
+/// drain delay has passed, and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_in_flight_work_refuses_new_connections_and_exits() {
+    let dir = TempDir::new().unwrap();
+    let port = free_port();
+    let env = [("TROUPE__SERVER__DRAIN_DELAY_MS", "300")];
+    let mut child = Child::start(dir.path(), port, &env).await;
+    let client = Client::new();
+    fund(&client, &child.address).await;
+    let load = Load::start_round(&client, &child.address, 8, 7);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    kill(child.pid(), Signal::SIGTERM).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let fresh = Client::new()
+        .get(format!("{}/healthz", child.address))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        fresh.is_err(),
+        "a new connection was served after the drain delay"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), child.process.wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let (acked, started) = load.finish().await;
+
+    let child = Child::start(dir.path(), port, &[]).await;
+    audit(&client, &child.address, &acked, &started).await;
+}
