@@ -89,9 +89,7 @@ impl Shard {
     pub fn new(index: usize, runtime: Runtime, ctx: &mut Context<Self>) -> Self {
         let options = runtime.options();
         ctx.set_mailbox_capacity(options.shard_mailbox_capacity);
-        let sweep =
-            (options.idle_timeout / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
-        ctx.run_interval(sweep, Shard::passivate_idle);
+        Shard::sweep_later(ctx, options.idle_timeout);
         ctx.run_interval(stats::REPORT_EVERY, Shard::report);
         Self {
             index,
@@ -174,8 +172,17 @@ impl Shard {
         true
     }
 
-    fn passivate_idle(&mut self, _ctx: &mut Context<Self>) {
+    /// Schedules the next sweep for idle activations at half the idle
+    /// timeout read now, so a reloaded `runtime.idle_timeout_ms` takes effect
+    /// from the next sweep on.
+    fn sweep_later(ctx: &mut Context<Self>, idle: Duration) {
+        let every = (idle / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        ctx.run_later(every, Shard::passivate_idle);
+    }
+
+    fn passivate_idle(&mut self, ctx: &mut Context<Self>) {
         let idle = self.runtime.options().idle_timeout;
+        Shard::sweep_later(ctx, idle);
         let now = Instant::now();
         let before = self.directory.len();
         self.directory.retain(|(kind, _), slot| {

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use reqwest::StatusCode;
 use serde_json::Value;
 use tempfile::TempDir;
 use troupe::settings::{Settings, SettingsError, Sources};
@@ -214,6 +215,61 @@ async fn editing_a_file_reloads_the_running_server_and_invalid_edits_are_rejecte
         Value::String("1234".into())
     );
     assert_eq!(app.app_runtime.options().mailbox_capacity, 1024);
+}
+
+/// A reload changes behaviour, not only `/config`: a shorter idle timeout
+/// passivates, a smaller mailbox refuses bursts, and a supervision limit of
+/// no restarts gives up on the first panic.
+#[actix_rt::test]
+async fn reloaded_runtime_settings_change_what_the_runtime_does() {
+    let config = TempDir::new().unwrap();
+    let mut s = sources(config.path(), "development");
+    s.overrides = vec![
+        ("server.port".into(), "0".into()),
+        ("server.workers".into(), "2".into()),
+    ];
+    let app = spawn_app_reloading(TempDir::new().unwrap(), s).await;
+    app.open("kept").await;
+    // The default idle timeout is a minute: nothing leaves memory.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        app.metric(r#"troupe_actors_live{kind="account"}"#).await,
+        Some(1.0)
+    );
+
+    write(
+        config.path(),
+        "local.toml",
+        "[runtime]
+idle_timeout_ms = 50
+mailbox_capacity = 1
+[runtime.supervision]
+max_restarts = 0
+",
+    );
+    assert!(eventually(&app, "runtime.supervision.max_restarts", "0").await);
+    app.wait_metric(r#"troupe_actors_live{kind="account"}"#, |n| n == 0.0)
+        .await;
+
+    app.open("burst").await;
+    let burst = futures_util::future::join_all((0..200).map(|_| app.deposit("burst", 1))).await;
+    assert!(
+        burst
+            .iter()
+            .any(|r| r.status() == StatusCode::TOO_MANY_REQUESTS),
+        "a mailbox of one never overflowed"
+    );
+
+    app.open("fragile").await;
+    let crash = app
+        .post("/v1/actors/account/fragile/crash", serde_json::json!({}))
+        .await;
+    assert_eq!(crash.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        app.get("/v1/accounts/fragile").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "with no restarts allowed, the actor gives up at once"
+    );
 }
 
 /// Through the binary, as an operator runs it: `troupe config` prints every
