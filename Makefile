@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run run-etcd test bench bench-http lint fmt clean deps docker up down
+.PHONY: help run run-etcd test bench bench-http lint fmt clean deps docker up down mutants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,11 @@ bench: ## Criterion benches: in-process round trip, domain apply
 bench-http: ## Release build + wrk: baseline vs reads vs durable deposits, 1 and 2 workers
 	scripts/deps.sh bench
 	scripts/bench-http.sh
+
+mutants: ## Mutation testing of the runtime and the stores (hours; not part of `make test`)
+	@scripts/deps.sh test
+	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
+	$(CARGO) mutants --test-tool nextest --all-features --file 'src/runtime/**' --file 'src/store/**'
 
 lint: ## fmt --check, clippy -D warnings, Dockerfile/compose/Prometheus/Grafana checks
 	$(CARGO) fmt --all -- --check

@@ -174,3 +174,50 @@ async fn a_dead_shard_answers_503_and_its_replacement_serves_its_actors() {
     let got = ask(runtime.clone(), Command::Get).await.outcome.unwrap();
     assert_eq!(got.body["balance"], json!(7));
 }
+
+/// A metrics sink that stopped keeping up: the shards never wait on it,
+/// and every report its full mailbox refused is counted.
+#[actix_rt::test]
+async fn reports_a_full_metrics_mailbox_refuses_are_dropped_and_counted() {
+    struct Stuck;
+    impl actix::Actor for Stuck {
+        type Context = actix::Context<Self>;
+        fn started(&mut self, ctx: &mut Self::Context) {
+            ctx.set_mailbox_capacity(1);
+        }
+    }
+    impl actix::Handler<troupe::runtime::RuntimeReport> for Stuck {
+        type Result = ();
+        fn handle(&mut self, _: troupe::runtime::RuntimeReport, _: &mut Self::Context) {
+            // Holds its thread: the mailbox fills and stays full.
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    }
+    let dir = TempDir::new().unwrap();
+    let settings = crate::helpers::test_settings(dir.path());
+    let store: std::sync::Arc<dyn troupe::store::Store> = std::sync::Arc::new(
+        troupe::store::EmbeddedStore::open(dir.path(), settings.store_options()).unwrap(),
+    );
+    let runtime = troupe::runtime::Runtime::start(store, settings.runtime_options(), 2);
+    let arbiter = actix::Arbiter::new();
+    let stuck = <Stuck as actix::Actor>::start_in_arbiter(&arbiter.handle(), |_| Stuck);
+    runtime.set_metrics_sink(stuck.recipient());
+    // Two shards report every 250 ms; the sink takes one and holds it.
+    let mut dropped = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        dropped = runtime.dropped_reports();
+        if dropped >= 3 {
+            break;
+        }
+    }
+    assert!(dropped >= 3, "only {dropped} reports counted as dropped");
+    // And the runtime itself still answers at once.
+    let address = Address::new(troupe_actors::Kind::Account, ActorId::parse("m").unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let answer = runtime
+        .ask(address, AnyCommand::Account(Command::Get), deadline, None)
+        .await;
+    assert_eq!(answer.outcome.unwrap_err().code, ErrorCode::NotFound);
+    arbiter.stop();
+}
