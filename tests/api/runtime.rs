@@ -221,3 +221,31 @@ async fn reports_a_full_metrics_mailbox_refuses_are_dropped_and_counted() {
     assert_eq!(answer.outcome.unwrap_err().code, ErrorCode::NotFound);
     arbiter.stop();
 }
+
+/// `runtime.max_activations` caps live activations across the shards: past
+/// it the least recently used idle ones are passivated to make room, and
+/// they come back from the store when asked.
+#[actix_rt::test]
+async fn live_activations_stay_within_the_cap_and_evicted_ones_come_back() {
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| {
+        s.runtime.max_activations = 2;
+        s.runtime.idle_timeout_ms = 600_000;
+    })
+    .await;
+    for i in 0..10 {
+        app.open(&format!("cap-{i}")).await;
+    }
+    let live = app
+        .wait_metric(r#"troupe_actor_passivations_total{kind="account"}"#, |n| {
+            n >= 8.0
+        })
+        .await;
+    assert!(live >= 8.0);
+    let live = app
+        .metric(r#"troupe_actors_live{kind="account"}"#)
+        .await
+        .unwrap_or(f64::MAX);
+    assert!(live <= 2.0, "{live} live activations with a cap of 2");
+    assert_eq!(app.deposit("cap-0", 3).await.status(), StatusCode::OK);
+    assert_eq!(app.balance("cap-0").await, 3);
+}
