@@ -123,3 +123,38 @@ async fn sigterm_under_load_finishes_in_flight_work_refuses_new_connections_and_
     let child = Child::start(dir.path(), port, &[]).await;
     audit(&client, &child.address, &acked, &started).await;
 }
+
+/// After a crash, unfinished work finishes with no client asking about it:
+/// the restarted server wakes every actor the store lists as unfinished,
+/// and nothing is left listed once they are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_unfinished_work_finishes_without_any_request() {
+    let dir = TempDir::new().unwrap();
+    let port = free_port();
+    let env = [("TROUPE__RUNTIME__RETRY_INTERVAL_MS", "200")];
+    let mut child = Child::start(dir.path(), port, &env).await;
+    let client = Client::new();
+    fund(&client, &child.address).await;
+    let load = Load::start_round(&client, &child.address, 16, 9);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    kill(child.pid(), Signal::SIGKILL).unwrap();
+    child.process.wait().await.unwrap();
+    load.finish().await;
+
+    let mut child = Child::start(dir.path(), port, &env).await;
+    // No request at all: only the server's own resumption runs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    kill(child.pid(), Signal::SIGTERM).unwrap();
+    child.process.wait().await.unwrap();
+
+    let options = troupe::store::StoreOptions {
+        idempotency_retention: Duration::from_secs(60),
+        max_batch: 16,
+        queue: 16,
+    };
+    let store = troupe::store::EmbeddedStore::open(dir.path(), options).unwrap();
+    use troupe::store::Store as _;
+    let pending = store.pending().await.unwrap();
+    store.close().await;
+    assert!(pending.is_empty(), "still unfinished: {pending:?}");
+}
