@@ -318,6 +318,34 @@ impl Store for FaultyStore {
     }
 }
 
+/// A test server on a [`FaultyStore`] (disarmed) with accounts `a` (100)
+/// and `b` (0), the usual cast of a transfer under faults.
+async fn faulty_app(
+    fault: Fault,
+    slow: Duration,
+    tweak: impl FnOnce(&mut troupe::settings::Settings),
+) -> (TestApp, Arc<FaultyStore>) {
+    let slot = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
+    let keep = slot.clone();
+    let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
+        let faulty = Arc::new(FaultyStore {
+            inner,
+            fault,
+            armed: AtomicBool::new(false),
+            seen: AtomicUsize::new(0),
+            slow,
+        });
+        *keep.lock().unwrap() = Some(faulty.clone());
+        faulty
+    });
+    let app = spawn_app_layered(tweak, layer).await;
+    app.open("a").await;
+    app.open("b").await;
+    app.deposit("a", 100).await;
+    let faulty = slot.lock().unwrap().clone().unwrap();
+    (app, faulty)
+}
+
 /// Every store call a transfer makes, failed in turn: the transfer's and
 /// both accounts' commits (lost, or applied and reported lost), loads and
 /// fact reads, first and second of each. Each time, money is conserved,
@@ -344,33 +372,13 @@ async fn a_transfer_survives_a_store_fault_at_every_step() {
         }
     }
     for fault in cases {
-        let armed = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
-        let slot = armed.clone();
-        let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
-            let faulty = Arc::new(FaultyStore {
-                inner,
-                fault,
-                armed: AtomicBool::new(false),
-                seen: AtomicUsize::new(0),
-                slow: Duration::ZERO,
-            });
-            *slot.lock().unwrap() = Some(faulty.clone());
-            faulty
-        });
-        let app = spawn_app_layered(
-            |s| {
-                s.runtime.retry_interval_ms = 100;
-                s.runtime.idle_timeout_ms = 50;
-            },
-            layer,
-        )
+        let (app, faulty) = faulty_app(fault, Duration::ZERO, |s| {
+            s.runtime.retry_interval_ms = 100;
+            s.runtime.idle_timeout_ms = 50;
+        })
         .await;
-        app.open("a").await;
-        app.open("b").await;
-        app.deposit("a", 100).await;
         // Passivate both, so loads happen with the fault armed.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let faulty = armed.lock().unwrap().clone().unwrap();
         faulty.armed.store(true, Ordering::SeqCst);
 
         let r = app
@@ -420,7 +428,6 @@ async fn a_transfer_survives_a_store_fault_at_every_step() {
         }
         // Nothing stays unfinished: the source's outbox empties even when
         // the write that empties it is the one that failed.
-        let faulty = armed.lock().unwrap().clone().unwrap();
         let mut pending = Vec::new();
         for _ in 0..40 {
             pending = faulty.inner.pending().await.unwrap();
@@ -445,36 +452,18 @@ async fn a_transfer_survives_a_store_fault_at_every_step() {
 /// attacker reuses the id with another amount.
 #[actix_rt::test]
 async fn a_leg_answer_waits_for_the_commit_of_the_step_that_asked() {
-    let slot = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
-    let keep = slot.clone();
     let fault = Fault {
         op: "commit",
         actor: "transfer/t",
         nth: 1,
         after_apply: false,
     };
-    let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
-        let faulty = Arc::new(FaultyStore {
-            inner,
-            fault,
-            armed: AtomicBool::new(false),
-            seen: AtomicUsize::new(0),
-            slow: Duration::from_millis(150),
-        });
-        *keep.lock().unwrap() = Some(faulty.clone());
-        faulty
-    });
     // The account re-offers its outbox after a second: the attacker is faster.
-    let app = spawn_app_layered(|s| s.runtime.retry_interval_ms = 1000, layer).await;
-    app.open("a").await;
-    app.open("b").await;
-    app.deposit("a", 100).await;
-    slot.lock()
-        .unwrap()
-        .clone()
-        .unwrap()
-        .armed
-        .store(true, Ordering::SeqCst);
+    let (app, faulty) = faulty_app(fault, Duration::from_millis(150), |s| {
+        s.runtime.retry_interval_ms = 1000
+    })
+    .await;
+    faulty.armed.store(true, Ordering::SeqCst);
 
     let start = app.post(
         "/v1/transfers",
@@ -585,8 +574,6 @@ async fn a_quiet_source_account_writes_its_settled_outbox_on_its_own() {
 /// transfer goes on and completes once the store answers again.
 #[actix_rt::test]
 async fn a_parked_caller_is_answered_at_its_deadline_and_forgotten() {
-    let slot = Arc::new(std::sync::Mutex::new(None::<Arc<FaultyStore>>));
-    let keep = slot.clone();
     // Every fact read of the source fails while armed: the debit is retried.
     let fault = Fault {
         op: "fact",
@@ -594,22 +581,8 @@ async fn a_parked_caller_is_answered_at_its_deadline_and_forgotten() {
         nth: 0,
         after_apply: false,
     };
-    let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
-        let faulty = Arc::new(FaultyStore {
-            inner,
-            fault,
-            armed: AtomicBool::new(false),
-            seen: AtomicUsize::new(0),
-            slow: Duration::ZERO,
-        });
-        *keep.lock().unwrap() = Some(faulty.clone());
-        faulty
-    });
-    let app = spawn_app_layered(|s| s.runtime.ask_max_backoff_ms = 50, layer).await;
-    app.open("a").await;
-    app.open("b").await;
-    app.deposit("a", 100).await;
-    let faulty = slot.lock().unwrap().clone().unwrap();
+    let (app, faulty) =
+        faulty_app(fault, Duration::ZERO, |s| s.runtime.ask_max_backoff_ms = 50).await;
     faulty.armed.store(true, Ordering::SeqCst);
 
     let r = app
