@@ -12,6 +12,8 @@ case "${1:-test}" in
     command -v promtool >/dev/null 2>&1 || need+=(prometheus)
     # The remote-configuration tests start their own etcd.
     command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+    # One test watches the binary's fsyncs under strace.
+    command -v strace >/dev/null 2>&1 || need+=(strace)
     # etcd-client compiles etcd's protobuf definitions.
     command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
     ;;

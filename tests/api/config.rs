@@ -320,3 +320,64 @@ async fn the_binary_prints_its_settings_and_refuses_a_bad_value() {
         "{message}"
     );
 }
+
+/// `log.filter` edited in a file reaches the running binary's logger: a
+/// debug line the handler writes appears only after the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_log_filter_changes_what_the_binary_logs() {
+    let config = TempDir::new().unwrap();
+    for entry in std::fs::read_dir(crate::helpers::config_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, config.path().join(path.file_name().unwrap())).unwrap();
+    }
+    write(config.path(), "local.toml", "[log]\nfilter = \"info\"\n");
+    let data = TempDir::new().unwrap();
+    let child = crate::helpers::Child::start_in(data.path(), config.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let sent_to = |id: &'static str| {
+        move |l: &Value| l["target"] == "troupe::http" && l["fields"]["actor.id"] == id
+    };
+    let get = |id: &str| {
+        client
+            .get(format!("{}/v1/accounts/{id}", child.address))
+            .send()
+    };
+    assert_eq!(get("before").await.unwrap().status(), StatusCode::NOT_FOUND);
+
+    write(
+        config.path(),
+        "local.toml",
+        "[log]\nfilter = \"info,troupe=debug\"\n",
+    );
+    let mut reloaded = false;
+    for _ in 0..200 {
+        let settings: Value = client
+            .get(format!("{}/config", child.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if settings["log.filter"] == "info,troupe=debug" {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "the file edit never reached /config");
+    assert_eq!(get("after").await.unwrap().status(), StatusCode::NOT_FOUND);
+    let (at, _) = child
+        .wait_log(0, Duration::from_secs(10), sent_to("after"))
+        .await;
+    // Lines arrive in order: everything the first request logged is in.
+    let output = child.output();
+    let before: Vec<&str> = output.lines().take(at).collect();
+    assert!(
+        !before
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| sent_to("before")(&l)),
+        "a debug line was written under the info filter"
+    );
+}

@@ -8,14 +8,13 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::helpers::{free_port, Child};
+use crate::helpers::Child;
 use crate::ledger_load::{audit, fund, Load};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_write_and_resolves_every_transfer() {
     let dir = TempDir::new().unwrap();
-    let port = free_port();
-    let mut child = Child::start(dir.path(), port, &[]).await;
+    let mut child = Child::start(dir.path(), &[]).await;
     let client = Client::new();
     fund(&client, &child.address).await;
 
@@ -25,7 +24,7 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_resolves_every_trans
     child.process.wait().await.unwrap();
     let (acked, started) = load.finish().await;
 
-    let child = Child::start(dir.path(), port, &[]).await;
+    let child = Child::start(dir.path(), &[]).await;
     audit(&client, &child.address, &acked, &started).await;
 }
 
@@ -35,8 +34,7 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_resolves_every_trans
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_sigkills_during_a_transfer_storm_conserve_money_and_finish_every_transfer() {
     let dir = TempDir::new().unwrap();
-    let port = free_port();
-    let mut child = Child::start(dir.path(), port, &[]).await;
+    let mut child = Child::start(dir.path(), &[]).await;
     let client = Client::new();
     fund(&client, &child.address).await;
     let (mut acked, mut started) = (Vec::new(), Vec::new());
@@ -48,7 +46,7 @@ async fn repeated_sigkills_during_a_transfer_storm_conserve_money_and_finish_eve
         let (a, s) = load.finish().await;
         acked.extend(a);
         started.extend(s);
-        child = Child::start(dir.path(), port, &[]).await;
+        child = Child::start(dir.path(), &[]).await;
     }
     audit(&client, &child.address, &acked, &started).await;
 }
@@ -56,13 +54,7 @@ async fn repeated_sigkills_during_a_transfer_storm_conserve_money_and_finish_eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_readyz_503_then_exits_zero() {
     let dir = TempDir::new().unwrap();
-    let port = free_port();
-    let mut child = Child::start(
-        dir.path(),
-        port,
-        &[("TROUPE__SERVER__DRAIN_DELAY_MS", "1500")],
-    )
-    .await;
+    let mut child = Child::start(dir.path(), &[("TROUPE__SERVER__DRAIN_DELAY_MS", "1500")]).await;
     let client = Client::new();
     let r = client
         .put(format!("{}/v1/accounts/z", child.address))
@@ -94,9 +86,8 @@ async fn sigterm_turns_readyz_503_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_finishes_in_flight_work_refuses_new_connections_and_exits() {
     let dir = TempDir::new().unwrap();
-    let port = free_port();
     let env = [("TROUPE__SERVER__DRAIN_DELAY_MS", "300")];
-    let mut child = Child::start(dir.path(), port, &env).await;
+    let mut child = Child::start(dir.path(), &env).await;
     let client = Client::new();
     fund(&client, &child.address).await;
     let load = Load::start_round(&client, &child.address, 8, 7);
@@ -120,7 +111,7 @@ async fn sigterm_under_load_finishes_in_flight_work_refuses_new_connections_and_
     assert!(status.success(), "exit status {status:?}");
     let (acked, started) = load.finish().await;
 
-    let child = Child::start(dir.path(), port, &[]).await;
+    let child = Child::start(dir.path(), &[]).await;
     audit(&client, &child.address, &acked, &started).await;
 }
 
@@ -130,9 +121,8 @@ async fn sigterm_under_load_finishes_in_flight_work_refuses_new_connections_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_unfinished_work_finishes_without_any_request() {
     let dir = TempDir::new().unwrap();
-    let port = free_port();
     let env = [("TROUPE__RUNTIME__RETRY_INTERVAL_MS", "200")];
-    let mut child = Child::start(dir.path(), port, &env).await;
+    let mut child = Child::start(dir.path(), &env).await;
     let client = Client::new();
     fund(&client, &child.address).await;
     let load = Load::start_round(&client, &child.address, 16, 9);
@@ -141,7 +131,7 @@ async fn after_a_crash_unfinished_work_finishes_without_any_request() {
     child.process.wait().await.unwrap();
     load.finish().await;
 
-    let mut child = Child::start(dir.path(), port, &env).await;
+    let mut child = Child::start(dir.path(), &env).await;
     // No request at all: only the server's own resumption runs.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     kill(child.pid(), Signal::SIGTERM).unwrap();

@@ -20,22 +20,44 @@ struct Etcd {
 }
 
 impl Etcd {
-    fn start(dir: &Path) -> Self {
-        let mut etcd = Self {
+    /// etcd on free ports in `dir`. A port another process took between
+    /// `free_port` and etcd's bind is detected and new ports are tried.
+    async fn start(dir: &Path) -> Self {
+        for _ in 0..5 {
+            let mut etcd = Self::unstarted(dir);
+            if etcd.spawn().await.is_ok() {
+                return etcd;
+            }
+        }
+        panic!("etcd did not start on any free port");
+    }
+
+    /// Ports chosen, nothing running yet.
+    fn unstarted(dir: &Path) -> Self {
+        Self {
             port: free_port(),
             peer: free_port(),
             dir: dir.to_path_buf(),
             child: None,
-        };
-        etcd.spawn();
-        etcd
+        }
     }
 
-    fn spawn(&mut self) {
+    /// The member name: unique per test, so `spawn` can tell its own etcd
+    /// from another test's on the same port.
+    fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "t".into())
+    }
+
+    /// Starts etcd and waits until it answers as this test's member.
+    async fn spawn(&mut self) -> Result<(), String> {
         let client = format!("http://127.0.0.1:{}", self.port);
         let peer = format!("http://127.0.0.1:{}", self.peer);
+        let name = self.name();
         let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
+            .args(["--name", &name, "--data-dir"])
             .arg(&self.dir)
             .args([
                 "--listen-client-urls",
@@ -49,12 +71,30 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-cluster", &format!("{name}={peer}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd is on PATH (make test installs etcd-server)");
         self.child = Some(child);
+        for _ in 0..200 {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(format!("etcd exited: {status}"));
+            }
+            if let Ok(mut c) = etcd_client::Client::connect([self.url()], None).await {
+                if let Ok(members) = c.member_list().await {
+                    if members.members().iter().any(|m| m.name() == name) {
+                        return Ok(());
+                    }
+                    self.kill();
+                    return Err("another etcd answers on this port".into());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+        Err("etcd did not answer".into())
     }
 
     fn url(&self) -> String {
@@ -107,7 +147,7 @@ async fn app_following(etcd_url: &str, config: &Path) -> TestApp {
 }
 
 async fn eventually(app: &TestApp, key: &str, value: &str) -> bool {
-    for _ in 0..100 {
+    for _ in 0..300 {
         if json_of(app.get("/config").await).await[key] == Value::String(value.into()) {
             return true;
         }
@@ -119,7 +159,7 @@ async fn eventually(app: &TestApp, key: &str, value: &str) -> bool {
 #[actix_rt::test]
 async fn a_value_put_under_the_prefix_reaches_the_running_server() {
     let data = TempDir::new().unwrap();
-    let etcd = Etcd::start(data.path());
+    let etcd = Etcd::start(data.path()).await;
     let config = TempDir::new().unwrap();
     let app = app_following(&etcd.url(), config.path()).await;
     etcd.put("/troupe/test/runtime.default_timeout_ms", "2345")
@@ -146,7 +186,7 @@ async fn a_value_put_under_the_prefix_reaches_the_running_server() {
 #[actix_rt::test]
 async fn etcd_stopped_and_started_again_does_not_disturb_serving() {
     let data = TempDir::new().unwrap();
-    let mut etcd = Etcd::start(data.path());
+    let mut etcd = Etcd::start(data.path()).await;
     let config = TempDir::new().unwrap();
     let app = app_following(&etcd.url(), config.path()).await;
     etcd.put("/troupe/test/runtime.idle_timeout_ms", "45000")
@@ -166,7 +206,7 @@ async fn etcd_stopped_and_started_again_does_not_disturb_serving() {
     );
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
 
-    etcd.spawn();
+    etcd.spawn().await.expect("etcd restarts on its ports");
     etcd.put("/troupe/test/runtime.idle_timeout_ms", "46000")
         .await;
     assert!(
@@ -176,13 +216,31 @@ async fn etcd_stopped_and_started_again_does_not_disturb_serving() {
     assert_eq!(app.balance("steady").await, 20);
 }
 
+/// etcd down when the service starts: the local layers are in force and
+/// the service is ready; when etcd comes, its layer arrives with no restart.
 #[actix_rt::test]
-async fn an_unreachable_etcd_at_start_leaves_the_local_layers_in_force() {
+async fn an_etcd_unreachable_at_start_is_followed_once_it_comes() {
+    let data = TempDir::new().unwrap();
+    let mut etcd = Etcd::unstarted(data.path());
     let config = TempDir::new().unwrap();
-    let app = app_following(&format!("http://127.0.0.1:{}", free_port()), config.path()).await;
+    let app = app_following(&etcd.url(), config.path()).await;
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
     assert_eq!(
         json_of(app.get("/config").await).await["runtime.default_timeout_ms"],
         Value::String("5000".into())
+    );
+
+    etcd.spawn()
+        .await
+        .expect("etcd starts on the port the service follows");
+    etcd.put("/troupe/test/runtime.default_timeout_ms", "4321")
+        .await;
+    assert!(
+        eventually(&app, "runtime.default_timeout_ms", "4321").await,
+        "the etcd layer never arrived after etcd came up"
+    );
+    assert_eq!(
+        app.app_runtime.options().default_timeout,
+        Duration::from_millis(4321)
     );
 }

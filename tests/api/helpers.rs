@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
@@ -191,12 +191,7 @@ impl TestApp {
     /// The value of one series of `/metrics` (its full name and labels, as
     /// printed), if present.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let text = self.get("/metrics").await.text().await.ok()?;
-        text.lines().find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        metric_at(&self.client, &self.address, series).await
     }
 
     /// Polls `/metrics` until `series` satisfies `holds` (shards report every
@@ -212,6 +207,24 @@ impl TestApp {
         }
         panic!("{series} never held; last value {last:?}");
     }
+}
+
+/// The value of one series of `/metrics` at `base` (its full name and
+/// labels, as printed), if present.
+pub async fn metric_at(client: &Client, base: &str, series: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 pub async fn json_of(response: Response) -> Value {
@@ -274,7 +287,9 @@ pub fn replay_journal(entries: &[Value]) -> i64 {
     balance
 }
 
-/// A free loopback port for a child process.
+/// A free loopback port for a child process. Only for servers that cannot
+/// pick their own (etcd, redis-server): the port is free when returned, not
+/// reserved, so their helpers check they reached their own child.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -282,45 +297,101 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The service as a child process on `port` with `dir` as its store.
+/// The service as a child process with `dir` as its store. It listens on
+/// port 0, so the kernel picks a port no other test holds, and reports it
+/// in its "troupe listening" log line (JSON logs, read from its stdout).
+/// A restarted child gets a new port: use the new [`Child::address`].
 pub struct Child {
     pub process: tokio::process::Child,
     pub address: String,
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
+/// Lines of child output kept for [`Child::wait_log`]; later ones are
+/// dropped (a test that needs more reads sooner).
+const KEPT_LINES: usize = 100_000;
+
 impl Child {
-    pub async fn start(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Self {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"));
+    pub async fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_in(dir, &config_dir(), extra_env).await
+    }
+
+    /// As [`Child::start`], with its own configuration directory.
+    pub async fn start_in(dir: &Path, config: &Path, extra_env: &[(&str, &str)]) -> Self {
+        Self::launch(&[], dir, config, extra_env).await
+    }
+
+    /// As [`Child::start`], run by `wrapper` (a command and its arguments,
+    /// e.g. `strace -f ...`), which runs the binary as its own child.
+    pub async fn start_under(wrapper: &[&str], dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        Self::launch(wrapper, dir, &config_dir(), extra_env).await
+    }
+
+    async fn launch(
+        wrapper: &[&str],
+        dir: &Path,
+        config: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let binary = env!("CARGO_BIN_EXE_troupe");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => tokio::process::Command::new(binary),
+        };
         command
-            .args([
-                "--port",
-                &port.to_string(),
-                "--data-dir",
-                &dir.display().to_string(),
-            ])
+            .args(["--port", "0", "--data-dir", &dir.display().to_string()])
             .arg("--config-dir")
-            .arg(config_dir())
+            .arg(config)
             .env("TROUPE__SERVER__WORKERS", "2")
+            .env("TROUPE__LOG__FORMAT", "json")
+            .env_remove("RUST_LOG")
+            .env_remove("TROUPE_ENV")
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if std::env::var_os("TEST_LOG").is_none() {
-            command.stdout(Stdio::null()).stderr(Stdio::null());
-        }
         for (k, v) in extra_env {
             command.env(k, v);
         }
-        let process = command.spawn().expect("the troupe binary starts");
-        let child = Self {
+        let mut process = command.spawn().expect("the troupe binary starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+        let stdout = process.stdout.take().expect("piped stdout");
+        let stderr = process.stderr.take().expect("piped stderr");
+        tokio::spawn(keep_lines(stdout, lines.clone(), Some(port_tx)));
+        tokio::spawn(keep_lines(stderr, lines.clone(), None));
+        let port = match tokio::time::timeout(Duration::from_secs(30), port_rx).await {
+            Ok(Ok(port)) => port,
+            _ => {
+                let status = process.try_wait();
+                panic!(
+                    "the child reported no port (exit: {status:?}); its output:\n{}",
+                    lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+                )
+            }
+        };
+        let mut child = Self {
             process,
             address: format!("http://127.0.0.1:{port}"),
+            lines,
         };
         child.wait_ready().await;
         child
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         let client = Client::new();
         for _ in 0..300 {
+            if let Ok(Some(status)) = self.process.try_wait() {
+                panic!(
+                    "the child exited before it was ready: {status}\n{}",
+                    self.output()
+                );
+            }
             if let Ok(r) = client.get(format!("{}/readyz", self.address)).send().await {
                 if r.status().is_success() {
                     return;
@@ -328,10 +399,78 @@ impl Child {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the child did not become ready");
+        panic!("the child did not become ready\n{}", self.output());
+    }
+
+    /// Everything the child printed so far.
+    pub fn output(&self) -> String {
+        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// The first JSON log line from index `from` on that `matches`, with
+    /// its index; panics after `within`.
+    pub async fn wait_log(
+        &self,
+        from: usize,
+        within: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> (usize, Value) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let found = self.lines.lock().ok().and_then(|lines| {
+                lines.iter().enumerate().skip(from).find_map(|(i, l)| {
+                    serde_json::from_str::<Value>(l)
+                        .ok()
+                        .filter(|v| matches(v))
+                        .map(|v| (i, v))
+                })
+            });
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no such log line within {within:?}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {
         nix::unistd::Pid::from_raw(self.process.id().expect("a running child") as i32)
+    }
+}
+
+/// Keeps a child's output lines; on the first "troupe listening" line
+/// sends its port. Echoes to stderr when `TEST_LOG` is set.
+async fn keep_lines(
+    output: impl tokio::io::AsyncRead + Unpin,
+    lines: Arc<Mutex<Vec<String>>>,
+    mut port: Option<tokio::sync::oneshot::Sender<u16>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let echo = std::env::var_os("TEST_LOG").is_some();
+    let mut reader = tokio::io::BufReader::new(output).lines();
+    while let Ok(Some(line)) = reader.next_line().await {
+        if echo {
+            eprintln!("{line}");
+        }
+        if port.is_some() {
+            let listening = serde_json::from_str::<Value>(&line)
+                .ok()
+                .filter(|v| v["fields"]["message"] == "troupe listening")
+                .and_then(|v| v["fields"]["port"].as_u64());
+            if let Some(p) = listening {
+                if let Some(tx) = port.take() {
+                    let _ = tx.send(p as u16);
+                }
+            }
+        }
+        if let Ok(mut kept) = lines.lock() {
+            if kept.len() < KEPT_LINES {
+                kept.push(line);
+            }
+        }
     }
 }

@@ -22,4 +22,5 @@ mod restart;
 mod runtime;
 mod store;
 mod supervision;
+mod trace_export;
 mod transfers;

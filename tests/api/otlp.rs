@@ -20,12 +20,25 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::helpers::{free_port, Child};
+use crate::helpers::Child;
 
-#[derive(Clone, Default)]
+/// An OTLP/gRPC collector in the test. While `held`, every export call
+/// waits (a hung collector) and nothing is kept.
+#[derive(Clone)]
 pub struct Receiver {
     spans: Arc<Mutex<Vec<Span>>>,
     resources: Arc<Mutex<Vec<Vec<KeyValue>>>>,
+    held: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Self {
+            spans: Arc::default(),
+            resources: Arc::default(),
+            held: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -34,6 +47,8 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut held = self.held.subscribe();
+        let _ = held.wait_for(|held| !*held).await;
         for rs in request.into_inner().resource_spans {
             if let Some(resource) = rs.resource {
                 self.resources.lock().unwrap().push(resource.attributes);
@@ -62,8 +77,13 @@ impl Receiver {
         port
     }
 
-    fn spans(&self) -> Vec<Span> {
+    pub fn spans(&self) -> Vec<Span> {
         self.spans.lock().unwrap().clone()
+    }
+
+    /// Hangs (`true`) or releases the collector.
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
     }
 }
 
@@ -90,7 +110,6 @@ async fn spans_chain_from_the_request_through_actors_to_the_store() {
     let endpoint = format!("http://127.0.0.1:{otlp_port}");
     let child = Child::start(
         dir.path(),
-        free_port(),
         &[
             ("TROUPE__TELEMETRY__OTLP__ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -235,34 +254,10 @@ fn hex(s: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_inside_a_request_carry_its_trace_and_span_ids() {
-    use tokio::io::AsyncBufReadExt;
-
     let dir = TempDir::new().unwrap();
-    let port = free_port();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"));
-    command
-        .args([
-            "--port",
-            &port.to_string(),
-            "--data-dir",
-            &dir.path().display().to_string(),
-        ])
-        .env("TROUPE__LOG__FORMAT", "json")
-        .env("TROUPE__LOG__FILTER", "info,troupe=debug")
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let mut process = command.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(process.stdout.take().unwrap()).lines();
+    let child = Child::start(dir.path(), &[("TROUPE__LOG__FILTER", "info,troupe=debug")]).await;
     let client = Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let base = &child.address;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let r = client
         .get(format!("{base}/v1/accounts/x"))
@@ -272,17 +267,11 @@ async fn json_log_lines_inside_a_request_carry_its_trace_and_span_ids() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("\"sending\"") {
-                return line;
-            }
-        }
-        panic!("no log line from the handler");
-    })
-    .await
-    .expect("the handler logs");
-    let line: serde_json::Value = serde_json::from_str(&found).expect("a JSON line");
+    let (_, line) = child
+        .wait_log(0, Duration::from_secs(10), |l| {
+            l["target"] == json!("troupe::http") && l["fields"]["actor.id"] == json!("x")
+        })
+        .await;
     let spans = line["spans"]
         .as_array()
         .expect("the spans the line was written in");

@@ -9,7 +9,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::helpers::{all_entries, assert_error, free_port, json_of, spawn_app_with};
+use crate::helpers::{all_entries, assert_error, json_of, spawn_app_with};
 use crate::ledger_load::{audit, fund, Load};
 use crate::redis_server::RedisServer;
 
@@ -27,7 +27,7 @@ async fn concurrent_transfers_conserve_money_on_redis() {
 #[actix_rt::test]
 async fn redis_down_answers_503_with_retry_after_and_redis_back_recovers_without_restart() {
     let dir = TempDir::new().unwrap();
-    let mut redis = RedisServer::start_durable(dir.path(), free_port());
+    let mut redis = RedisServer::start_durable(dir.path());
     let app = spawn_app_with(TempDir::new().unwrap(), |s| redis.configure(s)).await;
     app.open("a").await;
     assert_eq!(app.deposit("a", 10).await.status(), StatusCode::OK);
@@ -148,7 +148,7 @@ async fn a_hung_redis_answers_503_for_every_kind_of_request_and_the_service_carr
 #[actix_rt::test]
 async fn the_service_starts_without_redis_and_becomes_ready_when_it_comes() {
     let dir = TempDir::new().unwrap();
-    let mut redis = RedisServer::start_durable(dir.path(), free_port());
+    let mut redis = RedisServer::start_durable(dir.path());
     redis.kill();
     let app = spawn_app_with(TempDir::new().unwrap(), |s| {
         redis.configure(s);
@@ -231,13 +231,11 @@ async fn a_write_whose_outcome_is_unknown_is_never_applied_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_redis_under_transfer_load_loses_nothing_acknowledged() {
     let dir = TempDir::new().unwrap();
-    let mut redis = RedisServer::start_durable(dir.path(), free_port());
-    let port = free_port();
+    let mut redis = RedisServer::start_durable(dir.path());
     let redis_url = redis.url();
     let data = TempDir::new().unwrap();
     let child = crate::helpers::Child::start(
         data.path(),
-        port,
         &[
             ("TROUPE__STORE__BACKEND", "redis"),
             ("TROUPE__STORE__REDIS__URL", &redis_url),

@@ -25,57 +25,82 @@ impl RedisServer {
     pub fn start() -> Self {
         let owned = TempDir::new().expect("temp dir");
         let dir = owned.path().to_path_buf();
-        Self::spawn(free_port(), dir, Some(owned), false)
+        Self::start_on_a_free_port(dir, Some(owned), false)
     }
 
     /// A server with `appendonly yes` and `appendfsync always` in `dir`.
-    pub fn start_durable(dir: &Path, port: u16) -> Self {
-        Self::spawn(port, dir.to_path_buf(), None, true)
+    pub fn start_durable(dir: &Path) -> Self {
+        Self::start_on_a_free_port(dir.to_path_buf(), None, true)
     }
 
-    fn spawn(port: u16, dir: PathBuf, owned: Option<TempDir>, durable: bool) -> Self {
+    /// A port can be taken between `free_port` and redis-server's bind:
+    /// then another port is tried.
+    fn start_on_a_free_port(dir: PathBuf, owned: Option<TempDir>, durable: bool) -> Self {
+        let mut owned = owned;
+        for _ in 0..5 {
+            let mut server = Self {
+                port: free_port(),
+                dir: dir.clone(),
+                _owned: None,
+                child: None,
+                durable,
+            };
+            if server.spawn().is_ok() {
+                server._owned = owned.take();
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any free port");
+    }
+
+    /// Starts redis-server on `self.port` and waits until it answers as
+    /// this test's server (its `dir`), not another's on the same port.
+    fn spawn(&mut self) -> Result<(), String> {
         let mut command = Command::new("redis-server");
         command
             .args([
                 "--port",
-                &port.to_string(),
+                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
                 "",
             ])
             .arg("--dir")
-            .arg(&dir)
+            .arg(&self.dir)
             .args([
                 "--appendonly",
-                if durable { "yes" } else { "no" },
+                if self.durable { "yes" } else { "no" },
                 "--appendfsync",
                 "always",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = command
-            .spawn()
-            .expect("redis-server is on PATH (make test installs it)");
-        let server = Self {
-            port,
-            dir,
-            _owned: owned,
-            child: Some(child),
-            durable,
-        };
-        server.wait_ready();
-        server
-    }
-
-    fn wait_ready(&self) {
+        self.child = Some(
+            command
+                .spawn()
+                .expect("redis-server is on PATH (make test installs it)"),
+        );
         for _ in 0..200 {
-            if ping(self.port) {
-                return;
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(format!("redis-server exited: {status}"));
+            }
+            if let Some(dir) = served_dir(self.port) {
+                let ours = std::fs::canonicalize(&self.dir).unwrap_or(self.dir.clone());
+                if Path::new(&dir) == ours {
+                    return Ok(());
+                }
+                self.kill();
+                return Err(format!(
+                    "another redis-server ({dir}) answers on {}",
+                    self.port
+                ));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("redis-server on port {} did not start", self.port);
+        self.kill();
+        Err(format!("redis-server on port {} did not answer", self.port))
     }
 
     pub fn url(&self) -> String {
@@ -107,12 +132,9 @@ impl RedisServer {
     /// Starts again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
-        let restarted = Self::spawn(self.port, self.dir.clone(), None, self.durable);
-        self.child = restarted.child_taken();
-    }
-
-    fn child_taken(mut self) -> Option<Child> {
-        self.child.take()
+        if let Err(e) = self.spawn() {
+            panic!("redis-server did not restart on its port: {e}");
+        }
     }
 
     /// Points a test server's settings at this Redis.
@@ -129,14 +151,19 @@ impl Drop for RedisServer {
     }
 }
 
-fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = [0u8; 16];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream
-            .read(&mut buf)
-            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+/// The `dir` of the redis-server answering on `port`, if one answers.
+fn served_dir(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .ok()?;
+    stream.write_all(b"CONFIG GET dir\r\n").ok()?;
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).ok()?;
+    // *2 $3 dir $N <path>: the path is the last line.
+    let reply = std::str::from_utf8(&buf[..n]).ok()?;
+    reply
+        .strip_prefix("*2\r\n")
+        .and_then(|r| r.trim_end().rsplit("\r\n").next())
+        .map(str::to_owned)
 }

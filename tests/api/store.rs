@@ -372,3 +372,84 @@ async fn redis_down_is_unavailable_within_the_timeout_and_redis_back_recovers() 
         .await
         .unwrap();
 }
+
+/// The binary under `strace -f`: every fsync/fdatasync made while it serves
+/// durable writes comes from the store's writer thread, none from an HTTP
+/// worker (which also hosts the actors) or any other thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fsync_while_serving_runs_on_the_store_writer_thread() {
+    use crate::helpers::Child;
+    use serde_json::json;
+
+    let dir = TempDir::new().unwrap();
+    let trace = dir.path().join("syscalls");
+    let data = dir.path().join("data");
+    let trace_arg = trace.display().to_string();
+    let child = Child::start_under(
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,sync_file_range,syncfs,sync",
+            "-o",
+            &trace_arg,
+        ],
+        &data,
+        &[],
+    )
+    .await;
+    // Start-up (creating the tables) may sync from the main thread: only
+    // what comes after readiness counts.
+    let before = std::fs::read_to_string(&trace)
+        .unwrap_or_default()
+        .lines()
+        .count();
+
+    let client = reqwest::Client::new();
+    let base = &child.address;
+    let deposits = (0..40).map(|i| {
+        let client = client.clone();
+        async move {
+            let id = format!("f{}", i % 8);
+            client
+                .put(format!("{base}/v1/accounts/{id}"))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let r = client
+                .post(format!("{base}/v1/accounts/{id}/deposits"))
+                .json(&json!({"amount": 1}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), reqwest::StatusCode::OK);
+        }
+    });
+    join_all(deposits).await;
+
+    // Thread names while the threads are alive: /proc/<tid>/comm.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut syncs = 0;
+    for line in text.lines().skip(before) {
+        let Some((tid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        if !call.starts_with('f') && !call.starts_with("sync") {
+            continue;
+        }
+        let name = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
+        assert_eq!(
+            name.trim_end(),
+            "troupe-store-wr",
+            "{call} on thread {tid} ({name:?}), not the store writer"
+        );
+        syncs += 1;
+    }
+    assert!(
+        syncs > 0,
+        "no fsync observed while serving durable writes:\n{text}"
+    );
+}
