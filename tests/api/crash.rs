@@ -19,7 +19,7 @@ async fn sigkill_under_load_loses_no_acknowledged_write_and_resolves_every_trans
     fund(&client, &child.address).await;
 
     let load = Load::start(&client, &child.address, 16);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load.under_way(40, 40).await;
     kill(child.pid(), Signal::SIGKILL).unwrap();
     child.process.wait().await.unwrap();
     let (acked, started) = load.finish().await;
@@ -40,7 +40,9 @@ async fn repeated_sigkills_during_a_transfer_storm_conserve_money_and_finish_eve
     let (mut acked, mut started) = (Vec::new(), Vec::new());
     for round in 1..=4u64 {
         let load = Load::start_round(&client, &child.address, 16, round);
-        tokio::time::sleep(Duration::from_millis(300 + 200 * round)).await;
+        // Each round is killed at a different depth of work.
+        let depth = 12 + 10 * round as usize;
+        load.under_way(depth, depth).await;
         kill(child.pid(), Signal::SIGKILL).unwrap();
         child.process.wait().await.unwrap();
         let (a, s) = load.finish().await;
@@ -65,12 +67,19 @@ async fn sigterm_turns_readyz_503_then_exits_zero() {
     assert_eq!(r.status(), StatusCode::CREATED);
 
     kill(child.pid(), Signal::SIGTERM).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = client
-        .get(format!("{}/readyz", child.address))
-        .send()
-        .await
-        .unwrap();
+    // Until the signal is handled /readyz may still say 200; it must say
+    // 503 while the server still serves, before it stops listening.
+    let ready = loop {
+        let ready = client
+            .get(format!("{}/readyz", child.address))
+            .send()
+            .await
+            .expect("still serving during the drain delay");
+        if ready.status() != StatusCode::OK {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.headers()["retry-after"], "1");
     let status = tokio::time::timeout(Duration::from_secs(15), child.process.wait())
@@ -91,18 +100,27 @@ async fn sigterm_under_load_finishes_in_flight_work_refuses_new_connections_and_
     let client = Client::new();
     fund(&client, &child.address).await;
     let load = Load::start_round(&client, &child.address, 8, 7);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.under_way(20, 20).await;
 
     kill(child.pid(), Signal::SIGTERM).unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let fresh = Client::new()
-        .get(format!("{}/healthz", child.address))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await;
+    // After the drain delay the listener closes: a new connection (a new
+    // client, no pooled connection) is refused.
+    let mut refused = false;
+    for _ in 0..500 {
+        let fresh = Client::new()
+            .get(format!("{}/healthz", child.address))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if fresh.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
-        fresh.is_err(),
-        "a new connection was served after the drain delay"
+        refused,
+        "new connections were still served 10 s after SIGTERM"
     );
     let status = tokio::time::timeout(Duration::from_secs(15), child.process.wait())
         .await
@@ -126,7 +144,7 @@ async fn after_a_crash_unfinished_work_finishes_without_any_request() {
     let client = Client::new();
     fund(&client, &child.address).await;
     let load = Load::start_round(&client, &child.address, 16, 9);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    load.under_way(20, 20).await;
     kill(child.pid(), Signal::SIGKILL).unwrap();
     child.process.wait().await.unwrap();
     load.finish().await;

@@ -378,7 +378,8 @@ async fn a_transfer_survives_a_store_fault_at_every_step() {
         })
         .await;
         // Passivate both, so loads happen with the fault armed.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.wait_metric(r#"troupe_actors_live{kind="account"}"#, |n| n == 0.0)
+            .await;
         faulty.armed.store(true, Ordering::SeqCst);
 
         let r = app

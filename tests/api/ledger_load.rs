@@ -103,6 +103,31 @@ impl Load {
         }
     }
 
+    /// Waits until the load has had `deposits` deposits acknowledged and
+    /// `transfers` transfers completed: the server is busy with real work
+    /// (a fault injected now meets writes in flight). Panics after 60 s.
+    pub async fn under_way(&self, deposits: usize, transfers: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let acked = self.acked.lock().unwrap().len();
+            let completed = self
+                .started
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, t)| *t == Some("completed"))
+                .count();
+            if acked >= deposits && completed >= transfers {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the load never got going: {acked} deposits, {completed} transfers"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn finish(self) -> (Vec<Acked>, Started) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
