@@ -619,3 +619,134 @@ async fn a_parked_caller_is_answered_at_its_deadline_and_forgotten() {
     assert_eq!(settled(&app, "t-slow").await["status"], json!("completed"));
     assert_eq!((app.balance("a").await, app.balance("b").await), (95, 5));
 }
+
+/// A store where loads of `actor` fail `failures` times once `skip`
+/// loads have passed.
+struct FlakyLoads {
+    inner: Arc<dyn Store>,
+    actor: &'static str,
+    skip: AtomicUsize,
+    failures: AtomicUsize,
+}
+
+impl FlakyLoads {
+    fn fails(&self, actor: &str) -> bool {
+        let take = |n: &AtomicUsize| {
+            n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+                .is_ok()
+        };
+        actor == self.actor && !take(&self.skip) && take(&self.failures)
+    }
+}
+
+#[async_trait]
+impl Store for FlakyLoads {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
+        if self.fails(actor) {
+            return Err(StoreError::Unavailable("injected: loads fail".into()));
+        }
+        self.inner.load(actor).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        self.inner.commit(commit).await
+    }
+    async fn entries(
+        &self,
+        actor: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.entries(actor, after, limit).await
+    }
+    async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.idempotency(actor, key).await
+    }
+    async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.fact(actor, key).await
+    }
+    async fn pending(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.pending().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn sweep(&self) {
+        self.inner.sweep().await;
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+/// A restart finds a transfer unfinished while the store fails its first
+/// loads: the wake-ups that meet those failures try again (with backoff)
+/// until the actors load, and the transfer completes with no client
+/// request at all.
+#[actix_rt::test]
+async fn wake_ups_that_meet_a_failing_store_retry_until_the_work_finishes() {
+    // Every debit at a fails: the transfer stays unfinished, and it is the
+    // only actor with unfinished work (a never applied its leg).
+    let fault = Fault {
+        op: "commit",
+        actor: "account/a",
+        nth: 0,
+        after_apply: false,
+    };
+    let (app, faulty) = faulty_app(fault, Duration::ZERO, |_| {}).await;
+    faulty.armed.store(true, Ordering::SeqCst);
+    let r = app
+        .client
+        .post(app.url("/v1/transfers"))
+        .header("X-Request-Timeout", "300")
+        .json(&json!({"id": "t-wake", "from": "a", "to": "b", "amount": 40}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let dir = app.stop().await;
+
+    let slot = Arc::new(std::sync::Mutex::new(None::<Arc<FlakyLoads>>));
+    let keep = slot.clone();
+    let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
+        // The first load is the start-up check for transfers of an earlier
+        // version; the wake-up's loads come next.
+        let flaky = Arc::new(FlakyLoads {
+            inner,
+            actor: "transfer/t-wake",
+            skip: AtomicUsize::new(1),
+            failures: AtomicUsize::new(4),
+        });
+        *keep.lock().unwrap() = Some(flaky.clone());
+        flaky
+    });
+    let app = crate::helpers::spawn_app_layered_in(
+        dir,
+        |s| {
+            s.runtime.ask_max_backoff_ms = 50;
+            // The source's outbox is cleared lazily, at this pace.
+            s.runtime.retry_interval_ms = 200;
+        },
+        layer,
+    )
+    .await;
+    let flaky = slot.lock().unwrap().clone().unwrap();
+    let mut pending = vec!["?".to_owned()];
+    for _ in 0..250 {
+        pending = flaky.inner.pending().await.unwrap();
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pending.is_empty(), "still unfinished: {pending:?}");
+    assert_eq!(
+        flaky.failures.load(Ordering::SeqCst),
+        0,
+        "the injected failures were not all met"
+    );
+    assert_eq!(app.balance("a").await + app.balance("b").await, 100);
+    assert_eq!(app.balance("b").await, 40);
+}

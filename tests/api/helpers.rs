@@ -61,11 +61,20 @@ pub async fn spawn_app_layered(
     tweak: impl FnOnce(&mut Settings),
     layer: troupe::startup::StoreLayer,
 ) -> TestApp {
+    spawn_app_layered_in(TempDir::new().expect("temp dir"), tweak, layer).await
+}
+
+/// As [`spawn_app_layered`], on the data in `dir` (a restart).
+pub async fn spawn_app_layered_in(
+    dir: TempDir,
+    tweak: impl FnOnce(&mut Settings),
+    layer: troupe::startup::StoreLayer,
+) -> TestApp {
     let controls = Controls {
         store_layer: Some(layer),
         ..Controls::default()
     };
-    spawn_app_controlled(TempDir::new().expect("temp dir"), tweak, controls).await
+    spawn_app_controlled(dir, tweak, controls).await
 }
 
 /// A test server that reloads its configuration from `sources`.
