@@ -184,6 +184,10 @@ async fn editing_a_file_reloads_the_running_server_and_invalid_edits_are_rejecte
         app.app_runtime.options().default_timeout,
         Duration::from_millis(1234)
     );
+    assert!(app
+        .metric(r#"troupe_config_reloads_total{result="applied"}"#)
+        .await
+        .is_some_and(|n| n >= 1.0));
     // A key that needs a restart is reported, not applied.
     assert_eq!(
         config_of(&app).await["store.max_batch"],
@@ -380,4 +384,34 @@ async fn a_reloaded_log_filter_changes_what_the_binary_logs() {
             .any(|l| sent_to("before")(&l)),
         "a debug line was written under the info filter"
     );
+}
+
+/// A password in a URL never leaves the process: not through `GET /config`,
+/// not through `troupe config`.
+#[actix_rt::test]
+async fn passwords_are_redacted_in_config_output() {
+    let url = "redis://user:hunter2@127.0.0.1:6390/0";
+    let app = crate::helpers::spawn_app_with(TempDir::new().unwrap(), |s| {
+        s.store.redis.url = url.into();
+    })
+    .await;
+    let shown = app.get("/config").await.text().await.unwrap();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("store.redis.url"), "{shown}");
+
+    let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .arg("--config-dir")
+        .arg(crate::helpers::config_dir())
+        .arg("config")
+        .env("TROUPE__STORE__REDIS__URL", url)
+        .output()
+        .await
+        .unwrap();
+    assert!(printed.status.success());
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("store.redis.url = ")),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
 }

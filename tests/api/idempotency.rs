@@ -144,3 +144,55 @@ async fn a_transfer_without_an_id_is_keyed_by_its_idempotency_key() {
     assert_eq!(json_of(replay).await["id"], first["id"]);
     assert_eq!(app.balance("a").await, 70);
 }
+
+/// PUT ignores `Idempotency-Key`: a second PUT under the first one's key
+/// is answered by the account as it is now (never a replay), and another
+/// body under that key is not `idempotency_key_reused`.
+#[actix_rt::test]
+async fn put_ignores_the_idempotency_key() {
+    let app = spawn_app().await;
+    let put = |body: serde_json::Value| {
+        app.client
+            .put(app.url("/v1/accounts/p"))
+            .header("Idempotency-Key", "open-p")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(put(json!({})).await.unwrap().status(), StatusCode::CREATED);
+    let again = put(json!({})).await.unwrap();
+    assert!(again.headers().get("idempotent-replayed").is_none());
+    assert_eq!(again.status(), StatusCode::OK);
+    let other = put(json!({"overdraft_limit": 50})).await.unwrap();
+    assert!(other.headers().get("idempotent-replayed").is_none());
+    assert_error(other, StatusCode::CONFLICT, "already_exists").await;
+}
+
+/// A transfer with an `id` is that transfer whatever `Idempotency-Key`
+/// says: another key does not start it twice, and its key does not bind
+/// another transfer.
+#[actix_rt::test]
+async fn a_transfer_with_an_id_does_not_consult_the_idempotency_key() {
+    let app = spawn_app().await;
+    app.open("a").await;
+    app.open("b").await;
+    app.deposit("a", 100).await;
+    let body = json!({"id": "t-id", "from": "a", "to": "b", "amount": 10});
+    let first = app
+        .post_with_key("/v1/transfers", "k-1", body.clone())
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let again = app.post_with_key("/v1/transfers", "k-2", body).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let other = app
+        .post_with_key(
+            "/v1/transfers",
+            "k-1",
+            json!({"id": "t-other", "from": "a", "to": "b", "amount": 5}),
+        )
+        .await;
+    assert_eq!(other.status(), StatusCode::CREATED);
+    assert!(other.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.balance("a").await, 85);
+    assert_eq!(app.balance("b").await, 15);
+}

@@ -56,10 +56,31 @@ async fn metrics_pass_promtool_and_counters_move() {
     )
     .is_some_and(|n| n >= 2.0));
     assert!(sample(&text, "troupe_group_commit_messages_count").is_some_and(|n| n >= 1.0));
+    assert!(sample(
+        &text,
+        r#"troupe_http_request_duration_seconds_count{route="/v1/accounts/{id}/deposits"}"#
+    )
+    .is_some_and(|n| n >= 1.0));
+    // The scrape itself is being served.
+    assert!(sample(&text, "troupe_http_requests_in_flight").is_some_and(|n| n >= 1.0));
+    assert!(
+        sample(&text, r#"troupe_actor_activations_total{kind="account"}"#)
+            .is_some_and(|n| n >= 2.0),
+        "m and ghost were activated"
+    );
     assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|n| n > 0.0));
 
     app.post("/v1/accounts/m/deposits", json!({"amount": 1}))
         .await;
+    let refused = app
+        .post("/v1/accounts/m/withdrawals", json!({"amount": 1000}))
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    app.wait_metric(
+        r#"troupe_actor_messages_total{kind="account",message="withdraw",outcome="insufficient_funds"}"#,
+        |n| n == 1.0,
+    )
+    .await;
     let mut moved = false;
     for _ in 0..40 {
         let text = app.get("/metrics").await.text().await.unwrap();
@@ -90,5 +111,27 @@ async fn metrics_pass_promtool_and_counters_move() {
         "promtool: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `telemetry.http_metrics = false` turns the per-route HTTP series off;
+/// the runtime's own metrics stay.
+#[actix_rt::test]
+async fn http_metrics_can_be_turned_off() {
+    let app = crate::helpers::spawn_app_with(tempfile::TempDir::new().unwrap(), |s| {
+        s.telemetry.http_metrics = false;
+    })
+    .await;
+    app.open("m").await;
+    assert_eq!(app.deposit("m", 5).await.status(), StatusCode::OK);
+    app.wait_metric(
+        r#"troupe_actor_messages_total{kind="account",message="deposit",outcome="ok"}"#,
+        |n| n == 1.0,
+    )
+    .await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !text.contains("troupe_http_requests_total{"),
+        "HTTP series while turned off:\n{text}"
     );
 }

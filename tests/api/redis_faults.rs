@@ -130,6 +130,11 @@ async fn a_hung_redis_answers_503_for_every_kind_of_request_and_the_service_carr
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
         assert_eq!(r.headers()["retry-after"], "1", "{what}");
     }
+    app.wait_metric(
+        r#"troupe_store_errors_total{backend="redis",error="unavailable",op="commit"}"#,
+        |n| n >= 1.0,
+    )
+    .await;
     redis.freeze(false);
 
     let mut recovered = false;

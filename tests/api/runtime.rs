@@ -34,7 +34,12 @@ async fn a_message_whose_deadline_passed_in_the_mailbox_is_dropped_unprocessed()
 
 #[actix_rt::test]
 async fn a_full_mailbox_answers_429_with_retry_after_and_loses_nothing_acknowledged() {
-    let app = spawn_app_with(TempDir::new().unwrap(), |s| s.runtime.mailbox_capacity = 1).await;
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| {
+        s.runtime.mailbox_capacity = 1;
+        // Not the default, so the header is seen to follow the setting.
+        s.server.retry_after_s = 7;
+    })
+    .await;
     app.open("hot").await;
     let requests = (0..300).map(|_| app.deposit("hot", 1));
     let responses = join_all(requests).await;
@@ -44,7 +49,7 @@ async fn a_full_mailbox_answers_429_with_retry_after_and_loses_nothing_acknowled
         match r.status() {
             StatusCode::OK => accepted += 1,
             StatusCode::TOO_MANY_REQUESTS => {
-                assert_eq!(r.headers()["retry-after"], "1");
+                assert_eq!(r.headers()["retry-after"], "7");
                 assert_error(r, StatusCode::TOO_MANY_REQUESTS, "overloaded").await;
                 overloaded += 1;
             }

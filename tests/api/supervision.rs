@@ -60,6 +60,10 @@ async fn past_the_restart_intensity_the_actor_answers_503_until_the_window_passe
     let refused = app.get("/v1/accounts/fragile").await;
     assert_eq!(refused.headers()["retry-after"], "1");
     assert_error(refused, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    app.wait_metric(r#"troupe_actor_failures_total{kind="account"}"#, |n| {
+        n == 1.0
+    })
+    .await;
 
     // Once the window has passed it serves again.
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
