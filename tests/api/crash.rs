@@ -55,6 +55,16 @@ async fn repeated_sigkills_during_a_transfer_storm_conserve_money_and_finish_eve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_readyz_503_then_exits_zero() {
+    drains_on(Signal::SIGTERM).await;
+}
+
+/// SIGINT (Ctrl-C) drains exactly as SIGTERM does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_turns_readyz_503_then_exits_zero() {
+    drains_on(Signal::SIGINT).await;
+}
+
+async fn drains_on(signal: Signal) {
     let dir = TempDir::new().unwrap();
     let mut child = Child::start(dir.path(), &[("TROUPE__SERVER__DRAIN_DELAY_MS", "1500")]).await;
     let client = Client::new();
@@ -66,7 +76,7 @@ async fn sigterm_turns_readyz_503_then_exits_zero() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
-    kill(child.pid(), Signal::SIGTERM).unwrap();
+    kill(child.pid(), signal).unwrap();
     // Until the signal is handled /readyz may still say 200; it must say
     // 503 while the server still serves, before it stops listening.
     let ready = loop {

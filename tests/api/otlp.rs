@@ -183,6 +183,16 @@ async fn spans_chain_from_the_request_through_actors_to_the_store() {
         hex(caller_span),
         "the caller's traceparent is the root's parent"
     );
+    assert_eq!(string_attr(root, "http.method").as_deref(), Some("POST"));
+    assert_eq!(
+        string_attr(root, "http.route").as_deref(),
+        Some("/v1/accounts/{id}/deposits")
+    );
+    assert!(
+        attr(&root.attributes, "http.status_code").is_some(),
+        "the status is recorded"
+    );
+    assert!(string_attr(root, "request_id").is_some_and(|id| !id.is_empty()));
     let handle = deposit
         .iter()
         .find(|s| s.name == "actor.handle")
@@ -201,6 +211,13 @@ async fn spans_chain_from_the_request_through_actors_to_the_store() {
         .find(|s| s.name == "store.commit")
         .expect("the commit's span");
     assert_eq!(commit.parent_span_id, handle.span_id);
+    assert_eq!(
+        string_attr(commit, "store.backend").as_deref(),
+        Some("embedded")
+    );
+    for key in ["batch.messages", "batch.entries"] {
+        assert!(attr(&commit.attributes, key).is_some(), "{key}");
+    }
 
     // The transfer: its actor and both accounts in one trace.
     let root = spans

@@ -202,3 +202,102 @@ async fn shutdown_flushes_the_spans_still_queued() {
         "every queued request span reached the collector"
     );
 }
+
+/// Parent-based sampling: at ratio 0 a new trace is not sampled while a
+/// caller's sampled `traceparent` is followed; a reloaded ratio applies to
+/// the next request. The endpoint comes from the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_a_sampled_caller_and_the_ratio_reloads_live() {
+    let receiver = Receiver::default();
+    let port = receiver.start().await;
+    let config = TempDir::new().unwrap();
+    for entry in std::fs::read_dir(crate::helpers::config_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, config.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let local = config.path().join("local.toml");
+    std::fs::write(&local, "[telemetry.otlp]\nsampling_ratio = 0.0\n").unwrap();
+    let data = TempDir::new().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let child = Child::start_in(
+        data.path(),
+        config.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let client = Client::new();
+    let get = |id: &str, traceparent: Option<String>| {
+        let mut r = client.get(format!("{}/v1/accounts/{id}", child.address));
+        if let Some(t) = traceparent {
+            r = r.header("traceparent", t);
+        }
+        r.send()
+    };
+    let route = "GET /v1/accounts/{id}";
+    let roots = |r: &Receiver| -> Vec<Vec<u8>> {
+        r.spans()
+            .into_iter()
+            .filter(|s| s.name == route)
+            .map(|s| s.trace_id)
+            .collect()
+    };
+
+    get("unsampled", None).await.unwrap();
+    let caller = "6e0c63257de34c926f9efcd03927272e";
+    get("followed", Some(format!("00-{caller}-00f067aa0ba902b7-01")))
+        .await
+        .unwrap();
+    let mut exported = Vec::new();
+    for _ in 0..250 {
+        exported = roots(&receiver);
+        if !exported.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caller_bytes: Vec<u8> = (0..caller.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&caller[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(
+        exported,
+        vec![caller_bytes.clone()],
+        "only the sampled caller's request is exported"
+    );
+
+    std::fs::write(&local, "[telemetry.otlp]\nsampling_ratio = 1.0\n").unwrap();
+    let mut reloaded = false;
+    for _ in 0..250 {
+        let settings: serde_json::Value = client
+            .get(format!("{}/config", child.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ratio = settings["telemetry.otlp.sampling_ratio"]
+            .as_str()
+            .and_then(|r| r.parse::<f64>().ok());
+        if ratio == Some(1.0) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "the ratio never reloaded");
+    get("now-sampled", None).await.unwrap();
+    let mut new_trace = false;
+    for _ in 0..250 {
+        if roots(&receiver).iter().any(|t| *t != caller_bytes) {
+            new_trace = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(new_trace, "a new trace was not sampled after the reload");
+}
