@@ -113,7 +113,11 @@ impl Store for GatedStore {
     }
 }
 
-async fn gated_app() -> (TestApp, Arc<GatedStore>) {
+/// A gated store and the layer that puts it under a test server.
+fn gated_layer() -> (
+    troupe::startup::StoreLayer,
+    Arc<Mutex<Option<Arc<GatedStore>>>>,
+) {
     let slot = Arc::new(Mutex::new(None::<Arc<GatedStore>>));
     let keep = slot.clone();
     let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
@@ -129,6 +133,11 @@ async fn gated_app() -> (TestApp, Arc<GatedStore>) {
         *keep.lock().unwrap() = Some(gated.clone());
         gated
     });
+    (layer, slot)
+}
+
+async fn gated_app() -> (TestApp, Arc<GatedStore>) {
+    let (layer, slot) = gated_layer();
     // Idle actors leave memory quickly, so the next message loads again.
     let app = spawn_app_layered(|s| s.runtime.idle_timeout_ms = 50, layer).await;
     let store = slot.lock().unwrap().clone().unwrap();
@@ -257,4 +266,111 @@ async fn a_deadline_that_passes_in_the_mailbox_drops_the_message_unapplied() {
     )
     .await;
     assert_eq!(app.balance("d").await, 0, "the late deposit was applied");
+}
+
+/// `X-Request-Timeout` is capped by `runtime.max_timeout_ms`, and a cap
+/// edited in a file applies to the next request. Behind a load that is
+/// held: at a cap of 300 ms a request asking for a minute is answered `504`;
+/// once the cap is raised, a request asking for 3 s outlives the old cap
+/// and is answered by the actor when the load goes through.
+#[actix_rt::test]
+async fn x_request_timeout_is_capped_by_max_timeout_ms_and_the_cap_reloads_live() {
+    let config = tempfile::TempDir::new().unwrap();
+    for entry in std::fs::read_dir(crate::helpers::config_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, config.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let local = config.path().join("local.toml");
+    std::fs::write(
+        &local,
+        "[runtime]\ndefault_timeout_ms = 200\nmax_timeout_ms = 300\n",
+    )
+    .unwrap();
+    let sources = troupe::settings::Sources {
+        config_dir: Some(config.path().to_path_buf()),
+        env: Some("development".into()),
+        overrides: vec![
+            ("server.port".into(), "0".into()),
+            ("server.workers".into(), "2".into()),
+        ],
+        remote: Vec::new(),
+        environment: Some(Default::default()),
+    };
+    let (layer, slot) = gated_layer();
+    let app = crate::helpers::spawn_app_reloading_layered(
+        tempfile::TempDir::new().unwrap(),
+        sources,
+        Some(layer),
+    )
+    .await;
+    let store = slot.lock().unwrap().clone().unwrap();
+    store.hold_loads_of("account/slow");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let asking = |ms: &'static str| {
+        client
+            .get(app.url("/v1/accounts/slow"))
+            .header("X-Request-Timeout", ms)
+            .send()
+    };
+    let r = asking("60000")
+        .await
+        .expect("answered at the cap, not after a minute");
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+
+    std::fs::write(
+        &local,
+        "[runtime]\ndefault_timeout_ms = 200\nmax_timeout_ms = 60000\n",
+    )
+    .unwrap();
+    let mut reloaded = false;
+    for _ in 0..250 {
+        if app.app_runtime.options().max_timeout == Duration::from_secs(60) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "the cap never reloaded");
+    let opener = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        store.open();
+    };
+    let (r, ()) = futures_util::join!(asking("3000"), opener);
+    // Never opened: the actor's own answer, not the deadline's.
+    assert_eq!(r.unwrap().status(), StatusCode::NOT_FOUND);
+}
+
+/// At `runtime.max_activations` with no activation idle (the one live
+/// actor is waiting for its load), a client's message for another actor
+/// is refused `429` with `Retry-After`, and served once room is made.
+#[actix_rt::test]
+async fn at_the_activation_cap_with_none_idle_a_new_actor_gets_429() {
+    let (app, store) = gated_app().await;
+    app.open("other").await;
+    app.wait_metric(r#"troupe_actors_live{kind="account"}"#, |n| n == 0.0)
+        .await;
+    // One per shard; "busy" and "other" hash to the same of the two shards
+    // (SipHash with fixed keys), so they compete for that one place.
+    let mut options = (*app.app_runtime.options()).clone();
+    options.max_activations = 1;
+    options.idle_timeout = Duration::from_secs(600);
+    app.app_runtime.set_options(options);
+    store.hold_loads_of("account/busy");
+    let busy = app.get("/v1/accounts/busy");
+    let refused = async {
+        app.wait_metric(r#"troupe_actors_live{kind="account"}"#, |n| n == 1.0)
+            .await;
+        let r = app.get("/v1/accounts/other").await;
+        store.open();
+        r
+    };
+    let (busy, refused) = futures_util::join!(busy, refused);
+    assert_eq!(busy.status(), StatusCode::NOT_FOUND);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    crate::helpers::assert_error(refused, StatusCode::TOO_MANY_REQUESTS, "overloaded").await;
+    // "busy" was never opened and left at once: there is room again.
+    assert_eq!(app.get("/v1/accounts/other").await.status(), StatusCode::OK);
 }

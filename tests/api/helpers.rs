@@ -78,7 +78,16 @@ pub async fn spawn_app_layered_in(
 }
 
 /// A test server that reloads its configuration from `sources`.
-pub async fn spawn_app_reloading(dir: TempDir, mut sources: Sources) -> TestApp {
+pub async fn spawn_app_reloading(dir: TempDir, sources: Sources) -> TestApp {
+    spawn_app_reloading_layered(dir, sources, None).await
+}
+
+/// As [`spawn_app_reloading`], its store wrapped by `layer`.
+pub async fn spawn_app_reloading_layered(
+    dir: TempDir,
+    mut sources: Sources,
+    layer: Option<troupe::startup::StoreLayer>,
+) -> TestApp {
     sources
         .overrides
         .push(("store.path".into(), dir.path().display().to_string()));
@@ -86,7 +95,7 @@ pub async fn spawn_app_reloading(dir: TempDir, mut sources: Sources) -> TestApp 
     let controls = Controls {
         sources: Some(sources),
         log_filter: None,
-        store_layer: None,
+        store_layer: layer,
     };
     spawn_app_controlled(dir, |s| *s = settings, controls).await
 }
