@@ -68,20 +68,33 @@ impl Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let sources = cli.sources();
+    // The remote layer is read before anything else: it may set any key,
+    // the log filter and the listening port included.
+    let (settings, sources, remote) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(troupe::remote::resolve(cli.sources()))?;
     if let Some(Command::Config) = cli.command {
+        remote_note(&remote);
         for (key, value, layer) in describe(&sources)? {
             println!("{key} = {value}    # {layer}");
         }
         return Ok(());
     }
-    // Invalid settings stop here, before anything binds a port.
-    let settings = Settings::load(&sources)?;
+    // Invalid settings stopped above, before anything binds a port.
     // Before the actix system: the OTLP exporter gets its own small runtime.
     let telemetry = troupe::telemetry::init(&settings)?;
+    remote.log();
     let result = actix_web::rt::System::new().block_on(serve(settings, sources, &telemetry));
     telemetry.shutdown();
     result
+}
+
+/// `troupe config` has no logger: say on stderr why etcd is missing.
+fn remote_note(remote: &troupe::remote::AtStart) {
+    if let troupe::remote::AtStart::Unavailable(why) = remote {
+        eprintln!("note: {why}; showing the local layers only");
+    }
 }
 
 async fn serve(

@@ -14,6 +14,61 @@
 //! The etcd client is behind the `etcd` cargo feature (it needs `protoc` to
 //! build); a binary built without it warns when endpoints are configured.
 
+use crate::settings::{Settings, SettingsError, Sources};
+
+/// What start-up got from the remote layer. Read before logging is set up
+/// (the remote layer may set `log.filter`), so logged afterwards by
+/// [`AtStart::log`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtStart {
+    /// No endpoints configured.
+    Off,
+    /// The keys read under the prefix.
+    Read { keys: usize, prefix: String },
+    /// Not read: why. The service starts on its local layers.
+    Unavailable(String),
+}
+
+impl AtStart {
+    pub fn log(&self) {
+        match self {
+            Self::Off => {}
+            Self::Read { keys, prefix } => {
+                tracing::info!(keys, %prefix, "read remote configuration from etcd");
+            }
+            Self::Unavailable(why) => tracing::warn!(
+                reason = %why,
+                "starting on local configuration without the etcd layer"
+            ),
+        }
+    }
+}
+
+/// The settings to start with: the local layers, then the remote layer
+/// read once (bounded by `remote.etcd.connect_timeout_ms`) when etcd is
+/// configured and answers. Returns the sources with the remote values in,
+/// for the reloader and `troupe config`.
+///
+/// # Errors
+/// When a local layer, or a value read from etcd, is invalid (the error
+/// names the key, the value and the layer).
+pub async fn resolve(mut sources: Sources) -> Result<(Settings, Sources, AtStart), SettingsError> {
+    let local = Settings::load(&sources)?;
+    match fetch(&local).await {
+        Ok(None) => Ok((local, sources, AtStart::Off)),
+        Ok(Some(values)) => {
+            let at_start = AtStart::Read {
+                keys: values.len(),
+                prefix: local.remote.etcd.prefix.clone(),
+            };
+            sources.remote = values;
+            let settings = Settings::load(&sources)?;
+            Ok((settings, sources, at_start))
+        }
+        Err(why) => Ok((local, sources, AtStart::Unavailable(why))),
+    }
+}
+
 #[cfg(not(feature = "etcd"))]
 mod disabled {
     use crate::background::Background;
@@ -21,11 +76,17 @@ mod disabled {
     use crate::settings::Settings;
 
     /// Without the `etcd` feature there is no remote layer.
-    pub async fn fetch(settings: &Settings) -> Option<Vec<(String, String)>> {
-        if !settings.remote.etcd.endpoints.is_empty() {
-            tracing::warn!("remote.etcd.endpoints is set but this binary was built without the etcd feature; ignoring it");
+    ///
+    /// # Errors
+    /// When endpoints are configured all the same.
+    pub async fn fetch(settings: &Settings) -> Result<Option<Vec<(String, String)>>, String> {
+        if settings.remote.etcd.endpoints.is_empty() {
+            return Ok(None);
         }
-        None
+        Err(
+            "remote.etcd.endpoints is set but this binary was built without the etcd feature"
+                .into(),
+        )
     }
 
     pub fn spawn(_background: &Background, _settings: &Settings, _reloader: Reloader) {}
@@ -64,6 +125,34 @@ mod enabled {
         (!name.is_empty()).then(|| name.to_owned())
     }
 
+    /// Connects to the first endpoint that answers a read of `prefix`, in
+    /// order. One endpoint at a time: etcd-client's balanced channel fails
+    /// every request while any one endpoint is down
+    /// (etcdv3/etcd-client#39), and a cluster with a member down must
+    /// still configure us.
+    async fn read_any(
+        endpoints: &[String],
+        prefix: &str,
+        connect: &ConnectOptions,
+    ) -> Result<(Client, Values, i64), etcd_client::Error> {
+        let mut last = etcd_client::Error::InvalidArgs("no etcd endpoints".into());
+        for endpoint in endpoints {
+            let attempt = async {
+                let mut client = Client::connect([endpoint], Some(connect.clone())).await?;
+                let (values, revision) = read(&mut client, prefix).await?;
+                Ok::<_, etcd_client::Error>((client, values, revision))
+            };
+            match attempt.await {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    tracing::debug!(%endpoint, error.message = %e, "etcd endpoint did not answer; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     async fn read(client: &mut Client, prefix: &str) -> Result<(Values, i64), etcd_client::Error> {
         let response = client
             .get(prefix, Some(GetOptions::new().with_prefix()))
@@ -82,32 +171,31 @@ mod enabled {
         Ok((values, revision))
     }
 
-    /// Reads the remote layer once, for start-up. `None` when etcd is not
-    /// configured or cannot be reached in time (the service then starts on its
-    /// local layers).
-    pub async fn fetch(settings: &Settings) -> Option<Vec<(String, String)>> {
+    /// Reads the remote layer once, for start-up. `Ok(None)` when etcd is
+    /// not configured.
+    ///
+    /// # Errors
+    /// Why etcd could not be read in time (the service then starts on its
+    /// local layers and the background task keeps trying).
+    pub async fn fetch(settings: &Settings) -> Result<Option<Vec<(String, String)>>, String> {
         let etcd = &settings.remote.etcd;
         if etcd.endpoints.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let attempt = async {
-            let mut client = Client::connect(&etcd.endpoints, Some(options(settings))).await?;
-            read(&mut client, &etcd.prefix).await
-        };
-        let limit = Duration::from_millis(etcd.connect_timeout_ms.saturating_mul(2));
+        let connect = options(settings);
+        let attempt = read_any(&etcd.endpoints, &etcd.prefix, &connect);
+        // Every endpoint may take its connect timeout, and then the read.
+        let per_endpoint = etcd.connect_timeout_ms.saturating_mul(2);
+        let endpoints = u64::try_from(etcd.endpoints.len()).unwrap_or(u64::MAX);
+        let limit = Duration::from_millis(per_endpoint.saturating_mul(endpoints));
         match tokio::time::timeout(limit, attempt).await {
-            Ok(Ok((values, _))) => {
-                tracing::info!(keys = values.len(), prefix = %etcd.prefix, "read remote configuration from etcd");
-                Some(values.into_iter().collect())
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error.message = %e, "etcd unreachable at start; starting on local configuration and retrying in the background");
-                None
-            }
-            Err(_) => {
-                tracing::warn!("etcd did not answer in time; starting on local configuration and retrying in the background");
-                None
-            }
+            Ok(Ok((_, values, _))) => Ok(Some(values.into_iter().collect())),
+            Ok(Err(e)) => Err(format!(
+                "etcd unreachable ({e}); retrying in the background"
+            )),
+            Err(_) => Err(format!(
+                "etcd did not answer within {limit:?}; retrying in the background"
+            )),
         }
     }
 
@@ -153,8 +241,7 @@ mod enabled {
         reloader: &Reloader,
     ) -> etcd_client::Error {
         let session = async {
-            let mut client = Client::connect(endpoints, Some(connect)).await?;
-            let (mut values, revision) = read(&mut client, prefix).await?;
+            let (mut client, mut values, revision) = read_any(endpoints, prefix, &connect).await?;
             reloader.set_remote(values.clone().into_iter().collect());
             let watch = WatchOptions::new()
                 .with_prefix()

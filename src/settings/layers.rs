@@ -12,6 +12,9 @@ use config::{Config, ConfigError, Environment, File, FileFormat, Source, Value, 
 
 use super::{Settings, SettingsError, Sources, DEFAULTS};
 
+/// Settings that are lists (their environment form is comma-separated).
+const LIST_KEYS: [&str; 1] = ["remote.etcd.endpoints"];
+
 impl Sources {
     pub(super) fn environment(&self) -> String {
         self.env.clone().unwrap_or_else(|| "development".into())
@@ -42,11 +45,17 @@ impl Sources {
                 Config::builder().add_source(file).build()?,
             ));
         }
-        let env = Environment::with_prefix("TROUPE")
+        // List settings take the comma-separated form:
+        // TROUPE__REMOTE__ETCD__ENDPOINTS=http://a:2379,http://b:2379
+        let mut env = Environment::with_prefix("TROUPE")
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
-            .source(self.environment.clone());
+            .list_separator(",");
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        let env = env.source(self.environment.clone());
         layers.push((
             "environment (TROUPE__*)".to_owned(),
             Config::builder().add_source(env).build()?,

@@ -244,3 +244,53 @@ async fn an_etcd_unreachable_at_start_is_followed_once_it_comes() {
         Duration::from_millis(4321)
     );
 }
+
+/// Values already under the prefix are read at start-up: the first request
+/// sees them, and `/config` names etcd as their layer.
+#[actix_rt::test]
+async fn values_under_the_prefix_are_in_force_from_start_up() {
+    let data = TempDir::new().unwrap();
+    let etcd = Etcd::start(data.path()).await;
+    etcd.put("/troupe/test/runtime.default_timeout_ms", "3456")
+        .await;
+    let config = TempDir::new().unwrap();
+    let app = app_following(&etcd.url(), config.path()).await;
+    assert_eq!(
+        app.app_runtime.options().default_timeout,
+        Duration::from_millis(3456),
+        "the remote value was not read before serving"
+    );
+    let shown = json_of(app.get("/config").await).await;
+    assert_eq!(
+        shown["runtime.default_timeout_ms"],
+        Value::String("3456".into())
+    );
+}
+
+/// Through the binary: `troupe config` shows the etcd layer, read at start,
+/// with any key (here one a reload could not apply: it needs a restart).
+/// The endpoints come as the comma-separated environment form, the first
+/// one down: a member down must not cost the layer.
+#[actix_rt::test]
+async fn the_binary_reads_etcd_before_it_starts() {
+    let data = TempDir::new().unwrap();
+    let etcd = Etcd::start(data.path()).await;
+    etcd.put("/troupe/bin/server.drain_delay_ms", "777").await;
+    let endpoints = format!("http://127.0.0.1:{},{}", free_port(), etcd.url());
+    let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .arg("--config-dir")
+        .arg(crate::helpers::config_dir())
+        .arg("config")
+        .env("TROUPE__REMOTE__ETCD__ENDPOINTS", &endpoints)
+        .env("TROUPE__REMOTE__ETCD__PREFIX", "/troupe/bin/")
+        .output()
+        .await
+        .unwrap();
+    assert!(printed.status.success());
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l == "server.drain_delay_ms = 777    # etcd"),
+        "{text}"
+    );
+}

@@ -91,7 +91,10 @@ pub async fn spawn_app_reloading_layered(
     sources
         .overrides
         .push(("store.path".into(), dir.path().display().to_string()));
-    let settings = Settings::load(&sources).expect("test settings load");
+    // As the binary starts: the remote layer (etcd) is read first.
+    let (settings, sources, _) = troupe::remote::resolve(sources)
+        .await
+        .expect("test settings load");
     let controls = Controls {
         sources: Some(sources),
         log_filter: None,
