@@ -196,3 +196,28 @@ async fn a_transfer_with_an_id_does_not_consult_the_idempotency_key() {
     assert_eq!(app.balance("a").await, 85);
     assert_eq!(app.balance("b").await, 15);
 }
+
+/// Recent idempotency records are kept in the actor's memory: a retry
+/// right after the first answer is replayed without asking the store.
+#[actix_rt::test]
+async fn a_prompt_retry_is_replayed_from_memory_without_a_store_lookup() {
+    let app = spawn_app().await;
+    app.open("a").await;
+    let lookups = r#"troupe_store_operation_duration_seconds_count{backend="embedded",op="idempotency"}"#;
+    let first = app
+        .post_with_key("/v1/accounts/a/deposits", "mem-1", json!({"amount": 5}))
+        .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    // A key never seen is looked up in the store once (it may have been
+    // written before this activation).
+    let before = app.wait_metric(lookups, |n| n >= 1.0).await;
+    let again = app
+        .post_with_key("/v1/accounts/a/deposits", "mem-1", json!({"amount": 5}))
+        .await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    // A request that follows is measured after the replay; the lookup
+    // count is unchanged.
+    app.deposit("a", 1).await;
+    assert_eq!(app.metric(lookups).await, Some(before));
+    assert_eq!(app.balance("a").await, 6);
+}
