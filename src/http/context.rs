@@ -135,10 +135,29 @@ impl RootSpanBuilder for RootSpan {
         span
     }
 
+    /// Records the status on the span. A `5xx` also writes one error line
+    /// (inside the span, so it carries the request's ids); client errors
+    /// write none: they are counted in `/metrics` and visible in traces,
+    /// and a client sending garbage must not flood the log.
     fn on_request_end<B: MessageBody>(
         span: tracing::Span,
         outcome: &Result<ServiceResponse<B>, actix_web::Error>,
     ) {
+        let failed = match outcome {
+            Ok(response) => response
+                .status()
+                .is_server_error()
+                .then(|| response.response().error().map(ToString::to_string))
+                .map(Option::unwrap_or_default),
+            Err(error) => error
+                .as_response_error()
+                .status_code()
+                .is_server_error()
+                .then(|| error.to_string()),
+        };
+        if let Some(error) = failed {
+            span.in_scope(|| tracing::error!(error.message = %error, "request failed"));
+        }
         DefaultRootSpanBuilder::on_request_end(span, outcome);
     }
 }

@@ -203,7 +203,8 @@ async fn a_transfer_with_an_id_does_not_consult_the_idempotency_key() {
 async fn a_prompt_retry_is_replayed_from_memory_without_a_store_lookup() {
     let app = spawn_app().await;
     app.open("a").await;
-    let lookups = r#"troupe_store_operation_duration_seconds_count{backend="embedded",op="idempotency"}"#;
+    let lookups =
+        r#"troupe_store_operation_duration_seconds_count{backend="embedded",op="idempotency"}"#;
     let first = app
         .post_with_key("/v1/accounts/a/deposits", "mem-1", json!({"amount": 5}))
         .await;

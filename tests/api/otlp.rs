@@ -303,3 +303,107 @@ async fn json_log_lines_inside_a_request_carry_its_trace_and_span_ids() {
     );
     assert!(root["request_id"].as_str().is_some());
 }
+
+/// No log line per request: under `info`, successful requests and client
+/// errors (404, 400, 422) write nothing; a `5xx` writes one error line that
+/// carries the request's ids. `RUST_LOG`, when set, wins over `log.filter`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_server_errors_write_a_log_line_per_request() {
+    use nix::sys::signal::{kill, Signal};
+
+    let dir = TempDir::new().unwrap();
+    let mut child = Child::start(dir.path(), &[("TROUPE__LOG__FILTER", "info")]).await;
+    let client = Client::new();
+    let base = child.address.clone();
+    client
+        .put(format!("{base}/v1/accounts/q"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let ok = client
+            .post(format!("{base}/v1/accounts/q/deposits"))
+            .json(&json!({"amount": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let missing = client.get(format!("{base}/v1/accounts/nobody")).send();
+        assert_eq!(missing.await.unwrap().status(), StatusCode::NOT_FOUND);
+        let malformed = client
+            .post(format!("{base}/v1/accounts/q/deposits"))
+            .header("Content-Type", "application/json")
+            .body("{")
+            .send();
+        assert_eq!(malformed.await.unwrap().status(), StatusCode::BAD_REQUEST);
+        let refused = client
+            .post(format!("{base}/v1/accounts/q/withdrawals"))
+            .json(&json!({"amount": 1_000_000}))
+            .send();
+        assert_eq!(
+            refused.await.unwrap().status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+    let crashed = client
+        .post(format!("{base}/v1/actors/account/q/crash"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crashed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    // Everything written while serving is in once the process has exited.
+    kill(child.pid(), Signal::SIGTERM).unwrap();
+    child.process.wait().await.unwrap();
+    let output = child.output();
+    let in_requests: Vec<serde_json::Value> = output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == json!("HTTP request")))
+        })
+        .collect();
+    let errors: Vec<&serde_json::Value> = in_requests
+        .iter()
+        .filter(|l| l["level"] == json!("ERROR") && l["target"] == json!("troupe::http::context"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one line for the 500:\n{output}");
+    let spans = errors[0]["spans"].as_array().unwrap();
+    assert!(spans.iter().any(|s| s["request_id"].is_string()));
+    // The crash itself is logged by the supervisor (not per request); no
+    // other line was written inside a request.
+    assert!(
+        in_requests.iter().all(|l| l["level"] == json!("ERROR")
+            || l["target"] != json!("tracing_actix_web::middleware")),
+        "{output}"
+    );
+    let quiet = in_requests
+        .iter()
+        .filter(|l| l["level"] != json!("ERROR"))
+        .count();
+    assert_eq!(quiet, 0, "lines written per request under info:\n{output}");
+
+    // RUST_LOG wins over log.filter.
+    let dir = TempDir::new().unwrap();
+    let child = Child::start(
+        dir.path(),
+        &[
+            ("TROUPE__LOG__FILTER", "info"),
+            ("RUST_LOG", "info,troupe::http=debug"),
+        ],
+    )
+    .await;
+    client
+        .get(format!("{}/v1/accounts/rust-log", child.address))
+        .send()
+        .await
+        .unwrap();
+    child
+        .wait_log(0, Duration::from_secs(10), |l| {
+            l["target"] == json!("troupe::http") && l["fields"]["actor.id"] == json!("rust-log")
+        })
+        .await;
+}

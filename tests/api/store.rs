@@ -458,3 +458,32 @@ async fn every_fsync_while_serving_runs_on_the_store_writer_thread() {
         "no fsync observed while serving durable writes:\n{text}"
     );
 }
+
+/// The service sweeps on its own every `store.sweep_interval_s`: expired
+/// records leave the disk with no one calling `sweep`.
+#[actix_rt::test]
+async fn the_running_service_sweeps_expired_records_on_its_interval() {
+    let app = crate::helpers::spawn_app_with(TempDir::new().unwrap(), |s| {
+        s.store.sweep_interval_s = 1;
+        s.store.idempotency_retention_s = 1;
+    })
+    .await;
+    app.open("a").await;
+    for i in 0..20 {
+        let r = app
+            .post_with_key(
+                "/v1/accounts/a/deposits",
+                &format!("k-{i}"),
+                serde_json::json!({"amount": 1}),
+            )
+            .await;
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+    }
+    // Expiry comes within two seconds (whole seconds), the next sweep
+    // within one more.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let dir = app.stop().await;
+    let store = EmbeddedStore::open(dir.path(), options(Duration::from_secs(1))).unwrap();
+    assert_eq!(store.idempotency_rows().await.unwrap(), 0);
+    store.close().await;
+}
