@@ -620,6 +620,65 @@ async fn a_parked_caller_is_answered_at_its_deadline_and_forgotten() {
     assert_eq!((app.balance("a").await, app.balance("b").await), (95, 5));
 }
 
+/// Callers parked on one unfinished transfer keep their own deadlines (a
+/// short one expiring takes none of the others with it), at most a
+/// mailbox's worth wait (the rest are refused `429`), a place freed by an
+/// expired caller is taken again, and those still waiting when the transfer
+/// completes are answered its outcome.
+#[actix_rt::test]
+async fn parked_callers_keep_their_own_deadlines_and_are_bounded() {
+    let fault = Fault {
+        op: "fact",
+        actor: "account/a",
+        nth: 0,
+        after_apply: false,
+    };
+    let (app, faulty) = faulty_app(fault, Duration::ZERO, |s| {
+        s.runtime.ask_max_backoff_ms = 50;
+        s.runtime.mailbox_capacity = 4;
+    })
+    .await;
+    faulty.armed.store(true, Ordering::SeqCst);
+    let body = json!({"id": "t-park", "from": "a", "to": "b", "amount": 5});
+    let call = |timeout: &'static str| {
+        app.client
+            .post(app.url("/v1/transfers"))
+            .header("X-Request-Timeout", timeout)
+            .json(&body)
+            .send()
+    };
+    // The first call starts the transfer and parks until its deadline.
+    let short = call("600");
+    let longs = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        futures_util::future::join_all((0..5).map(|_| call("8000"))).await
+    };
+    let after = async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // The short caller's place is free again.
+        let late = call("8000");
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            faulty.armed.store(false, Ordering::SeqCst);
+        };
+        futures_util::join!(late, release).0
+    };
+    let (short, longs, late) = futures_util::join!(short, longs, after);
+    assert_eq!(short.unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
+    let statuses: Vec<StatusCode> = longs.into_iter().map(|r| r.unwrap().status()).collect();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    let completed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!((completed, refused), (3, 2), "{statuses:?}");
+    assert_eq!(late.unwrap().status(), StatusCode::CREATED);
+    assert_eq!((app.balance("a").await, app.balance("b").await), (95, 5));
+}
+
 /// A store where loads of `actor` fail `failures` times once `skip`
 /// loads have passed.
 struct FlakyLoads {
