@@ -255,10 +255,15 @@ async fn a_deadline_that_passes_in_the_mailbox_drops_the_message_unapplied() {
         .json(&json!({"amount": 5}))
         .send();
     let opener = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         store.open();
     };
-    let (late, ()) = futures_util::join!(late, opener);
+    let depth = async {
+        // While it waits, it is counted as routed and not yet answered.
+        app.wait_metric("troupe_actor_mailbox_depth", |n| n >= 1.0)
+            .await
+    };
+    let (late, (), _) = futures_util::join!(late, opener, depth);
     assert_eq!(late.unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
     app.wait_metric(
         r#"troupe_actor_deadline_drops_total{kind="account"}"#,

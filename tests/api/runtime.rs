@@ -227,6 +227,13 @@ async fn reports_a_full_metrics_mailbox_refuses_are_dropped_and_counted() {
         }
     }
     assert!(dropped >= 3, "only {dropped} reports counted as dropped");
+    // The exposition shows it.
+    let text = troupe::telemetry::Metrics::new().render(&runtime, None);
+    let shown = text
+        .lines()
+        .find_map(|l| l.strip_prefix("troupe_metrics_reports_dropped_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(shown.is_some_and(|n| n >= dropped), "{text}");
     // And the runtime itself still answers at once.
     let address = Address::new(troupe_actors::Kind::Account, ActorId::parse("m").unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);

@@ -187,3 +187,25 @@ async fn replies_are_the_views_the_openapi_document_names() {
         ["application/json"]["schema"]["$ref"];
     assert_eq!(get, &json!("#/components/schemas/AccountView"));
 }
+
+/// A settled transfer has nothing worth keeping: it leaves memory as soon
+/// as it has answered, long before the idle timeout (a minute here).
+#[actix_rt::test]
+async fn a_settled_transfer_leaves_memory_at_once() {
+    let app = spawn_app().await;
+    funded(&app, "a", "USD", 100).await;
+    funded(&app, "b", "USD", 0).await;
+    let r = app
+        .post(
+            "/v1/transfers",
+            json!({"id": "t-gone", "from": "a", "to": "b", "amount": 5}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    app.wait_metric(r#"troupe_actors_live{kind="transfer"}"#, |n| n == 0.0)
+        .await;
+    app.wait_metric(r#"troupe_actor_passivations_total{kind="transfer"}"#, |n| {
+        n >= 1.0
+    })
+    .await;
+}
