@@ -92,8 +92,8 @@ fn main() -> anyhow::Result<()> {
 
 /// `troupe config` has no logger: say on stderr why etcd is missing.
 fn remote_note(remote: &troupe::remote::AtStart) {
-    if let troupe::remote::AtStart::Unavailable(why) = remote {
-        eprintln!("note: {why}; showing the local layers only");
+    if let Some(note) = remote.note() {
+        eprintln!("{note}");
     }
 }
 

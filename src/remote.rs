@@ -3,18 +3,41 @@
 //! (`/troupe/production/log.filter` = `info,troupe=debug`), overrides the
 //! file and environment layers.
 //!
-//! At start the values are read once (bounded by
-//! `remote.etcd.connect_timeout_ms`); if etcd cannot be reached the service
-//! starts on its local layers and says so. A background task then watches
-//! the prefix and applies changes like a file reload; when etcd is lost it
-//! keeps the last good values and reconnects with exponential backoff.
-//! Nothing here runs on a request's path.
+//! At start the values are read once, before anything else (each endpoint
+//! in turn, each bounded by twice `remote.etcd.connect_timeout_ms`); if etcd
+//! cannot be reached, or its values are invalid, the service starts on its
+//! local layers and says so. A background task then watches the prefix and
+//! applies changes like a file reload; when etcd is lost it keeps the last
+//! good values and reconnects with exponential backoff. Nothing here runs
+//! on a request's path.
+//!
+//! etcd is reached over plain gRPC, so it may not set what decides where
+//! the ledger's data goes or whom the service trusts ([`HOST_ONLY`]): those
+//! come only from files, the environment and flags.
 
 //!
 //! The etcd client is behind the `etcd` cargo feature (it needs `protoc` to
 //! build); a binary built without it warns when endpoints are configured.
 
 use crate::settings::{Settings, SettingsError, Sources};
+
+/// Settings etcd may not set (a key equal to one, or under one ending in
+/// `.`): the store (where acknowledged writes go, how long retries are
+/// recognised), the remote layer itself, the listening address and the
+/// trace collector.
+pub const HOST_ONLY: [&str; 4] = [
+    "store.",
+    "remote.",
+    "server.bind",
+    "telemetry.otlp.endpoint",
+];
+
+/// Whether etcd may set `key`.
+pub fn settable_remotely(key: &str) -> bool {
+    !HOST_ONLY
+        .iter()
+        .any(|denied| key == *denied || (denied.ends_with('.') && key.starts_with(denied)))
+}
 
 /// What start-up got from the remote layer. Read before logging is set up
 /// (the remote layer may set `log.filter`), so logged afterwards by
@@ -27,6 +50,9 @@ pub enum AtStart {
     Read { keys: usize, prefix: String },
     /// Not read: why. The service starts on its local layers.
     Unavailable(String),
+    /// Read, but the values are invalid: the error. The service starts on
+    /// its local layers.
+    Rejected(String),
 }
 
 impl AtStart {
@@ -38,8 +64,23 @@ impl AtStart {
             }
             Self::Unavailable(why) => tracing::warn!(
                 reason = %why,
-                "starting on local configuration without the etcd layer"
+                "starting on local configuration without the etcd layer; retrying in the background"
             ),
+            Self::Rejected(error) => tracing::error!(
+                error.message = %error,
+                "the etcd layer is invalid; starting on local configuration"
+            ),
+        }
+    }
+
+    /// For `troupe config`, which has no logger.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            Self::Off | Self::Read { .. } => None,
+            Self::Unavailable(why) => Some(format!("note: {why}; showing the local layers only")),
+            Self::Rejected(error) => Some(format!(
+                "note: the etcd layer is invalid ({error}); showing the local layers only"
+            )),
         }
     }
 }
@@ -62,8 +103,15 @@ pub async fn resolve(mut sources: Sources) -> Result<(Settings, Sources, AtStart
                 prefix: local.remote.etcd.prefix.clone(),
             };
             sources.remote = values;
-            let settings = Settings::load(&sources)?;
-            Ok((settings, sources, at_start))
+            match Settings::load(&sources) {
+                Ok(settings) => Ok((settings, sources, at_start)),
+                // As a reload would: a bad remote value is refused, and
+                // every instance must not crash-loop on one bad write.
+                Err(e) => {
+                    sources.remote = Vec::new();
+                    Ok((local, sources, AtStart::Rejected(format!("etcd: {e}"))))
+                }
+            }
         }
         Err(why) => Ok((local, sources, AtStart::Unavailable(why))),
     }
@@ -114,15 +162,28 @@ mod enabled {
 
     fn options(settings: &Settings) -> ConnectOptions {
         let timeout = Duration::from_millis(settings.remote.etcd.connect_timeout_ms);
+        // Keep-alive: a member that dies silently while watched is noticed
+        // and the watch moves on; without a leader it answers nothing.
         ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(5), timeout)
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true)
     }
 
-    /// The settings' dotted key of an etcd key under `prefix`.
+    /// The settings' dotted key of an etcd key under `prefix`; `None` for
+    /// keys outside it and for keys etcd may not set.
     fn setting_key(prefix: &str, key: &str) -> Option<String> {
         let name = key.strip_prefix(prefix)?.trim_start_matches('/');
-        (!name.is_empty()).then(|| name.to_owned())
+        if name.is_empty() {
+            return None;
+        }
+        if !super::settable_remotely(name) {
+            tracing::warn!(key = %name, "ignoring a setting etcd may not set");
+            return None;
+        }
+        Some(name.to_owned())
     }
 
     /// Connects to the first endpoint that answers a read of `prefix`, in
@@ -134,6 +195,7 @@ mod enabled {
         endpoints: &[String],
         prefix: &str,
         connect: &ConnectOptions,
+        per_endpoint: Duration,
     ) -> Result<(Client, Values, i64), etcd_client::Error> {
         let mut last = etcd_client::Error::InvalidArgs("no etcd endpoints".into());
         for endpoint in endpoints {
@@ -142,15 +204,28 @@ mod enabled {
                 let (values, revision) = read(&mut client, prefix).await?;
                 Ok::<_, etcd_client::Error>((client, values, revision))
             };
-            match attempt.await {
-                Ok(found) => return Ok(found),
-                Err(e) => {
-                    tracing::debug!(%endpoint, error.message = %e, "etcd endpoint did not answer; trying the next");
+            let shown = crate::settings::redact("remote.etcd.endpoints", endpoint);
+            match tokio::time::timeout(per_endpoint, attempt).await {
+                Ok(Ok(found)) => return Ok(found),
+                Ok(Err(e)) => {
+                    tracing::debug!(endpoint = %shown, error.message = %e, "etcd endpoint did not answer; trying the next");
                     last = e;
+                }
+                Err(_) => {
+                    tracing::debug!(endpoint = %shown, ?per_endpoint, "etcd endpoint did not answer in time; trying the next");
+                    last = etcd_client::Error::IoError(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{shown} did not answer within {per_endpoint:?}"),
+                    ));
                 }
             }
         }
         Err(last)
+    }
+
+    /// Connect, then read: each bounded by the connect timeout.
+    fn per_endpoint(settings: &Settings) -> Duration {
+        Duration::from_millis(settings.remote.etcd.connect_timeout_ms.saturating_mul(2))
     }
 
     async fn read(client: &mut Client, prefix: &str) -> Result<(Values, i64), etcd_client::Error> {
@@ -183,19 +258,16 @@ mod enabled {
             return Ok(None);
         }
         let connect = options(settings);
-        let attempt = read_any(&etcd.endpoints, &etcd.prefix, &connect);
-        // Every endpoint may take its connect timeout, and then the read.
-        let per_endpoint = etcd.connect_timeout_ms.saturating_mul(2);
-        let endpoints = u64::try_from(etcd.endpoints.len()).unwrap_or(u64::MAX);
-        let limit = Duration::from_millis(per_endpoint.saturating_mul(endpoints));
-        match tokio::time::timeout(limit, attempt).await {
-            Ok(Ok((_, values, _))) => Ok(Some(values.into_iter().collect())),
-            Ok(Err(e)) => Err(format!(
-                "etcd unreachable ({e}); retrying in the background"
-            )),
-            Err(_) => Err(format!(
-                "etcd did not answer within {limit:?}; retrying in the background"
-            )),
+        match read_any(
+            &etcd.endpoints,
+            &etcd.prefix,
+            &connect,
+            per_endpoint(settings),
+        )
+        .await
+        {
+            Ok((_, values, _)) => Ok(Some(values.into_iter().collect())),
+            Err(e) => Err(format!("etcd unreachable ({e})")),
         }
     }
 
@@ -205,7 +277,7 @@ mod enabled {
         if etcd.endpoints.is_empty() {
             return;
         }
-        let connect = options(settings);
+        let connect = (options(settings), per_endpoint(settings));
         background.spawn(async move {
             let mut backoff = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -237,11 +309,12 @@ mod enabled {
     async fn follow(
         endpoints: &[String],
         prefix: &str,
-        connect: ConnectOptions,
+        (connect, per_endpoint): (ConnectOptions, Duration),
         reloader: &Reloader,
     ) -> etcd_client::Error {
         let session = async {
-            let (mut client, mut values, revision) = read_any(endpoints, prefix, &connect).await?;
+            let (mut client, mut values, revision) =
+                read_any(endpoints, prefix, &connect, per_endpoint).await?;
             reloader.set_remote(values.clone().into_iter().collect());
             let watch = WatchOptions::new()
                 .with_prefix()

@@ -135,30 +135,33 @@ impl RootSpanBuilder for RootSpan {
         span
     }
 
-    /// Records the status on the span. A `5xx` also writes one error line
-    /// (inside the span, so it carries the request's ids); client errors
-    /// write none: they are counted in `/metrics` and visible in traces,
-    /// and a client sending garbage must not flood the log.
+    /// Records the status on the span. A `500` (a bug: a panic, a corrupt
+    /// record) also writes one error line inside the span, so it carries the
+    /// request's ids. Nothing else writes a line: client errors, and the
+    /// `503`/`504` a client or an outage can cause by the thousand (a store
+    /// away, `X-Request-Timeout: 1`), are counted in `/metrics` and visible
+    /// in traces, and must not flood the log.
     fn on_request_end<B: MessageBody>(
         span: tracing::Span,
         outcome: &Result<ServiceResponse<B>, actix_web::Error>,
     ) {
-        let failed = match outcome {
-            Ok(response) => response
-                .status()
-                .is_server_error()
-                .then(|| response.response().error().map(ToString::to_string))
-                .map(Option::unwrap_or_default),
-            Err(error) => error
-                .as_response_error()
-                .status_code()
-                .is_server_error()
-                .then(|| error.to_string()),
+        let (status, error) = match outcome {
+            Ok(response) => (
+                response.status(),
+                response.response().error().map(ToString::to_string),
+            ),
+            Err(error) => (
+                error.as_response_error().status_code(),
+                Some(error.to_string()),
+            ),
         };
-        if let Some(error) = failed {
-            span.in_scope(|| tracing::error!(error.message = %error, "request failed"));
+        DefaultRootSpanBuilder::on_request_end(span.clone(), outcome);
+        if status == actix_web::http::StatusCode::INTERNAL_SERVER_ERROR {
+            let error = error.unwrap_or_else(|| status.to_string());
+            span.in_scope(|| {
+                tracing::error!(http.status_code = status.as_u16(), error.message = %error, "request failed");
+            });
         }
-        DefaultRootSpanBuilder::on_request_end(span, outcome);
     }
 }
 

@@ -143,14 +143,38 @@ pub fn redact(key: &str, value: &str) -> String {
     {
         return "***".into();
     }
-    if let Some((scheme, rest)) = value.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
+    if value.contains("://") {
+        return redact_urls(value);
     }
     value.to_owned()
+}
+
+/// The password of every URL in `value` (a list holds several) replaced
+/// by `***`.
+fn redact_urls(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', quote, comma or space.
+        let end = tail.find(['/', '"', ',', ' ', ']']).unwrap_or(tail.len());
+        let (authority, after) = tail.split_at(end);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                if userinfo.contains(':') {
+                    out.push_str(&format!("{user}:***@{host}"));
+                } else {
+                    out.push_str(authority);
+                }
+            }
+            None => out.push_str(authority),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Settings {
@@ -200,5 +224,12 @@ mod tests {
             "redis://h:6379"
         );
         assert_eq!(redact("remote.etcd.password", "x"), "***");
+        assert_eq!(
+            redact(
+                "remote.etcd.endpoints",
+                r#"["http://a:pa@h1:2379","http://h2:2379","http://b:pb@h3/x"]"#
+            ),
+            r#"["http://a:***@h1:2379","http://h2:2379","http://b:***@h3/x"]"#
+        );
     }
 }

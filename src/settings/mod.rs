@@ -211,6 +211,13 @@ impl Settings {
         }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.environment = sources.environment();
+        // The comma-separated environment form: " a, b," means [a, b].
+        let endpoints = &mut settings.remote.etcd.endpoints;
+        *endpoints = endpoints
+            .iter()
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
         if let Err(SettingsError::Invalid {
             key, value, reason, ..
         }) = settings.validate()
@@ -227,7 +234,11 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        let positive: [(&'static str, u64); 17] = [
+        let positive: [(&'static str, u64); 18] = [
+            (
+                "remote.etcd.connect_timeout_ms",
+                self.remote.etcd.connect_timeout_ms,
+            ),
             ("store.redis.pool_size", self.store.redis.pool_size as u64),
             (
                 "store.redis.connect_timeout_ms",

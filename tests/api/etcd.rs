@@ -82,14 +82,17 @@ impl Etcd {
                 self.child = None;
                 return Err(format!("etcd exited: {status}"));
             }
-            if let Ok(mut c) = etcd_client::Client::connect([self.url()], None).await {
-                if let Ok(members) = c.member_list().await {
-                    if members.members().iter().any(|m| m.name() == name) {
-                        return Ok(());
-                    }
-                    self.kill();
-                    return Err("another etcd answers on this port".into());
+            // Bounded: whatever holds the port may accept and never answer.
+            let asked = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut c = etcd_client::Client::connect([self.url()], None).await?;
+                c.member_list().await
+            });
+            if let Ok(Ok(members)) = asked.await {
+                if members.members().iter().any(|m| m.name() == name) {
+                    return Ok(());
                 }
+                self.kill();
+                return Err("another etcd answers on this port".into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -268,21 +271,27 @@ async fn values_under_the_prefix_are_in_force_from_start_up() {
 }
 
 /// Through the binary: `troupe config` shows the etcd layer, read at start,
-/// with any key (here one a reload could not apply: it needs a restart).
-/// The endpoints come as the comma-separated environment form, the first
-/// one down: a member down must not cost the layer.
+/// with a key a reload could not apply (it needs a restart), and without
+/// the keys etcd may not set (the store). The endpoints come as the
+/// comma-separated environment form, the first one a member that accepts
+/// connections and never answers: it must not cost the layer.
 #[actix_rt::test]
 async fn the_binary_reads_etcd_before_it_starts() {
     let data = TempDir::new().unwrap();
     let etcd = Etcd::start(data.path()).await;
     etcd.put("/troupe/bin/server.drain_delay_ms", "777").await;
-    let endpoints = format!("http://127.0.0.1:{},{}", free_port(), etcd.url());
+    etcd.put("/troupe/bin/store.backend", "redis").await;
+    // Held for the whole test: no other test can take the port.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung = black_hole.local_addr().unwrap().port();
+    let endpoints = format!(" http://127.0.0.1:{hung}, {} ,", etcd.url());
     let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
         .arg("--config-dir")
         .arg(crate::helpers::config_dir())
         .arg("config")
         .env("TROUPE__REMOTE__ETCD__ENDPOINTS", &endpoints)
         .env("TROUPE__REMOTE__ETCD__PREFIX", "/troupe/bin/")
+        .env("TROUPE__REMOTE__ETCD__CONNECT_TIMEOUT_MS", "300")
         .output()
         .await
         .unwrap();
@@ -293,4 +302,23 @@ async fn the_binary_reads_etcd_before_it_starts() {
             .any(|l| l == "server.drain_delay_ms = 777    # etcd"),
         "{text}"
     );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("store.backend = embedded    # ")),
+        "etcd set the store:\n{text}"
+    );
+    drop(black_hole);
+}
+
+/// An invalid value in etcd at start is refused as a reload would refuse
+/// it: the service starts on its local layers instead of crash-looping.
+#[actix_rt::test]
+async fn an_invalid_etcd_value_at_start_leaves_the_local_layers_in_force() {
+    let data = TempDir::new().unwrap();
+    let etcd = Etcd::start(data.path()).await;
+    etcd.put("/troupe/test/runtime.mailbox_capacity", "0").await;
+    let config = TempDir::new().unwrap();
+    let app = app_following(&etcd.url(), config.path()).await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    assert_eq!(app.app_runtime.options().mailbox_capacity, 1024);
 }

@@ -326,6 +326,7 @@ pub struct Child {
     pub process: tokio::process::Child,
     pub address: String,
     lines: Arc<Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Lines of child output kept for [`Child::wait_log`]; later ones are
@@ -383,8 +384,10 @@ impl Child {
         let (port_tx, port_rx) = tokio::sync::oneshot::channel();
         let stdout = process.stdout.take().expect("piped stdout");
         let stderr = process.stderr.take().expect("piped stderr");
-        tokio::spawn(keep_lines(stdout, lines.clone(), Some(port_tx)));
-        tokio::spawn(keep_lines(stderr, lines.clone(), None));
+        let readers = vec![
+            tokio::spawn(keep_lines(stdout, lines.clone(), Some(port_tx))),
+            tokio::spawn(keep_lines(stderr, lines.clone(), None)),
+        ];
         let port = match tokio::time::timeout(Duration::from_secs(30), port_rx).await {
             Ok(Ok(port)) => port,
             _ => {
@@ -399,6 +402,7 @@ impl Child {
             process,
             address: format!("http://127.0.0.1:{port}"),
             lines,
+            readers,
         };
         child.wait_ready().await;
         child
@@ -421,6 +425,20 @@ impl Child {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the child did not become ready\n{}", self.output());
+    }
+
+    /// Waits for the process to exit and for its output to be read to the
+    /// end: after this, [`Child::output`] holds everything it printed.
+    pub async fn exit(&mut self) -> std::process::ExitStatus {
+        let status = self
+            .process
+            .wait()
+            .await
+            .expect("the child can be waited on");
+        for reader in self.readers.drain(..) {
+            let _ = reader.await;
+        }
+        status
     }
 
     /// Everything the child printed so far.
@@ -472,8 +490,16 @@ async fn keep_lines(
 ) {
     use tokio::io::AsyncBufReadExt;
     let echo = std::env::var_os("TEST_LOG").is_some();
-    let mut reader = tokio::io::BufReader::new(output).lines();
-    while let Ok(Some(line)) = reader.next_line().await {
+    let mut reader = tokio::io::BufReader::new(output);
+    let mut bytes = Vec::new();
+    loop {
+        bytes.clear();
+        match reader.read_until(b'\n', &mut bytes).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        // A line that is not UTF-8 (a panic message, say) is kept, lossily.
+        let line = String::from_utf8_lossy(&bytes).trim_end().to_owned();
         if echo {
             eprintln!("{line}");
         }
@@ -482,9 +508,9 @@ async fn keep_lines(
                 .ok()
                 .filter(|v| v["fields"]["message"] == "troupe listening")
                 .and_then(|v| v["fields"]["port"].as_u64());
-            if let Some(p) = listening {
+            if let Some(p) = listening.and_then(|p| u16::try_from(p).ok()) {
                 if let Some(tx) = port.take() {
-                    let _ = tx.send(p as u16);
+                    let _ = tx.send(p);
                 }
             }
         }

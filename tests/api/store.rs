@@ -434,6 +434,24 @@ async fn every_fsync_while_serving_runs_on_the_store_writer_thread() {
     });
     join_all(deposits).await;
 
+    // strace does not kill what it traces when it is killed: the guard
+    // stops the traced service itself.
+    struct Traced(Option<nix::unistd::Pid>);
+    impl Drop for Traced {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+    let strace = child.pid();
+    let _traced = Traced(
+        std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .map(nix::unistd::Pid::from_raw),
+    );
+
     // Thread names while the threads are alive: /proc/<tid>/comm.
     let text = std::fs::read_to_string(&trace).unwrap();
     let mut syncs = 0;
