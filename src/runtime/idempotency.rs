@@ -125,6 +125,24 @@ mod tests {
     }
 
     #[test]
+    fn records_of_the_previous_encoding_match_only_their_own_request() {
+        let request = IdempotencyRequest::new("k".into(), "deposit", &json!({"amount": 5}));
+        let other = IdempotencyRequest::new("k".into(), "deposit", &json!({"amount": 6}));
+        let record = |fingerprint: &str| IdempotencyRecord {
+            fingerprint: fingerprint.to_owned(),
+            outcome: Ok(troupe_actors::Reply::ok(json!({}))),
+        };
+        // A record stored before versioning (no `v1:`) still replays...
+        assert!(request.matches(&record(&request.legacy)));
+        // ...but only for the request that made it.
+        assert!(!request.matches(&record(&other.legacy)));
+        assert!(request.matches(&record(&request.fingerprint)));
+        assert!(!request.matches(&record(&other.fingerprint)));
+        // A versioned record is never compared with the legacy encoding.
+        assert!(!request.matches(&record(&format!("v0:{}", request.legacy))));
+    }
+
+    #[test]
     fn fingerprints_ignore_key_order_and_differ_by_message() {
         let a: serde_json::Value = serde_json::from_str(r#"{"b": 1, "a": 2}"#).unwrap();
         let b = json!({"a": 2, "b": 1});
