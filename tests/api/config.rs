@@ -283,16 +283,9 @@ max_restarts = 0
 #[tokio::test]
 async fn the_binary_prints_its_settings_and_refuses_a_bad_value() {
     let binary = env!("CARGO_BIN_EXE_troupe");
-    let printed = tokio::process::Command::new(binary)
-        .arg("--config-dir")
-        .arg(crate::helpers::config_dir())
-        .arg("config")
-        .env("TROUPE__RUNTIME__IDLE_TIMEOUT_MS", "4321")
-        .output()
-        .await
-        .unwrap();
-    assert!(printed.status.success());
-    let text = String::from_utf8_lossy(&printed.stdout);
+    let (status, text) =
+        crate::helpers::troupe_config(&[("TROUPE__RUNTIME__IDLE_TIMEOUT_MS", "4321")]).await;
+    assert!(status.success());
     assert!(
         text.lines()
             .any(|l| l == "runtime.idle_timeout_ms = 4321    # environment (TROUPE__*)"),
@@ -329,11 +322,7 @@ async fn the_binary_prints_its_settings_and_refuses_a_bad_value() {
 /// debug line the handler writes appears only after the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_log_filter_changes_what_the_binary_logs() {
-    let config = TempDir::new().unwrap();
-    for entry in std::fs::read_dir(crate::helpers::config_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, config.path().join(path.file_name().unwrap())).unwrap();
-    }
+    let config = crate::helpers::config_dir_copy();
     write(config.path(), "local.toml", "[log]\nfilter = \"info\"\n");
     let data = TempDir::new().unwrap();
     let child = crate::helpers::Child::start_in(data.path(), config.path(), &[]).await;
@@ -399,16 +388,8 @@ async fn passwords_are_redacted_in_config_output() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("store.redis.url"), "{shown}");
 
-    let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .arg("--config-dir")
-        .arg(crate::helpers::config_dir())
-        .arg("config")
-        .env("TROUPE__STORE__REDIS__URL", url)
-        .output()
-        .await
-        .unwrap();
-    assert!(printed.status.success());
-    let text = String::from_utf8_lossy(&printed.stdout);
+    let (status, text) = crate::helpers::troupe_config(&[("TROUPE__STORE__REDIS__URL", url)]).await;
+    assert!(status.success());
     assert!(
         text.lines().any(|l| l.starts_with("store.redis.url = ")),
         "{text}"

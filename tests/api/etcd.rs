@@ -285,18 +285,13 @@ async fn the_binary_reads_etcd_before_it_starts() {
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hung = black_hole.local_addr().unwrap().port();
     let endpoints = format!(" http://127.0.0.1:{hung}, {} ,", etcd.url());
-    let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .arg("--config-dir")
-        .arg(crate::helpers::config_dir())
-        .arg("config")
-        .env("TROUPE__REMOTE__ETCD__ENDPOINTS", &endpoints)
-        .env("TROUPE__REMOTE__ETCD__PREFIX", "/troupe/bin/")
-        .env("TROUPE__REMOTE__ETCD__CONNECT_TIMEOUT_MS", "300")
-        .output()
-        .await
-        .unwrap();
-    assert!(printed.status.success());
-    let text = String::from_utf8_lossy(&printed.stdout);
+    let (status, text) = crate::helpers::troupe_config(&[
+        ("TROUPE__REMOTE__ETCD__ENDPOINTS", &endpoints),
+        ("TROUPE__REMOTE__ETCD__PREFIX", "/troupe/bin/"),
+        ("TROUPE__REMOTE__ETCD__CONNECT_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    assert!(status.success());
     assert!(
         text.lines()
             .any(|l| l == "server.drain_delay_ms = 777    # etcd"),

@@ -280,11 +280,7 @@ async fn a_deadline_that_passes_in_the_mailbox_drops_the_message_unapplied() {
 /// and is answered by the actor when the load goes through.
 #[actix_rt::test]
 async fn x_request_timeout_is_capped_by_max_timeout_ms_and_the_cap_reloads_live() {
-    let config = tempfile::TempDir::new().unwrap();
-    for entry in std::fs::read_dir(crate::helpers::config_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, config.path().join(path.file_name().unwrap())).unwrap();
-    }
+    let config = crate::helpers::config_dir_copy();
     let local = config.path().join("local.toml");
     std::fs::write(
         &local,

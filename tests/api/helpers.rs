@@ -21,6 +21,34 @@ pub fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
 }
 
+/// A writable copy of the configuration directory, for tests that edit
+/// `local.toml` under a running server.
+pub fn config_dir_copy() -> TempDir {
+    let copy = TempDir::new().expect("temp dir");
+    for entry in std::fs::read_dir(config_dir()).expect("the config directory") {
+        let path = entry.expect("a config file").path();
+        if let Some(name) = path.file_name() {
+            std::fs::copy(&path, copy.path().join(name)).expect("copy a config file");
+        }
+    }
+    copy
+}
+
+/// `troupe config` through the binary with `env`: its exit status and
+/// what it printed on stdout.
+pub async fn troupe_config(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"));
+    command.arg("--config-dir").arg(config_dir()).arg("config");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let printed = command.output().await.expect("the troupe binary runs");
+    (
+        printed.status,
+        String::from_utf8_lossy(&printed.stdout).into_owned(),
+    )
+}
+
 /// The settings of a test server: defaults, a free port, `dir` as store.
 pub fn test_settings(dir: &Path) -> Settings {
     let sources = Sources {

@@ -211,11 +211,7 @@ async fn shutdown_flushes_the_spans_still_queued() {
 async fn sampling_follows_a_sampled_caller_and_the_ratio_reloads_live() {
     let receiver = Receiver::default();
     let port = receiver.start().await;
-    let config = TempDir::new().unwrap();
-    for entry in std::fs::read_dir(crate::helpers::config_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, config.path().join(path.file_name().unwrap())).unwrap();
-    }
+    let config = crate::helpers::config_dir_copy();
     let local = config.path().join("local.toml");
     std::fs::write(&local, "[telemetry.otlp]\nsampling_ratio = 0.0\n").unwrap();
     let data = TempDir::new().unwrap();
