@@ -8,7 +8,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::helpers::Child;
+use crate::helpers::{metric_at, Child};
 use crate::ledger_load::{audit, fund, Load};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,9 +159,41 @@ async fn after_a_crash_unfinished_work_finishes_without_any_request() {
     child.process.wait().await.unwrap();
     load.finish().await;
 
+    // Idle actors leave memory fast: an actor with unfinished work never
+    // does, so none live means none has work left, and a lazily written
+    // settle is durable before its account can go.
+    let env = [
+        ("TROUPE__RUNTIME__RETRY_INTERVAL_MS", "200"),
+        ("TROUPE__RUNTIME__IDLE_TIMEOUT_MS", "100"),
+    ];
     let mut child = Child::start(dir.path(), &env).await;
-    // No request at all: only the server's own resumption runs.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // No request at all (only /metrics is read): the server's own
+    // resumption wakes what the store lists as unfinished.
+    let (_, line) = child
+        .wait_log(0, Duration::from_secs(10), |l| {
+            l["fields"]["message"] == json!("resumed unfinished actors")
+        })
+        .await;
+    assert!(line["fields"]["resumed"].as_u64() > Some(0), "{line}");
+    let live = |kind: &str| format!(r#"troupe_actors_live{{kind="{kind}"}}"#);
+    let woken = r#"troupe_actor_activations_total{kind="transfer"}"#;
+    let mut woken_and_done = false;
+    for _ in 0..300 {
+        let base = &child.address;
+        let activated = metric_at(&client, base, woken).await;
+        let transfers = metric_at(&client, base, &live("transfer")).await;
+        let accounts = metric_at(&client, base, &live("account")).await;
+        if activated > Some(0.0) && transfers == Some(0.0) && accounts == Some(0.0) {
+            woken_and_done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        woken_and_done,
+        "unfinished actors still live\n{}",
+        child.output()
+    );
     kill(child.pid(), Signal::SIGTERM).unwrap();
     child.process.wait().await.unwrap();
 

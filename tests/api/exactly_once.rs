@@ -405,7 +405,20 @@ async fn a_transfer_survives_a_store_fault_at_every_step() {
         let (a, b) = (app.balance("a").await, app.balance("b").await);
         assert_eq!(a + b, 100, "{fault:?}: money created or destroyed");
         match status.as_deref() {
-            Some("completed") => assert_eq!((a, b), (60, 40), "{fault:?}"),
+            Some("completed") => {
+                assert_eq!((a, b), (60, 40), "{fault:?}");
+                // Its client was told so, or told to retry when a commit
+                // was lost while the debit it had asked for was not (the
+                // source's outbox then finishes the transfer; a retry is
+                // answered `201`). A commit applied but reported lost is
+                // not lost: the reloaded state holds the work.
+                let lost = fault.op == "commit" && !fault.after_apply;
+                assert!(
+                    told == StatusCode::CREATED
+                        || (lost && told == StatusCode::SERVICE_UNAVAILABLE),
+                    "{fault:?}: completed, client told {told}"
+                );
+            }
             // Lost before anything became durable: it never happened, and
             // its client was told to retry.
             None => {
@@ -568,6 +581,51 @@ async fn a_quiet_source_account_writes_its_settled_outbox_on_its_own() {
     let store = EmbeddedStore::open(dir.path(), options).unwrap();
     assert_eq!(store.pending().await.unwrap(), Vec::<String>::new());
     store.close().await;
+}
+
+/// The commit that settles a refused transfer is applied but reported
+/// lost: its caller, parked until that commit, is answered from the
+/// reloaded state at once (`422`, not a replay: its own request did the
+/// work), not left to its deadline.
+#[actix_rt::test]
+async fn a_parked_caller_is_answered_from_the_state_reloaded_after_an_unknown_commit() {
+    // The transfer's commits: started, settled.
+    let fault = Fault {
+        op: "commit",
+        actor: "transfer/t",
+        nth: 2,
+        after_apply: true,
+    };
+    let (app, faulty) = faulty_app(fault, Duration::ZERO, |_| {}).await;
+    faulty.armed.store(true, Ordering::SeqCst);
+    let r = app
+        .client
+        .post(app.url("/v1/transfers"))
+        .header("X-Request-Timeout", "10000")
+        .json(&json!({"id": "t", "from": "a", "to": "b", "amount": 500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        faulty.seen.load(Ordering::SeqCst),
+        3,
+        "started, settled, fenced"
+    );
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    let body = json_of(r).await;
+    assert_eq!(body["error"]["code"], json!("insufficient_funds"), "{body}");
+
+    // A retry is a replay, and says so.
+    let r = app
+        .post(
+            "/v1/transfers",
+            json!({"id": "t", "from": "a", "to": "b", "amount": 500}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!((app.balance("a").await, app.balance("b").await), (100, 0));
 }
 
 /// A caller parked on a transfer that cannot finish yet is answered `504`

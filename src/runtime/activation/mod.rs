@@ -541,8 +541,10 @@ impl<B: Behavior> Activation<B> {
             let step = catch_unwind(AssertUnwindSafe(|| B::handle(&self.state, command, &env)));
             match step {
                 Ok(step) if step.change.is_none() && step.effects.is_empty() => match step.reply {
+                    // Re-handled, the command always looks like a replay;
+                    // whether it was one was settled when it arrived.
                     ReplyPlan::Now(outcome) => {
-                        let replayed = parked.replayed || step.replayed;
+                        let replayed = parked.replayed;
                         self.respond(parked.reply, Answer { outcome, replayed });
                     }
                     ReplyPlan::Park => self.parked.push(parked),
