@@ -32,10 +32,10 @@ bench-http: ## Release build + wrk: baseline vs reads vs durable deposits, 1 and
 	scripts/deps.sh bench
 	scripts/bench-http.sh
 
-mutants: ## Mutation testing of the runtime and the stores (hours; not part of `make test`)
+mutants: ## Mutation testing of the runtime and the stores (.cargo/mutants.toml; hours; MUTANTS_ARGS='--shard 3/40')
 	@scripts/deps.sh test
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
-	$(CARGO) mutants --test-tool nextest --all-features --file 'src/runtime/**' --file 'src/store/**'
+	$(CARGO) mutants $(MUTANTS_ARGS)
 
 lint: ## fmt --check, clippy -D warnings, Dockerfile/compose/Prometheus/Grafana checks
 	$(CARGO) fmt --all -- --check
