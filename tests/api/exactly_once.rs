@@ -227,6 +227,8 @@ async fn unknown_actors_do_not_stay_in_memory_and_made_up_methods_are_one_series
 /// Which store call of which actor fails, and how.
 #[derive(Debug, Clone, Copy)]
 struct Fault {
+    /// `load`, `fact`, `commit`, or `conflict` (another writer's identical
+    /// commit lands first, and this one is refused).
     op: &'static str,
     actor: &'static str,
     nth: usize,
@@ -285,6 +287,20 @@ impl Store for FaultyStore {
                 self.inner.commit(commit).await?;
             }
             return Err(Self::injected());
+        }
+        // Another writer's commit, identical, lands first.
+        if self.trips("conflict", &commit.actor.clone()) {
+            let (actor, expected, found) = (
+                commit.actor.clone(),
+                commit.expected_version,
+                commit.version,
+            );
+            self.inner.commit(commit).await?;
+            return Err(StoreError::Conflict {
+                actor,
+                expected,
+                found,
+            });
         }
         self.inner.commit(commit).await
     }
@@ -423,12 +439,16 @@ async fn a_transfer_survives_a_store_fault_at_every_step() {
         match status.as_deref() {
             Some("completed") => {
                 assert_eq!((a, b), (60, 40), "{fault:?}");
-                // Its client was told so, or told to retry when a commit
-                // was lost while the debit it had asked for was not (the
-                // source's outbox then finishes the transfer; a retry is
-                // answered `201`). A commit applied but reported lost is
-                // not lost: the reloaded state holds the work.
-                let lost = fault.op == "commit" && !fault.after_apply;
+                // Its client was told so, or told to retry when the record
+                // of its start was lost while the debit it had asked for
+                // was not (the source's outbox then finishes the transfer;
+                // a retry is answered `201`). Legs are retried, and a
+                // commit applied but reported lost is not lost: the
+                // reloaded state holds the work.
+                let lost = fault.op == "commit"
+                    && fault.actor == "transfer/t"
+                    && fault.nth == 1
+                    && !fault.after_apply;
                 assert!(
                     told == StatusCode::CREATED
                         || (lost && told == StatusCode::SERVICE_UNAVAILABLE),
@@ -601,11 +621,12 @@ async fn a_quiet_source_account_writes_its_settled_outbox_on_its_own() {
 }
 
 /// The commit that settles a refused transfer is applied but reported
-/// lost: its caller, parked until that commit, is answered from the
-/// reloaded state at once (`422`, not a replay: its own request did the
-/// work), not left to its deadline.
+/// lost: the callers parked until that commit are answered from the
+/// reloaded state at once (`422`), not left to their deadlines; the one
+/// whose request started the work is not told it was a replay, the retry
+/// parked behind it is.
 #[actix_rt::test]
-async fn a_parked_caller_is_answered_from_the_state_reloaded_after_an_unknown_commit() {
+async fn parked_callers_are_answered_from_the_state_reloaded_after_an_unknown_commit() {
     // The transfer's commits: started, settled.
     let fault = Fault {
         op: "commit",
@@ -613,6 +634,48 @@ async fn a_parked_caller_is_answered_from_the_state_reloaded_after_an_unknown_co
         nth: 2,
         times: 1,
         after_apply: true,
+    };
+    // The transfer's load is slow: the retry queues behind the first call.
+    let (app, faulty) = faulty_app(fault, Duration::from_millis(300), |_| {}).await;
+    faulty.armed.store(true, Ordering::SeqCst);
+    let call = || {
+        app.client
+            .post(app.url("/v1/transfers"))
+            .header("X-Request-Timeout", "10000")
+            .json(&json!({"id": "t", "from": "a", "to": "b", "amount": 500}))
+            .send()
+    };
+    let retry = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        call().await
+    };
+    let (first, retry) = futures_util::join!(call(), retry);
+    let (first, retry) = (first.unwrap(), retry.unwrap());
+    assert_eq!(
+        faulty.seen.load(Ordering::SeqCst),
+        3,
+        "started, settled, fenced"
+    );
+    for (r, replay) in [(first, false), (retry, true)] {
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(r.headers().contains_key("idempotent-replayed"), replay);
+        let body = json_of(r).await;
+        assert_eq!(body["error"]["code"], json!("insufficient_funds"), "{body}");
+    }
+    assert_eq!((app.balance("a").await, app.balance("b").await), (100, 0));
+}
+
+/// Another writer's identical start lands first (two instances on one
+/// store): the caller's commit conflicts, the reloaded transfer is another
+/// request's work, so the caller is answered as a replay of it.
+#[actix_rt::test]
+async fn a_caller_whose_start_another_writer_made_first_is_answered_as_a_replay() {
+    let fault = Fault {
+        op: "conflict",
+        actor: "transfer/t",
+        nth: 1,
+        times: 1,
+        after_apply: false,
     };
     let (app, faulty) = faulty_app(fault, Duration::ZERO, |_| {}).await;
     faulty.armed.store(true, Ordering::SeqCst);
@@ -624,23 +687,6 @@ async fn a_parked_caller_is_answered_from_the_state_reloaded_after_an_unknown_co
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        faulty.seen.load(Ordering::SeqCst),
-        3,
-        "started, settled, fenced"
-    );
-    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(r.headers().get("idempotent-replayed").is_none());
-    let body = json_of(r).await;
-    assert_eq!(body["error"]["code"], json!("insufficient_funds"), "{body}");
-
-    // A retry is a replay, and says so.
-    let r = app
-        .post(
-            "/v1/transfers",
-            json!({"id": "t", "from": "a", "to": "b", "amount": 500}),
-        )
-        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.headers()["idempotent-replayed"], "true");
     assert_eq!((app.balance("a").await, app.balance("b").await), (100, 0));

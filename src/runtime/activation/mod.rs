@@ -531,25 +531,33 @@ impl<B: Behavior> Activation<B> {
     /// is still pending. A command that would start work anew (the work it
     /// parked on was lost before it was durable) is answered `503`: the
     /// client retries, with whatever body it means.
-    fn reconcile_parked(&mut self) {
+    ///
+    /// `fenced`: the reload followed a commit of unknown outcome, so work
+    /// found in the reloaded state may be a parked caller's own (its commit
+    /// landed); after a conflict, another writer's.
+    fn reconcile_parked(&mut self, fenced: bool) {
         let env = self.env(None);
-        for parked in std::mem::take(&mut self.parked) {
+        for mut parked in std::mem::take(&mut self.parked) {
             let Some(command) = parked.command.clone() else {
                 self.respond(parked.reply, lost());
                 continue;
             };
             let step = catch_unwind(AssertUnwindSafe(|| B::handle(&self.state, command, &env)));
             match step {
-                Ok(step) if step.change.is_none() && step.effects.is_empty() => match step.reply {
-                    // Re-handled, the command always looks like a replay;
-                    // whether it was one was settled when it arrived.
-                    ReplyPlan::Now(outcome) => {
-                        let replayed = parked.replayed;
-                        self.respond(parked.reply, Answer { outcome, replayed });
+                Ok(step) if step.change.is_none() && step.effects.is_empty() => {
+                    // Re-handled, a command that finds its own work looks
+                    // like a replay: it is one only if another request
+                    // did that work.
+                    parked.replayed |= step.replayed && !fenced;
+                    match step.reply {
+                        ReplyPlan::Now(outcome) => {
+                            let replayed = parked.replayed;
+                            self.respond(parked.reply, Answer { outcome, replayed });
+                        }
+                        ReplyPlan::Park => self.parked.push(parked),
+                        ReplyPlan::Journal { .. } => self.respond(parked.reply, lost()),
                     }
-                    ReplyPlan::Park => self.parked.push(parked),
-                    ReplyPlan::Journal { .. } => self.respond(parked.reply, lost()),
-                },
+                }
                 _ => self.respond(parked.reply, lost()),
             }
         }

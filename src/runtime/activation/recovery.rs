@@ -43,7 +43,7 @@ impl<B: Behavior> Activation<B> {
                     act.phase = Phase::Ready;
                     act.bump_epoch();
                     act.caches = None;
-                    act.reconcile_parked();
+                    act.reconcile_parked(fence);
                     let resumed = B::resume(&act.state, &act.env(None));
                     act.ask_all(resumed, ctx);
                     act.recheck_later(ctx);
