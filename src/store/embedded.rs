@@ -459,7 +459,8 @@ impl<'txn> Tables<'txn> {
                 .insert((actor, key.as_str()), value.as_slice())
                 .map_err(|e| unavailable("write fact", e))?;
         }
-        let expires = unix_now() + retention;
+        // Whole seconds, rounded up: a record is kept at least `retention`.
+        let expires = unix_now() + retention + 1;
         for w in &c.idempotency {
             let value = [&expires.to_be_bytes()[..], &w.value].concat();
             self.idempotency

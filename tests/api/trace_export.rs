@@ -93,7 +93,7 @@ async fn a_hung_collector_neither_holds_requests_nor_grows_the_queue() {
     let mut exported = -1.0;
     for _ in 0..300 {
         let now = metric(&child, EXPORTED).await;
-        if now > 0.0 && now - exported <= 2.0 {
+        if exported > 0.0 && now - exported <= 2.0 {
             break;
         }
         exported = now;
