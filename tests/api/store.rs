@@ -263,6 +263,21 @@ async fn concurrent_commits_of_many_actors_all_land(s: Subject) {
     }
 }
 
+/// A closed store is not ready and accepts nothing: no write can be
+/// acknowledged after shutdown has closed it.
+async fn a_closed_store_is_not_ready_and_accepts_nothing(s: Subject) {
+    s.store.ping().await.unwrap();
+    s.store.close().await;
+    assert!(s.store.ping().await.is_err(), "a closed store answers ping");
+    assert!(
+        s.store
+            .commit(commit("account/a", 0, "v", &[]))
+            .await
+            .is_err(),
+        "a closed store accepted a commit"
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded_store {
@@ -283,6 +298,7 @@ conformance!(
     facts_are_written_with_their_commit_only_and_outlive_retention,
     pending_actors_are_listed_until_a_commit_clears_them,
     concurrent_commits_of_many_actors_all_land,
+    a_closed_store_is_not_ready_and_accepts_nothing,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
