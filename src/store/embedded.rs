@@ -507,7 +507,8 @@ fn sweep_expired(db: &Database) -> Result<usize, StoreError> {
             .open_table(IDEMPOTENCY)
             .map_err(|e| unavailable("open idempotency", e))?;
         let expired: Vec<(u64, String, String)> = expiry
-            .range((0, "", "")..(now, "", ""))
+            // Expired as reads see it: `expires <= now`.
+            .range((0, "", "")..(now + 1, "", ""))
             .map_err(|e| unavailable("read expiry", e))?
             .take(SWEEP_CHUNK)
             .map(|item| {
