@@ -329,6 +329,35 @@ async fn the_embedded_store_coalesces_concurrent_commits_into_fewer_transactions
     );
 }
 
+/// `store.max_batch` bounds the commits one transaction holds, however
+/// many wait: 200 commits queued at once take at least 200 / 4 of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_holds_at_most_max_batch_commits() {
+    let dir = TempDir::new().unwrap();
+    let options = StoreOptions {
+        max_batch: 4,
+        ..options(Duration::from_secs(60))
+    };
+    let store = Arc::new(EmbeddedStore::open(dir.path(), options).unwrap());
+    let commits = (0..200).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .commit(commit(&format!("account/m{i}"), 0, "v", &[(1, "e")]))
+                .await
+        }
+    });
+    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    let transactions = store
+        .stats()
+        .transactions
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        transactions >= 50,
+        "{transactions} transactions for 200 commits of at most 4"
+    );
+}
+
 /// Expired records are deleted, not only hidden from reads: the sweep
 /// removes them in chunks of its own, more than one chunk's worth here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
