@@ -390,6 +390,15 @@ async fn the_embedded_sweep_deletes_expired_records_in_chunks() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(expired, "the records never expired");
+    // Nothing is swept until asked (the service asks every
+    // `store.sweep_interval_s`), whatever else the writer does.
+    // (Two commits: whatever the writer does after the first is done by
+    // the time it has written the second.)
+    for version in 0..2 {
+        let c = commit("account/other", version, "v", &[]);
+        store.commit(c).await.unwrap();
+    }
+    assert_eq!(store.idempotency_rows().await.unwrap(), 2 * 1200);
     store.sweep().await;
     let mut rows = u64::MAX;
     for _ in 0..250 {
