@@ -119,6 +119,25 @@ async fn a_stale_commit_is_a_conflict_and_applies_nothing(s: Subject) {
         vec![b"e1".to_vec(), b"e2".to_vec()]
     );
     assert_eq!(s.store.idempotency("account/a", "k").await.unwrap(), None);
+    // Expecting a version of an actor that was never written is a conflict
+    // too (found 0), and writes nothing.
+    let err = s
+        .store
+        .commit(commit("account/new", 3, "ghost", &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 3,
+                found: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(s.store.load("account/new").await.unwrap(), None);
 }
 
 async fn the_same_commit_twice_applies_once(s: Subject) {
@@ -300,6 +319,44 @@ conformance!(
     concurrent_commits_of_many_actors_all_land,
     a_closed_store_is_not_ready_and_accepts_nothing,
 );
+
+/// Deployments sharing one Redis under different `store.redis.prefix`es
+/// see nothing of each other: state, pending work, idempotency records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_prefixes_isolate_deployments_sharing_a_server() {
+    let server = RedisServer::start();
+    let open = |prefix: &str| {
+        let redis = RedisOptions {
+            url: server.url(),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            prefix: prefix.into(),
+        };
+        RedisStore::new(&redis, &options(Duration::from_secs(60))).unwrap()
+    };
+    let (blue, green) = (open("blue"), open("green"));
+    let mut c = commit("transfer/t", 0, "p", &[(1, "e")]);
+    c.pending = true;
+    c.idempotency.push(IdempotencyWrite {
+        key: "k".into(),
+        value: b"r".to_vec(),
+    });
+    blue.commit(c).await.unwrap();
+    assert_eq!(blue.pending().await.unwrap(), vec!["transfer/t".to_owned()]);
+    assert_eq!(green.pending().await.unwrap(), Vec::<String>::new());
+    assert_eq!(green.load("transfer/t").await.unwrap(), None);
+    assert_eq!(green.idempotency("transfer/t", "k").await.unwrap(), None);
+    // And the other's commit at version 0 lands: nothing of blue's is in the way.
+    green
+        .commit(commit("transfer/t", 0, "q", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        blue.load("transfer/t").await.unwrap().unwrap().state,
+        b"p".to_vec()
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_store_coalesces_concurrent_commits_into_fewer_transactions() {
