@@ -377,6 +377,17 @@ async fn faulty_app(
     (app, faulty)
 }
 
+/// `POST /v1/transfers` with `X-Request-Timeout: ms`.
+async fn start_within(app: &TestApp, ms: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/transfers"))
+        .header("X-Request-Timeout", ms)
+        .json(&body)
+        .send()
+        .await
+        .expect("the server answers")
+}
+
 /// Every store call a transfer makes, failed in turn: the transfer's and
 /// both accounts' commits (lost, or applied and reported lost), loads and
 /// fact reads, first and second of each. Each time, money is conserved,
@@ -639,18 +650,14 @@ async fn parked_callers_are_answered_from_the_state_reloaded_after_an_unknown_co
     let (app, faulty) = faulty_app(fault, Duration::from_millis(300), |_| {}).await;
     faulty.armed.store(true, Ordering::SeqCst);
     let call = || {
-        app.client
-            .post(app.url("/v1/transfers"))
-            .header("X-Request-Timeout", "10000")
-            .json(&json!({"id": "t", "from": "a", "to": "b", "amount": 500}))
-            .send()
+        let body = json!({"id": "t", "from": "a", "to": "b", "amount": 500});
+        start_within(&app, "10000", body)
     };
     let retry = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         call().await
     };
     let (first, retry) = futures_util::join!(call(), retry);
-    let (first, retry) = (first.unwrap(), retry.unwrap());
     assert_eq!(
         faulty.seen.load(Ordering::SeqCst),
         3,
@@ -679,14 +686,12 @@ async fn a_caller_whose_start_another_writer_made_first_is_answered_as_a_replay(
     };
     let (app, faulty) = faulty_app(fault, Duration::ZERO, |_| {}).await;
     faulty.armed.store(true, Ordering::SeqCst);
-    let r = app
-        .client
-        .post(app.url("/v1/transfers"))
-        .header("X-Request-Timeout", "10000")
-        .json(&json!({"id": "t", "from": "a", "to": "b", "amount": 500}))
-        .send()
-        .await
-        .unwrap();
+    let r = start_within(
+        &app,
+        "10000",
+        json!({"id": "t", "from": "a", "to": "b", "amount": 500}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.headers()["idempotent-replayed"], "true");
     assert_eq!((app.balance("a").await, app.balance("b").await), (100, 0));
@@ -709,14 +714,12 @@ async fn a_parked_caller_is_answered_at_its_deadline_and_forgotten() {
         faulty_app(fault, Duration::ZERO, |s| s.runtime.ask_max_backoff_ms = 50).await;
     faulty.armed.store(true, Ordering::SeqCst);
 
-    let r = app
-        .client
-        .post(app.url("/v1/transfers"))
-        .header("X-Request-Timeout", "300")
-        .json(&json!({"id": "t-slow", "from": "a", "to": "b", "amount": 5}))
-        .send()
-        .await
-        .unwrap();
+    let r = start_within(
+        &app,
+        "300",
+        json!({"id": "t-slow", "from": "a", "to": "b", "amount": 5}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
     let depth = r#"troupe_actor_mailbox_depth "#;
     let mut text = String::new();
@@ -764,13 +767,7 @@ async fn parked_callers_keep_their_own_deadlines_and_are_bounded() {
     .await;
     faulty.armed.store(true, Ordering::SeqCst);
     let body = json!({"id": "t-park", "from": "a", "to": "b", "amount": 5});
-    let call = |timeout: &'static str| {
-        app.client
-            .post(app.url("/v1/transfers"))
-            .header("X-Request-Timeout", timeout)
-            .json(&body)
-            .send()
-    };
+    let call = |timeout: &'static str| start_within(&app, timeout, body.clone());
     // The first call starts the transfer and parks until its deadline.
     let short = call("600");
     let longs = async {
@@ -788,8 +785,8 @@ async fn parked_callers_keep_their_own_deadlines_and_are_bounded() {
         futures_util::join!(late, release).0
     };
     let (short, longs, late) = futures_util::join!(short, longs, after);
-    assert_eq!(short.unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
-    let statuses: Vec<StatusCode> = longs.into_iter().map(|r| r.unwrap().status()).collect();
+    assert_eq!(short.status(), StatusCode::GATEWAY_TIMEOUT);
+    let statuses: Vec<StatusCode> = longs.into_iter().map(|r| r.status()).collect();
     let refused = statuses
         .iter()
         .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
@@ -799,7 +796,7 @@ async fn parked_callers_keep_their_own_deadlines_and_are_bounded() {
         .filter(|s| **s == StatusCode::CREATED)
         .count();
     assert_eq!((completed, refused), (3, 2), "{statuses:?}");
-    assert_eq!(late.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(late.status(), StatusCode::CREATED);
     assert_eq!((app.balance("a").await, app.balance("b").await), (95, 5));
 }
 
@@ -820,14 +817,12 @@ async fn wake_ups_that_meet_a_failing_store_retry_until_the_work_finishes() {
     };
     let (app, faulty) = faulty_app(fault, Duration::ZERO, |_| {}).await;
     faulty.armed.store(true, Ordering::SeqCst);
-    let r = app
-        .client
-        .post(app.url("/v1/transfers"))
-        .header("X-Request-Timeout", "300")
-        .json(&json!({"id": "t-wake", "from": "a", "to": "b", "amount": 40}))
-        .send()
-        .await
-        .unwrap();
+    let r = start_within(
+        &app,
+        "300",
+        json!({"id": "t-wake", "from": "a", "to": "b", "amount": 40}),
+    )
+    .await;
     assert!(r.status().is_server_error(), "{}", r.status());
     let dir = app.stop().await;
 
