@@ -550,10 +550,13 @@ impl<B: Behavior> Activation<B> {
                     // did that work.
                     parked.replayed |= step.replayed && !fenced;
                     match step.reply {
-                        ReplyPlan::Now(outcome) => {
-                            let replayed = parked.replayed;
-                            self.respond(parked.reply, Answer { outcome, replayed });
-                        }
+                        ReplyPlan::Now(outcome) => self.respond(
+                            parked.reply,
+                            Answer {
+                                outcome,
+                                replayed: parked.replayed,
+                            },
+                        ),
                         ReplyPlan::Park => self.parked.push(parked),
                         ReplyPlan::Journal { .. } => self.respond(parked.reply, lost()),
                     }
