@@ -234,6 +234,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
+        const MAX_RETENTION_S: u64 = 10 * 365 * 24 * 60 * 60;
         let positive: [(&'static str, u64); 18] = [
             (
                 "remote.etcd.connect_timeout_ms",
@@ -315,6 +316,16 @@ impl Settings {
                 value: self.telemetry.otlp.protocol.clone(),
                 layer: String::new(),
                 reason: "must be grpc or http/protobuf",
+            });
+        }
+        // Ten years: past it, deadlines overflow the store's clocks (Redis
+        // refuses `EX` beyond them, and half a commit would be applied).
+        if self.store.idempotency_retention_s > MAX_RETENTION_S {
+            return Err(SettingsError::Invalid {
+                key: "store.idempotency_retention_s",
+                value: self.store.idempotency_retention_s.to_string(),
+                layer: String::new(),
+                reason: "must be at most 315360000 (ten years)",
             });
         }
         if self.runtime.max_timeout_ms < self.runtime.default_timeout_ms {

@@ -460,7 +460,7 @@ impl<'txn> Tables<'txn> {
                 .map_err(|e| unavailable("write fact", e))?;
         }
         // Whole seconds, rounded up: a record is kept at least `retention`.
-        let expires = unix_now() + retention + 1;
+        let expires = unix_now().saturating_add(retention).saturating_add(1);
         for w in &c.idempotency {
             let value = [&expires.to_be_bytes()[..], &w.value].concat();
             self.idempotency

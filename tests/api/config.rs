@@ -95,7 +95,7 @@ fn error_for(local: &str) -> String {
 
 #[test]
 fn bad_values_are_refused_with_the_key_the_value_and_the_layer() {
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 7] = [
         (
             "[server]\nport = \"abc\"\n",
             &["server.port", "abc", "local.toml"],
@@ -108,6 +108,10 @@ fn bad_values_are_refused_with_the_key_the_value_and_the_layer() {
         (
             "[telemetry.otlp]\nsampling_ratio = 2.0\n",
             &["telemetry.otlp.sampling_ratio", "2", "local.toml"],
+        ),
+        (
+            "[store]\nidempotency_retention_s = 315360001\n",
+            &["store.idempotency_retention_s", "315360001", "ten years"],
         ),
         ("[server]\ncolour = \"red\"\n", &["colour"]),
         ("[server\nport = 1\n", &["local.toml"]),
