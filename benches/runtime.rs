@@ -59,6 +59,7 @@ fn round_trip(c: &mut Criterion) {
                 idempotency_retention: Duration::from_secs(60),
                 max_batch: 1024,
                 queue: 8192,
+                ..Default::default()
             },
         )
         .expect("store opens");

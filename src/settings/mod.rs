@@ -103,6 +103,8 @@ pub struct StoreSettings {
     pub queue: usize,
     pub idempotency_retention_s: u64,
     pub sweep_interval_s: u64,
+    pub cache_mb: u64,
+    pub memtable_mb: u64,
     pub redis: RedisSettings,
 }
 
@@ -328,6 +330,24 @@ impl Settings {
                 reason: "must be at most 315360000 (ten years)",
             });
         }
+        let sizes = [
+            ("store.cache_mb", self.store.cache_mb, 0, 1 << 20),
+            ("store.memtable_mb", self.store.memtable_mb, 1, 1024),
+        ];
+        for (key, value, min, max) in sizes {
+            if !(min..=max).contains(&value) {
+                return Err(SettingsError::Invalid {
+                    key,
+                    value: value.to_string(),
+                    layer: String::new(),
+                    reason: if min == 0 {
+                        "must be at most 1048576 (1 TiB)"
+                    } else {
+                        "must be between 1 and 1024"
+                    },
+                });
+            }
+        }
         if self.runtime.max_timeout_ms < self.runtime.default_timeout_ms {
             return Err(SettingsError::Invalid {
                 key: "runtime.max_timeout_ms",
@@ -389,6 +409,8 @@ impl Settings {
             idempotency_retention: Duration::from_secs(self.store.idempotency_retention_s),
             max_batch: self.store.max_batch,
             queue: self.store.queue,
+            cache_bytes: self.store.cache_mb << 20,
+            memtable_bytes: self.store.memtable_mb << 20,
         }
     }
 

@@ -1,14 +1,31 @@
-//! The default store: redb, an embedded copy-on-write B-tree with ACID
-//! transactions, in one file under the data directory.
+//! The default store: fjall, an embedded log-structured merge tree, in
+//! `troupe.fjall/` under the data directory.
 //!
-//! One writer thread owns every write transaction. It takes all the commits
-//! queued while the previous transaction was being made durable and applies
-//! them in one transaction with one fsync (group commit, as a database's
-//! write-ahead log does), then resolves each commit's future. A redb commit
-//! costs about 170 µs here, so this is what makes durable writes fast; and
-//! the fsync never runs on an actix worker. Reads run on tokio's blocking
-//! pool, concurrently with the writer (redb readers see the last commit).
+//! A write is an append to fjall's journal; memtables are flushed to sorted
+//! tables and compacted by fjall's background threads, so a commit costs an
+//! append rather than the several rewritten pages of a copy-on-write
+//! B-tree (the numbers are in README).
+//!
+//! One writer thread makes every write. It takes all the commits queued
+//! while the previous batch was being made durable and writes them as one
+//! atomic fjall batch with one `fdatasync` of the journal (group commit),
+//! then resolves each commit's future; the fsync never runs on an actix
+//! worker. Reads run on tokio's blocking pool and see every batch written.
+//!
+//! fjall's journal ends each batch with a checksum. At start a torn last
+//! batch (a crash mid-append, never acknowledged) is dropped. fjall treats
+//! some damage before the end as a torn tail too, and would drop every
+//! batch after it; so every batch also counts itself in the `meta`
+//! keyspace, and after each fsync the writer records the count in
+//! `troupe.acked` (8 bytes, overwritten in place, never synced: it only
+//! has to survive a crash of the process, and it can only lag the journal).
+//! A journal that recovers fewer batches than `troupe.acked` says were
+//! acknowledged stops start-up with an error instead of losing them.
+//!
+//! A data directory written by the redb store of earlier versions
+//! (`troupe.redb`) is migrated on start (see `migrate`).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,31 +33,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
-};
+use fjall::{Database, Guard, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 
-/// `kind/id` -> version (8 bytes, big-endian) followed by the state.
-const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
-/// (`kind/id`, seq) -> entry.
-const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
-/// (`kind/id`, key) -> expiry (unix seconds, 8 bytes) followed by the record.
-const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
-/// (expiry, `kind/id`, key): the sweep's index of idempotency records.
-const EXPIRY: TableDefinition<(u64, &str, &str), ()> = TableDefinition::new("idempotency_expiry");
-/// (`kind/id`, key) -> fact, kept without expiry.
-const FACTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("facts");
-/// Expired idempotency records one sweep transaction deletes at most, so a
-/// sweep never holds the writer for long and never grows a transaction.
+/// The database's directory under the data directory.
+pub(super) const DIR: &str = "troupe.fjall";
+/// The count of batches acknowledged, under the data directory.
+const ACKED: &str = "troupe.acked";
+/// The key of the count of batches written, in the `meta` keyspace.
+const COUNT: &[u8] = b"batches";
+/// Expired idempotency records one sweep batch deletes at most, so a sweep
+/// never holds the writer for long.
 const SWEEP_CHUNK: usize = 512;
 /// Under steady load, the longest a sweep in progress waits between chunks.
 const SWEEP_PACE: std::time::Duration = std::time::Duration::from_millis(100);
-/// `kind/id` of every actor with work pending.
-const PENDING: TableDefinition<&str, ()> = TableDefinition::new("pending");
 
 enum Request {
     Commit(Commit, oneshot::Sender<Result<(), StoreError>>),
@@ -57,49 +65,142 @@ pub struct WriterStats {
     pub transactions: AtomicU64,
 }
 
+/// The database and its keyspaces. Keys that pair an actor with something
+/// else start with the actor's length (see [`pair`]), so one actor's keys
+/// are contiguous and never a prefix of another's.
+pub(super) struct Engine {
+    pub(super) db: Database,
+    /// `kind/id` -> version (8 bytes, big-endian) followed by the state.
+    pub(super) state: Keyspace,
+    /// pair(`kind/id`, seq big-endian) -> entry.
+    pub(super) entries: Keyspace,
+    /// pair(`kind/id`, key) -> expiry (unix seconds, 8 bytes) followed by
+    /// the record.
+    pub(super) idempotency: Keyspace,
+    /// expiry big-endian followed by pair(`kind/id`, key): the sweep's index.
+    pub(super) expiry: Keyspace,
+    /// pair(`kind/id`, key) -> fact, kept without expiry.
+    pub(super) facts: Keyspace,
+    /// `kind/id` of every actor with work pending -> nothing.
+    pub(super) pending: Keyspace,
+    /// `batches` -> how many commit batches were written (8 bytes).
+    meta: Keyspace,
+}
+
+impl Engine {
+    /// How many commit batches the journal holds.
+    fn batches(&self) -> Result<u64, StoreError> {
+        match self
+            .meta
+            .get(COUNT)
+            .map_err(|e| unavailable("read meta", e))?
+        {
+            Some(v) => Ok(split_u64(&v)?.0),
+            None => Ok(0),
+        }
+    }
+
+    /// Opens (or creates) the database at `path`.
+    pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let db = Database::builder(path)
+            .cache_size(options.cache_bytes)
+            // Every batch the writer commits is made durable by its own
+            // fdatasync; nothing is left for fjall to flush on a timer.
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| match e {
+                fjall::Error::Locked => StoreError::Unavailable(format!(
+                    "{} is in use by another process",
+                    path.display()
+                )),
+                fjall::Error::Io(e) | fjall::Error::Storage(fjall::LsmError::Io(e)) => {
+                    unavailable("open", e)
+                }
+                // A bad journal batch before the last one, a bad table or
+                // an unknown format: never start on part of the data.
+                e => StoreError::Corrupt(format!(
+                    "{} cannot be read ({e}); restore the data directory from a backup",
+                    path.display()
+                )),
+            })?;
+        let memtable = options.memtable_bytes;
+        let space = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable)
+            })
+            .map_err(|e| unavailable("open keyspace", e))
+        };
+        Ok(Self {
+            state: space("state")?,
+            entries: space("entries")?,
+            idempotency: space("idempotency")?,
+            expiry: space("idempotency_expiry")?,
+            facts: space("facts")?,
+            pending: space("pending")?,
+            meta: space("meta")?,
+            db,
+        })
+    }
+}
+
 pub struct EmbeddedStore {
-    /// Taken out by `close`, which releases the file for another opener.
-    db: ArcSwapOption<Database>,
+    /// Taken out by `close`, which releases the directory for another
+    /// opener.
+    engine: ArcSwapOption<Engine>,
     writer: mpsc::Sender<Request>,
     stats: Arc<WriterStats>,
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) `troupe.redb` in `dir` and starts the writer thread.
+    /// Opens (or creates) `troupe.fjall` in `dir`, migrating a `troupe.redb`
+    /// found there first, and starts the writer thread.
     ///
     /// # Errors
-    /// When the directory or the database cannot be created or opened.
+    /// When the directory or the database cannot be created or opened, or
+    /// its journal is damaged before its last batch.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| unavailable("create data directory", e))?;
-        let db = Database::create(dir.join("troupe.redb")).map_err(|e| unavailable("open", e))?;
-        let txn = db.begin_write().map_err(|e| unavailable("begin", e))?;
-        create_tables(&txn).map_err(|e| unavailable("create tables", e))?;
-        txn.commit().map_err(|e| unavailable("commit", e))?;
-
-        let db = Arc::new(db);
+        super::migrate::from_redb(dir, &options)?;
+        let engine = Engine::open(&dir.join(DIR), &options)?;
+        let acked = Acked::open(&dir.join(ACKED))?;
+        let batches = engine.batches()?;
+        if batches < acked.count {
+            return Err(StoreError::Corrupt(format!(
+                "{} recovered {batches} commit batches but {} says {} were acknowledged: \
+                 the journal is damaged; restore the data directory from a backup \
+                 (if {} was restored alone on purpose, delete {})",
+                dir.join(DIR).display(),
+                ACKED,
+                acked.count,
+                DIR,
+                ACKED,
+            )));
+        }
+        let engine = Arc::new(engine);
         let stats = Arc::new(WriterStats::default());
         let (writer, rx) = mpsc::channel(options.queue.max(1));
-        let (thread_db, thread_stats) = (db.clone(), stats.clone());
+        let (thread_engine, thread_stats) = (engine.clone(), stats.clone());
         let retention = options.idempotency_retention.as_secs();
         std::thread::Builder::new()
             .name("troupe-store-writer".into())
             .spawn(move || {
-                let closed = write_loop(
-                    &thread_db,
-                    rx,
-                    options.max_batch.max(1),
+                let mut writer = Writer {
+                    engine: &thread_engine,
                     retention,
-                    &thread_stats,
-                );
-                // Release the file before telling `close` it may return.
-                drop(thread_db);
+                    stats: &thread_stats,
+                    batches,
+                    acked,
+                };
+                let closed = writer.run(rx, options.max_batch.max(1));
+                // Release the database before telling `close` it may return.
+                drop(thread_engine);
                 if let Some(done) = closed {
                     let _ = done.send(());
                 }
             })
             .map_err(|e| unavailable("start writer", e))?;
         Ok(Self {
-            db: ArcSwapOption::new(Some(db)),
+            engine: ArcSwapOption::new(Some(engine)),
             writer,
             stats,
         })
@@ -110,21 +211,16 @@ impl EmbeddedStore {
     }
 
     /// Idempotency records held on disk, expired or not (reads filter the
-    /// expired ones; this counts what the sweep has yet to delete).
+    /// expired ones; this counts what the sweep has yet to delete), with
+    /// their index entries.
     ///
     /// # Errors
     /// When the database cannot be read.
     pub async fn idempotency_rows(&self) -> Result<u64, StoreError> {
-        self.read(|db| {
-            let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let records = txn
-                .open_table(IDEMPOTENCY)
-                .map_err(|e| unavailable("open idempotency", e))?;
-            let index = txn
-                .open_table(EXPIRY)
-                .map_err(|e| unavailable("open expiry", e))?;
-            let count = |n: Result<u64, redb::StorageError>| n.map_err(|e| unavailable("count", e));
-            Ok(count(records.len())? + count(index.len())?)
+        self.read(|e| {
+            let records = e.idempotency.len().map_err(|e| unavailable("count", e))?;
+            let index = e.expiry.len().map_err(|e| unavailable("count", e))?;
+            Ok((records + index) as u64)
         })
         .await
     }
@@ -132,13 +228,13 @@ impl EmbeddedStore {
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Engine) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self
-            .db
+        let engine = self
+            .engine
             .load_full()
             .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
-        tokio::task::spawn_blocking(move || f(&db))
+        tokio::task::spawn_blocking(move || f(&engine))
             .await
             .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
@@ -152,18 +248,15 @@ impl Store for EmbeddedStore {
 
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
         let actor = actor.to_owned();
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let table = txn
-                .open_table(STATE)
-                .map_err(|e| unavailable("open state", e))?;
-            let Some(value) = table
-                .get(actor.as_str())
+        self.read(move |e| {
+            let Some(value) = e
+                .state
+                .get(actor.as_bytes())
                 .map_err(|e| unavailable("read state", e))?
             else {
                 return Ok(None);
             };
-            let (version, state) = split_u64(value.value())?;
+            let (version, state) = split_u64(&value)?;
             Ok(Some(Snapshot {
                 version,
                 state: state.to_vec(),
@@ -189,20 +282,17 @@ impl Store for EmbeddedStore {
         limit: u32,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let actor = actor.to_owned();
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let table = txn
-                .open_table(ENTRIES)
-                .map_err(|e| unavailable("open entries", e))?;
-            let from = (actor.as_str(), after.saturating_add(1));
-            let range = table
-                .range(from..=(actor.as_str(), u64::MAX))
-                .map_err(|e| unavailable("read entries", e))?;
-            range
+        self.read(move |e| {
+            let from = pair(&actor, &after.saturating_add(1).to_be_bytes());
+            let to = pair(&actor, &u64::MAX.to_be_bytes());
+            e.entries
+                .range(from..=to)
                 .take(limit as usize)
                 .map(|item| {
-                    let (_, v) = item.map_err(|e| unavailable("read entry", e))?;
-                    Ok(v.value().to_vec())
+                    let (_, v) = item
+                        .into_inner()
+                        .map_err(|e| unavailable("read entry", e))?;
+                    Ok(v.to_vec())
                 })
                 .collect()
         })
@@ -210,51 +300,40 @@ impl Store for EmbeddedStore {
     }
 
     async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let (actor, key) = (actor.to_owned(), key.to_owned());
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let table = txn
-                .open_table(IDEMPOTENCY)
-                .map_err(|e| unavailable("open idempotency", e))?;
-            let Some(v) = table
-                .get((actor.as_str(), key.as_str()))
+        let k = pair(actor, key.as_bytes());
+        self.read(move |e| {
+            let Some(v) = e
+                .idempotency
+                .get(&k)
                 .map_err(|e| unavailable("read idempotency", e))?
             else {
                 return Ok(None);
             };
-            let (expires, record) = split_u64(v.value())?;
+            let (expires, record) = split_u64(&v)?;
             Ok((expires > unix_now()).then(|| record.to_vec()))
         })
         .await
     }
 
     async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let (actor, key) = (actor.to_owned(), key.to_owned());
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let table = txn
-                .open_table(FACTS)
-                .map_err(|e| unavailable("open facts", e))?;
-            let value = table
-                .get((actor.as_str(), key.as_str()))
-                .map_err(|e| unavailable("read fact", e))?;
-            Ok(value.map(|v| v.value().to_vec()))
+        let k = pair(actor, key.as_bytes());
+        self.read(move |e| {
+            let value = e.facts.get(&k).map_err(|e| unavailable("read fact", e))?;
+            Ok(value.map(|v| v.to_vec()))
         })
         .await
     }
 
     async fn pending(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|db| {
-            let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
-            let table = txn
-                .open_table(PENDING)
-                .map_err(|e| unavailable("open pending", e))?;
-            let iter = table.iter().map_err(|e| unavailable("read pending", e))?;
-            iter.map(|item| {
-                let (k, _) = item.map_err(|e| unavailable("read pending", e))?;
-                Ok(k.value().to_owned())
-            })
-            .collect()
+        self.read(|e| {
+            e.pending
+                .iter()
+                .map(|item| {
+                    let k = item.key().map_err(|e| unavailable("read pending", e))?;
+                    String::from_utf8(k.to_vec())
+                        .map_err(|_| StoreError::Corrupt("a pending actor is not UTF-8".into()))
+                })
+                .collect()
         })
         .await
     }
@@ -263,10 +342,13 @@ impl Store for EmbeddedStore {
         if self.writer.is_closed() {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
-        self.read(|db| {
-            db.begin_read()
+        self.read(|e| {
+            e.pending
+                .first_key_value()
+                .map(Guard::key)
+                .transpose()
                 .map(drop)
-                .map_err(|e| unavailable("begin read", e))
+                .map_err(|e| unavailable("read", e))
         })
         .await
     }
@@ -280,206 +362,221 @@ impl Store for EmbeddedStore {
         if self.writer.send(Request::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        self.db.store(None);
+        self.engine.store(None);
     }
 }
 
-/// Runs until the channel closes or a `Close` arrives; returns its sender.
-fn write_loop(
-    db: &Database,
-    mut rx: mpsc::Receiver<Request>,
-    max_batch: usize,
-    retention: u64,
-    stats: &WriterStats,
-) -> Option<oneshot::Sender<()>> {
-    let mut batch = Vec::with_capacity(max_batch);
-    // A sweep in progress runs one chunk whenever no commit is waiting, and
-    // at least every SWEEP_PACE under steady load, so it never starves.
-    let mut sweeping = false;
-    let mut last_chunk = std::time::Instant::now();
-    loop {
-        if sweeping && last_chunk.elapsed() >= SWEEP_PACE {
-            sweeping = sweep_chunk(db);
-            last_chunk = std::time::Instant::now();
-        }
-        let first = if sweeping {
-            match rx.try_recv() {
-                Ok(request) => request,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    sweeping = sweep_chunk(db);
-                    last_chunk = std::time::Instant::now();
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            }
-        } else {
-            rx.blocking_recv()?
+/// `troupe.acked`: the count of batches acknowledged.
+struct Acked {
+    file: std::fs::File,
+    count: u64,
+}
+
+impl Acked {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| unavailable("open troupe.acked", e))?;
+        let mut bytes = [0u8; 8];
+        let count = match std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0) {
+            Ok(()) => u64::from_be_bytes(bytes),
+            // Empty: a new store, or one migrated or written before it.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(unavailable("read troupe.acked", e)),
         };
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+        Ok(Self { file, count })
+    }
+
+    fn record(&mut self, count: u64) {
+        match std::os::unix::fs::FileExt::write_all_at(&self.file, &count.to_be_bytes(), 0) {
+            Ok(()) => self.count = count,
+            Err(e) => {
+                tracing::warn!(error.message = %e, "recording acknowledged batches in troupe.acked failed");
             }
-        }
-        let mut closing = None;
-        let mut commits = Vec::with_capacity(batch.len());
-        for request in batch.drain(..) {
-            match request {
-                Request::Commit(commit, reply) => commits.push((commit, reply)),
-                Request::Sweep => sweeping = true,
-                Request::Close(done) => closing = Some(done),
-            }
-        }
-        if !commits.is_empty() {
-            write_batch(db, commits, retention, stats);
-        }
-        if closing.is_some() {
-            return closing;
         }
     }
 }
 
-/// One transaction, one fsync, for every commit in the batch.
-fn write_batch(
-    db: &Database,
-    commits: Vec<(Commit, oneshot::Sender<Result<(), StoreError>>)>,
+/// The writer thread's state.
+struct Writer<'a> {
+    engine: &'a Engine,
     retention: u64,
-    stats: &WriterStats,
-) {
-    let n = commits.len();
-    let result = (|| -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let txn = db
-            .begin_write()
-            .map_err(|e| unavailable("begin write", e))?;
-        let mut outcomes = Vec::with_capacity(n);
-        {
-            let mut tables = Tables::open(&txn)?;
+    stats: &'a WriterStats,
+    /// Commit batches written so far.
+    batches: u64,
+    acked: Acked,
+}
+
+impl Writer<'_> {
+    /// Runs until the channel closes or a `Close` arrives; returns its sender.
+    fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Request>,
+        max_batch: usize,
+    ) -> Option<oneshot::Sender<()>> {
+        let engine = self.engine;
+        let mut batch = Vec::with_capacity(max_batch);
+        // A sweep in progress runs one chunk whenever no commit is waiting, and
+        // at least every SWEEP_PACE under steady load, so it never starves.
+        let mut sweeping = false;
+        let mut last_chunk = std::time::Instant::now();
+        loop {
+            if sweeping && last_chunk.elapsed() >= SWEEP_PACE {
+                sweeping = sweep_chunk(engine);
+                last_chunk = std::time::Instant::now();
+            }
+            let first = if sweeping {
+                match rx.try_recv() {
+                    Ok(request) => request,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        sweeping = sweep_chunk(engine);
+                        last_chunk = std::time::Instant::now();
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                }
+            } else {
+                rx.blocking_recv()?
+            };
+            batch.push(first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let mut closing = None;
+            let mut commits = Vec::with_capacity(batch.len());
+            for request in batch.drain(..) {
+                match request {
+                    Request::Commit(commit, reply) => commits.push((commit, reply)),
+                    Request::Sweep => sweeping = true,
+                    Request::Close(done) => closing = Some(done),
+                }
+            }
+            if !commits.is_empty() {
+                self.write_batch(commits);
+            }
+            if closing.is_some() {
+                return closing;
+            }
+        }
+    }
+
+    /// One atomic batch, one fdatasync, for every commit in the batch.
+    fn write_batch(&mut self, commits: Vec<(Commit, oneshot::Sender<Result<(), StoreError>>)>) {
+        let (engine, stats) = (self.engine, self.stats);
+        let n = commits.len();
+        let count = self.batches + 1;
+        // Whole seconds, rounded up: a record is kept at least `retention`.
+        let expires = unix_now().saturating_add(self.retention).saturating_add(1);
+        let result = (|| -> Result<Vec<Result<(), StoreError>>, StoreError> {
+            let mut batch = engine.db.batch().durability(Some(PersistMode::SyncData));
+            // Versions written earlier in this batch, which reads of the
+            // keyspace do not see yet.
+            let mut written: HashMap<&str, u64> = HashMap::new();
+            let mut outcomes = Vec::with_capacity(n);
             for (commit, _) in &commits {
-                outcomes.push(tables.apply(commit, retention)?);
+                outcomes.push(apply(engine, &mut batch, &mut written, commit, expires)?);
             }
+            batch.insert(&engine.meta, COUNT, &count.to_be_bytes()[..]);
+            batch.commit().map_err(|e| unavailable("commit", e))?;
+            Ok(outcomes)
+        })();
+        if result.is_ok() {
+            self.batches = count;
+            self.acked.record(count);
         }
-        txn.commit().map_err(|e| unavailable("commit", e))?;
-        Ok(outcomes)
-    })();
-    stats.transactions.fetch_add(1, Ordering::Relaxed);
-    stats.commits.fetch_add(n as u64, Ordering::Relaxed);
-    tracing::trace!(batch = n, "store commit");
-    match result {
-        Ok(outcomes) => {
-            for ((_, reply), outcome) in commits.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats.commits.fetch_add(n as u64, Ordering::Relaxed);
+        tracing::trace!(batch = n, "store commit");
+        match result {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in commits.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
             }
-        }
-        Err(e) => {
-            tracing::error!(error.message = %e, batch = n, "store transaction failed");
-            for (_, reply) in commits {
-                let _ = reply.send(Err(e.clone()));
+            Err(e) => {
+                tracing::error!(error.message = %e, batch = n, "store transaction failed");
+                for (_, reply) in commits {
+                    let _ = reply.send(Err(e.clone()));
+                }
             }
         }
     }
 }
 
-/// The tables of one write transaction, opened once for the whole batch.
-struct Tables<'txn> {
-    state: redb::Table<'txn, &'static str, &'static [u8]>,
-    entries: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
-    idempotency: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
-    expiry: redb::Table<'txn, (u64, &'static str, &'static str), ()>,
-    pending: redb::Table<'txn, &'static str, ()>,
-    facts: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
-}
-
-impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
-        Ok(Self {
-            state: txn
-                .open_table(STATE)
-                .map_err(|e| unavailable("open state", e))?,
-            entries: txn
-                .open_table(ENTRIES)
-                .map_err(|e| unavailable("open entries", e))?,
-            idempotency: txn
-                .open_table(IDEMPOTENCY)
-                .map_err(|e| unavailable("open idempotency", e))?,
-            expiry: txn
-                .open_table(EXPIRY)
-                .map_err(|e| unavailable("open expiry", e))?,
-            pending: txn
-                .open_table(PENDING)
-                .map_err(|e| unavailable("open pending", e))?,
-            facts: txn
-                .open_table(FACTS)
-                .map_err(|e| unavailable("open facts", e))?,
-        })
-    }
-
-    /// Applies one commit inside the shared transaction. The outer `Result`
-    /// fails the whole transaction; the inner one is this commit's verdict.
-    fn apply(&mut self, c: &Commit, retention: u64) -> Result<Result<(), StoreError>, StoreError> {
-        let actor = c.actor.as_str();
-        let found = match self
+/// Adds one commit to the shared batch. The outer `Result` fails the whole
+/// batch; the inner one is this commit's verdict.
+fn apply<'c>(
+    engine: &Engine,
+    batch: &mut OwnedWriteBatch,
+    written: &mut HashMap<&'c str, u64>,
+    c: &'c Commit,
+    expires: u64,
+) -> Result<Result<(), StoreError>, StoreError> {
+    let actor = c.actor.as_str();
+    let found = match written.get(actor) {
+        Some(version) => *version,
+        None => match engine
             .state
-            .get(actor)
+            .get(actor.as_bytes())
             .map_err(|e| unavailable("read state", e))?
         {
-            Some(v) => split_u64(v.value())?.0,
+            Some(v) => split_u64(&v)?.0,
             None => 0,
-        };
-        if found != c.expected_version {
-            let conflict = StoreError::Conflict {
-                actor: c.actor.clone(),
-                expected: c.expected_version,
-                found,
-            };
-            return Ok(Err(conflict));
-        }
-        if let Some(bytes) = &c.state {
-            let value = [&c.version.to_be_bytes()[..], bytes].concat();
-            self.state
-                .insert(actor, value.as_slice())
-                .map_err(|e| unavailable("write state", e))?;
-            if c.pending {
-                self.pending
-                    .insert(actor, ())
-                    .map_err(|e| unavailable("write pending", e))?;
-            } else {
-                self.pending
-                    .remove(actor)
-                    .map_err(|e| unavailable("write pending", e))?;
-            }
-        }
-        for (seq, entry) in &c.entries {
-            self.entries
-                .insert((actor, *seq), entry.as_slice())
-                .map_err(|e| unavailable("write entry", e))?;
-        }
-        for (key, value) in &c.facts {
-            self.facts
-                .insert((actor, key.as_str()), value.as_slice())
-                .map_err(|e| unavailable("write fact", e))?;
-        }
-        // Whole seconds, rounded up: a record is kept at least `retention`.
-        let expires = unix_now().saturating_add(retention).saturating_add(1);
-        for w in &c.idempotency {
-            let value = [&expires.to_be_bytes()[..], &w.value].concat();
-            self.idempotency
-                .insert((actor, w.key.as_str()), value.as_slice())
-                .map_err(|e| unavailable("write idempotency", e))?;
-            self.expiry
-                .insert((expires, actor, w.key.as_str()), ())
-                .map_err(|e| unavailable("write expiry", e))?;
-        }
-        Ok(Ok(()))
+        },
+    };
+    if found != c.expected_version {
+        return Ok(Err(StoreError::Conflict {
+            actor: c.actor.clone(),
+            expected: c.expected_version,
+            found,
+        }));
     }
+    if let Some(bytes) = &c.state {
+        let value = [&c.version.to_be_bytes()[..], bytes].concat();
+        batch.insert(&engine.state, actor.as_bytes(), value);
+        if c.pending {
+            batch.insert(&engine.pending, actor.as_bytes(), &[][..]);
+        } else {
+            batch.remove(&engine.pending, actor.as_bytes());
+        }
+        written.insert(actor, c.version);
+    }
+    for (seq, entry) in &c.entries {
+        batch.insert(
+            &engine.entries,
+            pair(actor, &seq.to_be_bytes()),
+            entry.as_slice(),
+        );
+    }
+    for (key, value) in &c.facts {
+        batch.insert(&engine.facts, pair(actor, key.as_bytes()), value.as_slice());
+    }
+    for w in &c.idempotency {
+        let key = pair(actor, w.key.as_bytes());
+        let value = [&expires.to_be_bytes()[..], &w.value].concat();
+        batch.insert(
+            &engine.expiry,
+            [&expires.to_be_bytes()[..], &key].concat(),
+            &[][..],
+        );
+        batch.insert(&engine.idempotency, key, value);
+    }
+    Ok(Ok(()))
 }
 
-/// One chunk of the sweep of expired idempotency records, in a
-/// transaction of its own with at most [`SWEEP_CHUNK`] records: never
-/// inside a user's commit, so a sweep can neither fail one nor hold the
-/// writer for long. Returns whether more may be left.
-fn sweep_chunk(db: &Database) -> bool {
-    match sweep_expired(db) {
+/// One chunk of the sweep of expired idempotency records, in a batch of
+/// its own with at most [`SWEEP_CHUNK`] records: never inside a user's
+/// commit, so a sweep can neither fail one nor hold the writer for long.
+/// Returns whether more may be left.
+fn sweep_chunk(engine: &Engine) -> bool {
+    match sweep_expired(engine) {
         Ok(n) => {
             if n > 0 {
                 tracing::debug!(removed = n, "swept expired idempotency records");
@@ -494,63 +591,54 @@ fn sweep_chunk(db: &Database) -> bool {
 }
 
 /// Removes up to [`SWEEP_CHUNK`] expired records; returns how many.
-fn sweep_expired(db: &Database) -> Result<usize, StoreError> {
+///
+/// The deletions are not synced on their own: a crash may bring a swept
+/// record back, and the next sweep deletes it again (reads hide it either
+/// way); the next commit's fdatasync makes them durable.
+fn sweep_expired(engine: &Engine) -> Result<usize, StoreError> {
     let now = unix_now();
-    let txn = db
-        .begin_write()
-        .map_err(|e| unavailable("begin sweep", e))?;
-    let n = {
-        let mut expiry = txn
-            .open_table(EXPIRY)
-            .map_err(|e| unavailable("open expiry", e))?;
-        let mut idem = txn
-            .open_table(IDEMPOTENCY)
-            .map_err(|e| unavailable("open idempotency", e))?;
-        let expired: Vec<(u64, String, String)> = expiry
-            // Expired as reads see it: `expires <= now`.
-            .range((0, "", "")..(now + 1, "", ""))
-            .map_err(|e| unavailable("read expiry", e))?
-            .take(SWEEP_CHUNK)
-            .map(|item| {
-                let (k, _) = item.map_err(|e| unavailable("read expiry", e))?;
-                let (t, a, key) = k.value();
-                Ok((t, a.to_owned(), key.to_owned()))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        for (t, actor, key) in &expired {
-            expiry
-                .remove((*t, actor.as_str(), key.as_str()))
-                .map_err(|e| unavailable("sweep", e))?;
-            // A newer record under the same key has a later expiry: keep it.
-            let current = idem
-                .get((actor.as_str(), key.as_str()))
-                .map_err(|e| unavailable("sweep", e))?
-                .map(|v| split_u64(v.value()).map(|(e, _)| e))
-                .transpose()?;
-            if current.is_some_and(|e| e <= now) {
-                idem.remove((actor.as_str(), key.as_str()))
-                    .map_err(|e| unavailable("sweep", e))?;
-            }
+    // Expired as reads see it: `expires <= now`.
+    let end = now.saturating_add(1).to_be_bytes();
+    let expired: Vec<fjall::UserKey> = engine
+        .expiry
+        .range(..&end[..])
+        .take(SWEEP_CHUNK)
+        .map(|item| item.key().map_err(|e| unavailable("read expiry", e)))
+        .collect::<Result<_, _>>()?;
+    let mut batch = engine.db.batch();
+    for index_key in &expired {
+        batch.remove(&engine.expiry, index_key.clone());
+        let Some(record_key) = index_key.get(8..) else {
+            continue;
+        };
+        // A newer record under the same key has a later expiry: keep it.
+        let current = engine
+            .idempotency
+            .get(record_key)
+            .map_err(|e| unavailable("sweep", e))?
+            .map(|v| split_u64(&v).map(|(e, _)| e))
+            .transpose()?;
+        if current.is_some_and(|e| e <= now) {
+            batch.remove(&engine.idempotency, record_key);
         }
-        expired.len()
-    };
-    if n > 0 {
-        txn.commit().map_err(|e| unavailable("commit sweep", e))?;
     }
+    let n = expired.len();
+    batch.commit().map_err(|e| unavailable("commit sweep", e))?;
     Ok(n)
 }
 
-fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
-    txn.open_table(STATE)?;
-    txn.open_table(ENTRIES)?;
-    txn.open_table(IDEMPOTENCY)?;
-    txn.open_table(EXPIRY)?;
-    txn.open_table(PENDING)?;
-    txn.open_table(FACTS)?;
-    Ok(())
+/// A key pairing an actor with `tail`: the actor's length (4 bytes,
+/// big-endian), the actor, then `tail`.
+pub(super) fn pair(actor: &str, tail: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(actor.len()).unwrap_or(u32::MAX);
+    let mut key = Vec::with_capacity(4 + actor.len() + tail.len());
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(actor.as_bytes());
+    key.extend_from_slice(tail);
+    key
 }
 
-fn split_u64(bytes: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+pub(super) fn split_u64(bytes: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     let (head, rest) = bytes
         .split_first_chunk::<8>()
         .ok_or_else(|| StoreError::Corrupt("value shorter than its 8-byte header".into()))?;
@@ -564,6 +652,6 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
 }

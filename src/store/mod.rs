@@ -10,6 +10,7 @@
 
 mod embedded;
 mod instrumented;
+mod migrate;
 mod redis;
 
 use std::time::Duration;
@@ -137,4 +138,21 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Commits waiting for the writer before senders wait.
     pub queue: usize,
+    /// The embedded store's block cache.
+    pub cache_bytes: u64,
+    /// The embedded store's memtable per keyspace (six of them): what it
+    /// holds in memory before writing a sorted table.
+    pub memtable_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            idempotency_retention: Duration::from_secs(86_400),
+            max_batch: 1024,
+            queue: 8192,
+            cache_bytes: 32 << 20,
+            memtable_bytes: 8 << 20,
+        }
+    }
 }

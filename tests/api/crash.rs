@@ -208,6 +208,7 @@ async fn after_a_crash_unfinished_work_finishes_without_any_request() {
         idempotency_retention: Duration::from_secs(60),
         max_batch: 16,
         queue: 16,
+        ..Default::default()
     };
     let store = troupe::store::EmbeddedStore::open(dir.path(), options).unwrap();
     use troupe::store::Store as _;

@@ -159,6 +159,7 @@ async fn a_transfer_resumed_after_its_keys_expired_applies_no_leg_twice() {
         idempotency_retention: Duration::from_secs(1),
         max_batch: 16,
         queue: 16,
+        ..Default::default()
     };
     let store = EmbeddedStore::open(dir.path(), options).unwrap();
     let snapshot = store.load("transfer/t-old").await.unwrap().unwrap();
@@ -573,6 +574,7 @@ async fn a_transfer_in_flight_from_the_previous_protocol_stops_start_up() {
         idempotency_retention: Duration::from_secs(60),
         max_batch: 16,
         queue: 16,
+        ..Default::default()
     };
     let store = EmbeddedStore::open(dir.path(), options).unwrap();
     let old = json!({
@@ -625,6 +627,7 @@ async fn a_quiet_source_account_writes_its_settled_outbox_on_its_own() {
         idempotency_retention: Duration::from_secs(60),
         max_batch: 16,
         queue: 16,
+        ..Default::default()
     };
     let store = EmbeddedStore::open(dir.path(), options).unwrap();
     assert_eq!(store.pending().await.unwrap(), Vec::<String>::new());

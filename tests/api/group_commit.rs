@@ -168,8 +168,11 @@ async fn messages_waiting_together_share_one_commit_and_are_answered_after_it() 
     tokio::pin!(all);
     // All 20 wait in the mailbox while the state loads; then they are
     // handled and their commit is held: not one answer may leave before it.
-    let early = tokio::time::timeout(Duration::from_millis(200), &mut all).await;
-    assert!(early.is_err(), "answered while loading");
+    let queued = app.wait_metric("troupe_actor_mailbox_depth", |n| n >= 20.0);
+    tokio::select! {
+        _ = &mut all => panic!("answered while loading"),
+        _ = queued => {}
+    }
     store.open();
     let early = tokio::time::timeout(Duration::from_millis(300), &mut all).await;
     assert!(early.is_err(), "answered before the commit was durable");

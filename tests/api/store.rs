@@ -18,6 +18,7 @@ fn options(retention: Duration) -> StoreOptions {
         idempotency_retention: retention,
         max_batch: 1024,
         queue: 1024,
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,165 @@
+//! Migration of a data directory written by the redb store of earlier
+//! versions (`troupe.redb`) into the fjall store, once, on start.
+//!
+//! The copy is built in `troupe.fjall.migrating` and made durable; then
+//! `troupe.redb` is renamed `troupe.redb.migrated` (kept for the operator
+//! to delete) and the copy renamed `troupe.fjall`, each rename synced. A
+//! crash at any point leaves either the redb file, and the migration
+//! starts over, or a finished copy, and start-up completes its rename.
+//! Nothing reads or writes the new store before both renames are durable.
+
+use std::path::Path;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+
+use super::embedded::{pair, unavailable, Engine, DIR};
+use super::{StoreError, StoreOptions};
+
+const REDB: &str = "troupe.redb";
+const MIGRATED: &str = "troupe.redb.migrated";
+const STAGING: &str = "troupe.fjall.migrating";
+/// Records per fjall batch while copying.
+const CHUNK: usize = 10_000;
+
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
+const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
+const EXPIRY: TableDefinition<(u64, &str, &str), ()> = TableDefinition::new("idempotency_expiry");
+const FACTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("facts");
+const PENDING: TableDefinition<&str, ()> = TableDefinition::new("pending");
+
+/// Migrates `dir/troupe.redb` when there is one.
+///
+/// # Errors
+/// When the old file cannot be read or the copy cannot be written, and
+/// when a `troupe.redb` sits next to a `troupe.fjall` (an operator's copy:
+/// which one holds the data is not for the service to guess).
+pub(super) fn from_redb(dir: &Path, options: &StoreOptions) -> Result<(), StoreError> {
+    let (old, staging, target) = (dir.join(REDB), dir.join(STAGING), dir.join(DIR));
+    if !old.exists() {
+        // A crash between the two renames: finish the second.
+        if staging.exists() && !target.exists() && dir.join(MIGRATED).exists() {
+            rename(&staging, &target, dir)?;
+            tracing::info!(path = %target.display(), "finished migrating from troupe.redb");
+        }
+        return Ok(());
+    }
+    if target.exists() {
+        return Err(StoreError::Corrupt(format!(
+            "{} holds both {REDB} (the store of earlier versions) and {DIR}; \
+             move away the one that does not hold the data",
+            dir.display()
+        )));
+    }
+    if staging.exists() {
+        // An earlier migration that did not finish.
+        std::fs::remove_dir_all(&staging).map_err(|e| unavailable("remove staging", e))?;
+    }
+    tracing::info!(from = %old.display(), to = %target.display(), "migrating the data directory from redb");
+    let records = copy(&old, &staging, options)?;
+    rename(&old, &dir.join(MIGRATED), dir)?;
+    rename(&staging, &target, dir)?;
+    tracing::info!(
+        records,
+        kept = %dir.join(MIGRATED).display(),
+        "migrated the data directory from redb; delete the old file once satisfied"
+    );
+    Ok(())
+}
+
+/// Copies every table, then syncs; returns how many records it copied.
+fn copy(old: &Path, staging: &Path, options: &StoreOptions) -> Result<u64, StoreError> {
+    let corrupt =
+        |e: redb::Error| StoreError::Corrupt(format!("{} cannot be migrated: {e}", old.display()));
+    let redb = redb::Database::open(old).map_err(|e| corrupt(e.into()))?;
+    let txn = redb.begin_read().map_err(|e| corrupt(e.into()))?;
+    let engine = Engine::open(staging, options)?;
+    let mut copier = Copier {
+        engine: &engine,
+        batch: engine.db.batch(),
+        records: 0,
+    };
+    let open = |name: &str| StoreError::Corrupt(format!("{} lacks table {name}", old.display()));
+
+    let table = txn.open_table(STATE).map_err(|_| open(STATE.name()))?;
+    for item in table.iter().map_err(|e| corrupt(e.into()))? {
+        let (k, v) = item.map_err(|e| corrupt(e.into()))?;
+        copier.put(&engine.state, k.value().as_bytes().to_vec(), v.value())?;
+    }
+    let table = txn.open_table(ENTRIES).map_err(|_| open(ENTRIES.name()))?;
+    for item in table.iter().map_err(|e| corrupt(e.into()))? {
+        let (k, v) = item.map_err(|e| corrupt(e.into()))?;
+        let (actor, seq) = k.value();
+        copier.put(&engine.entries, pair(actor, &seq.to_be_bytes()), v.value())?;
+    }
+    let table = txn
+        .open_table(IDEMPOTENCY)
+        .map_err(|_| open(IDEMPOTENCY.name()))?;
+    for item in table.iter().map_err(|e| corrupt(e.into()))? {
+        let (k, v) = item.map_err(|e| corrupt(e.into()))?;
+        let (actor, key) = k.value();
+        copier.put(&engine.idempotency, pair(actor, key.as_bytes()), v.value())?;
+    }
+    let table = txn.open_table(EXPIRY).map_err(|_| open(EXPIRY.name()))?;
+    for item in table.iter().map_err(|e| corrupt(e.into()))? {
+        let (k, _) = item.map_err(|e| corrupt(e.into()))?;
+        let (expires, actor, key) = k.value();
+        let index = [&expires.to_be_bytes()[..], &pair(actor, key.as_bytes())].concat();
+        copier.put(&engine.expiry, index, &[])?;
+    }
+    let table = txn.open_table(FACTS).map_err(|_| open(FACTS.name()))?;
+    for item in table.iter().map_err(|e| corrupt(e.into()))? {
+        let (k, v) = item.map_err(|e| corrupt(e.into()))?;
+        let (actor, key) = k.value();
+        copier.put(&engine.facts, pair(actor, key.as_bytes()), v.value())?;
+    }
+    let table = txn.open_table(PENDING).map_err(|_| open(PENDING.name()))?;
+    for item in table.iter().map_err(|e| corrupt(e.into()))? {
+        let (k, _) = item.map_err(|e| corrupt(e.into()))?;
+        copier.put(&engine.pending, k.value().as_bytes().to_vec(), &[])?;
+    }
+    let records = copier.records;
+    copier.flush()?;
+    engine
+        .db
+        .persist(fjall::PersistMode::SyncAll)
+        .map_err(|e| unavailable("sync the migrated store", e))?;
+    Ok(records)
+}
+
+struct Copier<'e> {
+    engine: &'e Engine,
+    batch: fjall::OwnedWriteBatch,
+    records: u64,
+}
+
+impl Copier<'_> {
+    fn put(
+        &mut self,
+        space: &fjall::Keyspace,
+        key: Vec<u8>,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.batch.insert(space, key, value);
+        self.records += 1;
+        if self.batch.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let batch = std::mem::replace(&mut self.batch, self.engine.db.batch());
+        batch
+            .commit()
+            .map_err(|e| unavailable("write the migrated store", e))
+    }
+}
+
+/// Renames `from` to `to` and syncs their directory.
+fn rename(from: &Path, to: &Path, dir: &Path) -> Result<(), StoreError> {
+    std::fs::rename(from, to).map_err(|e| unavailable("rename", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| unavailable("sync the data directory", e))
+}
