@@ -6,6 +6,7 @@ mod actors;
 mod concurrency;
 mod config;
 mod crash;
+mod durability;
 mod errors;
 #[cfg(feature = "etcd")]
 mod etcd;

@@ -1,0 +1,186 @@
+//! "Durable before reply" at the system-call level: the service's binary
+//! runs under `strace`, and the order of its journal writes, fsyncs and
+//! response writes is read back. (A SIGKILL never loses the page cache, so
+//! no crash test would notice a missing fsync; this one does.)
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::helpers::Child;
+
+/// The service under `strace -f`, killed with it.
+struct Traced {
+    child: Child,
+    trace: PathBuf,
+    /// Lines of the trace written while starting.
+    start_lines: usize,
+    _dir: TempDir,
+}
+
+impl Traced {
+    async fn start(calls: &str, extra: &[&str]) -> Self {
+        let dir = TempDir::new().unwrap();
+        let trace = dir.path().join("syscalls");
+        let data = dir.path().join("data");
+        let trace_arg = trace.display().to_string();
+        let mut args = vec!["strace", "-f", "-qq", "-e", calls, "-o", &trace_arg];
+        args.extend_from_slice(extra);
+        let child = Child::start_under(&args, &data, &[]).await;
+        let start_lines = std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        Self {
+            child,
+            trace,
+            start_lines,
+            _dir: dir,
+        }
+    }
+
+    /// The lines traced since start-up, each split into thread id and call.
+    fn calls(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(&self.trace)
+            .unwrap()
+            .lines()
+            .skip(self.start_lines)
+            .filter_map(|line| {
+                let (tid, call) = line.split_once(' ')?;
+                Some((tid.to_owned(), call.trim_start().to_owned()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        // strace does not kill what it traces when it is killed: kill the
+        // traced service itself.
+        let strace = self.child.pid();
+        let traced = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .map(nix::unistd::Pid::from_raw);
+        if let Some(pid) = traced {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Opens `accounts` accounts, then makes `per_account` deposits to each at
+/// once, each of a different amount from 100,000 up; returns the amounts.
+async fn deposits(base: &str, accounts: u64, per_account: u64) -> BTreeSet<u64> {
+    let client = reqwest::Client::new();
+    for a in 0..accounts {
+        let r = client
+            .put(format!("{base}/v1/accounts/d{a}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let amounts: Vec<u64> = (0..accounts * per_account).map(|i| 100_000 + i).collect();
+    join_all(amounts.iter().map(|amount| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(format!(
+                    "{base}/v1/accounts/d{}/deposits",
+                    amount % accounts
+                ))
+                .json(&json!({ "amount": amount }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    }))
+    .await;
+    amounts.into_iter().collect()
+}
+
+/// The amounts of `"amount":N` in a traced write (strace escapes quotes).
+fn amounts(call: &str) -> Vec<u64> {
+    call.split("amount\\\":")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_deposit_was_written_to_the_journal_and_synced_before_its_reply_left() {
+    let traced = Traced::start(
+        "trace=write,writev,pwrite64,sendto,sendmsg,fsync,fdatasync",
+        // Whole buffers, file paths and socket ends on every descriptor.
+        &["-s", "1048576", "-yy"],
+    )
+    .await;
+    let sent = deposits(&traced.child.address, 6, 10).await;
+
+    // Amounts appended to the journal and not yet synced; what each
+    // thread's sync in progress covers; what is synced.
+    let mut written = BTreeSet::new();
+    let mut syncing: HashMap<String, BTreeSet<u64>> = HashMap::new();
+    let mut synced = BTreeSet::new();
+    let mut acknowledged = BTreeSet::new();
+    for (tid, call) in traced.calls() {
+        let is_sync = call.starts_with("fdatasync(") || call.starts_with("fsync(");
+        if is_sync && call.contains(".jnl>") {
+            if call.contains("<unfinished") {
+                syncing.insert(tid, written.clone());
+            } else if call.ends_with("= 0") {
+                synced.extend(std::mem::take(&mut written));
+            }
+        } else if call.starts_with("<... fdatasync resumed>")
+            || call.starts_with("<... fsync resumed>")
+        {
+            if let Some(covered) = syncing.remove(&tid) {
+                if call.ends_with("= 0") {
+                    written.retain(|a| !covered.contains(a));
+                    synced.extend(covered);
+                }
+            }
+        } else if call.contains(".jnl>") {
+            written.extend(amounts(&call));
+        } else if call.contains("TCP") {
+            for amount in amounts(&call) {
+                assert!(
+                    synced.contains(&amount),
+                    "the reply acknowledging {amount} left before the journal holding it was synced: {call}"
+                );
+                acknowledged.insert(amount);
+            }
+        }
+    }
+    assert_eq!(acknowledged, sent, "not every reply was seen leaving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fsync_while_serving_runs_on_the_store_writer_thread() {
+    let traced = Traced::start("trace=fsync,fdatasync,sync_file_range,syncfs,sync", &[]).await;
+    deposits(&traced.child.address, 8, 5).await;
+    let mut syncs = 0;
+    for (tid, call) in traced.calls() {
+        if !call.starts_with('f') && !call.starts_with("sync") {
+            continue;
+        }
+        // Thread names while the threads are alive: /proc/<tid>/comm.
+        let name = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
+        assert_eq!(
+            name.trim_end(),
+            "troupe-store-wr",
+            "{call} on thread {tid} ({name:?}), not the store writer"
+        );
+        syncs += 1;
+    }
+    assert!(syncs > 0, "no fsync observed while serving durable writes");
+}
