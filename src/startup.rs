@@ -133,6 +133,9 @@ impl Application {
                 .default_service(web::to(http::not_found))
         })
         .workers(workers)
+        // A client that closes its side has gone: its request's future is
+        // dropped, and with it the work still queued for it.
+        .h1_allow_half_closed(false)
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
         .listen(listener)?

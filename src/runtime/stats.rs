@@ -32,6 +32,7 @@ pub struct RuntimeReport {
     pub restarts: HashMap<&'static str, u64>,
     pub failures: HashMap<&'static str, u64>,
     pub deadline_drops: HashMap<&'static str, u64>,
+    pub abandoned_drops: HashMap<&'static str, u64>,
     /// (kind, message, outcome) -> count.
     pub messages: HashMap<(&'static str, &'static str, &'static str), u64>,
     /// Messages per group commit.
@@ -69,6 +70,11 @@ pub fn failed(kind: Kind) {
 pub fn deadline_dropped(kind: Kind) {
     let kind = kind.as_str();
     bump(|r| *r.deadline_drops.entry(kind).or_default() += 1);
+}
+
+pub fn abandoned_dropped(kind: Kind) {
+    let kind = kind.as_str();
+    bump(|r| *r.abandoned_drops.entry(kind).or_default() += 1);
 }
 
 pub fn message(kind: Kind, message: &'static str, outcome: &'static str) {

@@ -26,23 +26,45 @@ pub async fn record(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = method_label(req.method());
-    let started = Instant::now();
-    metrics.http_in_flight.inc();
+    let mut served = Served {
+        metrics,
+        route,
+        method,
+        started: Instant::now(),
+        status: None,
+    };
+    served.metrics.http_in_flight.inc();
     let response = next.call(req).await;
-    metrics.http_in_flight.dec();
-    let status = match &response {
+    served.status = Some(match &response {
         Ok(r) => r.status(),
         Err(e) => e.as_response_error().status_code(),
-    };
-    metrics
-        .http_requests
-        .with_label_values(&[route.as_str(), method, status.as_str()])
-        .inc();
-    metrics
-        .http_duration
-        .with_label_values(&[route.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    });
     response
+}
+
+/// One request in flight; recorded when dropped, so a request whose client
+/// went away (its future dropped) leaves the in-flight gauge too, counted
+/// as status `499` (client closed request, as nginx says).
+struct Served {
+    metrics: web::Data<Metrics>,
+    route: String,
+    method: &'static str,
+    started: Instant,
+    status: Option<actix_web::http::StatusCode>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        m.http_in_flight.dec();
+        let status = self.status.as_ref().map_or("499", |s| s.as_str());
+        m.http_requests
+            .with_label_values(&[self.route.as_str(), self.method, status])
+            .inc();
+        m.http_duration
+            .with_label_values(&[self.route.as_str()])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// The method as a label: the standard ones by name, anything else

@@ -28,6 +28,7 @@ pub struct Metrics {
     restarts: IntCounterVec,
     failures: IntCounterVec,
     deadline_drops: IntCounterVec,
+    abandoned_drops: IntCounterVec,
     messages: IntCounterVec,
     live: IntGaugeVec,
     mailbox_depth: IntGauge,
@@ -94,6 +95,7 @@ impl Metrics {
             restarts: counter(&r, "troupe_actor_restarts_total", "Actors restarted from durable state after a panic.", &["kind"]),
             failures: counter(&r, "troupe_actor_failures_total", "Actors that passed the restart intensity and gave up for a window.", &["kind"]),
             deadline_drops: counter(&r, "troupe_actor_deadline_drops_total", "Messages dropped unprocessed because their deadline passed in the mailbox.", &["kind"]),
+            abandoned_drops: counter(&r, "troupe_actor_abandoned_drops_total", "Messages dropped unprocessed because their caller was gone (the HTTP client disconnected) before they were handled.", &["kind"]),
             messages: counter(&r, "troupe_actor_messages_total", "Messages handled by kind, message and outcome (ok or the error code).", &["kind", "message", "outcome"]),
             live: gauge(&r, "troupe_actors_live", "Live activations by kind.", &["kind"]),
             mailbox_depth: gauge(&r, "troupe_actor_mailbox_depth", "Messages routed to actors and not yet answered.", &[]).with_label_values::<&str>(&[]),
@@ -191,6 +193,7 @@ impl Handler<RuntimeReport> for MetricsActor {
             (&m.restarts, &report.restarts),
             (&m.failures, &report.failures),
             (&m.deadline_drops, &report.deadline_drops),
+            (&m.abandoned_drops, &report.abandoned_drops),
         ] {
             for (kind, n) in values {
                 counters.with_label_values(&[*kind]).inc_by(*n);

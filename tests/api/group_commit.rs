@@ -187,6 +187,41 @@ async fn messages_waiting_together_share_one_commit_and_are_answered_after_it() 
     assert_eq!(app.balance("g").await, 20);
 }
 
+/// Work whose caller is gone is not done: a client that disconnects while
+/// its deposit waits leaves no change behind.
+#[actix_rt::test]
+async fn a_message_whose_client_disconnected_is_dropped_unhandled() {
+    use tokio::io::AsyncWriteExt;
+
+    let (app, store) = gated_app().await;
+    opened_and_passivated(&app, "gone").await;
+    store.hold_loads_of("account/gone");
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let body = r#"{"amount":5}"#;
+    let request = format!(
+        "POST /v1/accounts/gone/deposits HTTP/1.1\r\nhost: {host}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    app.wait_metric("troupe_actor_mailbox_depth", |n| n >= 1.0)
+        .await;
+    drop(tcp);
+    // The server saw the client go: its request was dropped unanswered.
+    let closed = r#"troupe_http_requests_total{method="POST",route="/v1/accounts/{id}/deposits",status="499"}"#;
+    app.wait_metric(closed, |n| n >= 1.0).await;
+    store.open();
+    app.wait_metric(
+        r#"troupe_actor_abandoned_drops_total{kind="account"}"#,
+        |n| n >= 1.0,
+    )
+    .await;
+    assert_eq!(app.balance("gone").await, 0);
+    app.wait_metric("troupe_actor_mailbox_depth", |n| n == 0.0)
+        .await;
+}
+
 #[actix_rt::test]
 async fn a_crash_in_a_batch_answers_500_while_the_rest_is_committed_and_the_actor_restarts() {
     let (app, store) = gated_app().await;

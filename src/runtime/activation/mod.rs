@@ -209,6 +209,16 @@ impl<B: Behavior> Activation<B> {
                 ),
             );
         }
+        // Nobody waits for the answer any more (the HTTP client
+        // disconnected): the work is not done. Messages the runtime or an
+        // actor sent are always handled; their senders retry.
+        if !envelope.internal && envelope.reply.is_closed() {
+            stats::abandoned_dropped(B::KIND);
+            return self.respond(
+                envelope.reply,
+                Answer::error(ErrorCode::DeadlineExceeded, "the caller is gone"),
+            );
+        }
         if self.supervision.as_mut().is_some_and(|s| s.failed(now)) {
             let message = format!("{} is failing repeatedly; retry later", self.address);
             return self.respond(
