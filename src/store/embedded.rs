@@ -49,6 +49,12 @@ const COUNT: &[u8] = b"batches";
 const SWEEP_CHUNK: usize = 512;
 /// Under steady load, the longest a sweep in progress waits between chunks.
 const SWEEP_PACE: std::time::Duration = std::time::Duration::from_millis(100);
+/// A batch the writer has been writing for longer than this makes the store
+/// not ready: fjall stalls writes while its flushes lag, and for good when
+/// a flush failed.
+const STUCK: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often `troupe.acked` is synced at most (see [`Acked`]).
+const ACKED_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
 
 enum Request {
     Commit(Commit, oneshot::Sender<Result<(), StoreError>>),
@@ -63,6 +69,9 @@ enum Request {
 pub struct WriterStats {
     pub commits: AtomicU64,
     pub transactions: AtomicU64,
+    /// When the batch being written began, in milliseconds since the store
+    /// opened, plus one; 0 while the writer waits.
+    busy_since: AtomicU64,
 }
 
 /// The database and its keyspaces. Keys that pair an actor with something
@@ -149,6 +158,7 @@ pub struct EmbeddedStore {
     engine: ArcSwapOption<Engine>,
     writer: mpsc::Sender<Request>,
     stats: Arc<WriterStats>,
+    opened: std::time::Instant,
 }
 
 impl EmbeddedStore {
@@ -176,8 +186,10 @@ impl EmbeddedStore {
                 ACKED,
             )));
         }
+        sync_dir(dir)?;
         let engine = Arc::new(engine);
         let stats = Arc::new(WriterStats::default());
+        let opened = std::time::Instant::now();
         let (writer, rx) = mpsc::channel(options.queue.max(1));
         let (thread_engine, thread_stats) = (engine.clone(), stats.clone());
         let retention = options.idempotency_retention.as_secs();
@@ -185,6 +197,7 @@ impl EmbeddedStore {
             .name("troupe-store-writer".into())
             .spawn(move || {
                 let mut writer = Writer {
+                    opened,
                     engine: &thread_engine,
                     retention,
                     stats: &thread_stats,
@@ -203,6 +216,7 @@ impl EmbeddedStore {
             engine: ArcSwapOption::new(Some(engine)),
             writer,
             stats,
+            opened,
         })
     }
 
@@ -342,7 +356,18 @@ impl Store for EmbeddedStore {
         if self.writer.is_closed() {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
+        let busy = self.stats.busy_since.load(Ordering::Relaxed);
+        let now = millis_since(self.opened).saturating_add(1);
+        if busy != 0 && now.saturating_sub(busy) > STUCK.as_millis() as u64 {
+            return Err(StoreError::Unavailable(format!(
+                "the store writer has been writing one batch for {} s",
+                (now - busy) / 1000
+            )));
+        }
         self.read(|e| {
+            // Fails once fjall has refused writes after a failed one.
+            e.db.persist(PersistMode::Buffer)
+                .map_err(|e| unavailable("the store refuses writes", e))?;
             e.pending
                 .first_key_value()
                 .map(Guard::key)
@@ -370,6 +395,7 @@ impl Store for EmbeddedStore {
 struct Acked {
     file: std::fs::File,
     count: u64,
+    synced: Option<std::time::Instant>,
 }
 
 impl Acked {
@@ -388,11 +414,27 @@ impl Acked {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
             Err(e) => return Err(unavailable("read troupe.acked", e)),
         };
-        Ok(Self { file, count })
+        Ok(Self {
+            file,
+            count,
+            synced: None,
+        })
     }
 
+    /// Records `count`, after the journal holding it was synced and its
+    /// commits answered; syncs the file at most every [`ACKED_SYNC`], so
+    /// after a power loss it lags by about that much at most (a crash of
+    /// the process alone loses nothing: the kernel has the write).
     fn record(&mut self, count: u64) {
-        match std::os::unix::fs::FileExt::write_all_at(&self.file, &count.to_be_bytes(), 0) {
+        let written = std::os::unix::fs::FileExt::write_all_at(&self.file, &count.to_be_bytes(), 0);
+        let synced = match written {
+            Ok(()) if self.synced.is_none_or(|t| t.elapsed() >= ACKED_SYNC) => {
+                self.synced = Some(std::time::Instant::now());
+                self.file.sync_data()
+            }
+            other => other,
+        };
+        match synced {
             Ok(()) => self.count = count,
             Err(e) => {
                 tracing::warn!(error.message = %e, "recording acknowledged batches in troupe.acked failed");
@@ -403,6 +445,7 @@ impl Acked {
 
 /// The writer thread's state.
 struct Writer<'a> {
+    opened: std::time::Instant,
     engine: &'a Engine,
     retention: u64,
     stats: &'a WriterStats,
@@ -470,6 +513,10 @@ impl Writer<'_> {
     /// One atomic batch, one fdatasync, for every commit in the batch.
     fn write_batch(&mut self, commits: Vec<(Commit, oneshot::Sender<Result<(), StoreError>>)>) {
         let (engine, stats) = (self.engine, self.stats);
+        stats.busy_since.store(
+            millis_since(self.opened).saturating_add(1),
+            Ordering::Relaxed,
+        );
         let n = commits.len();
         let count = self.batches + 1;
         // Whole seconds, rounded up: a record is kept at least `retention`.
@@ -487,10 +534,7 @@ impl Writer<'_> {
             batch.commit().map_err(|e| unavailable("commit", e))?;
             Ok(outcomes)
         })();
-        if result.is_ok() {
-            self.batches = count;
-            self.acked.record(count);
-        }
+        let durable = result.is_ok();
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats.commits.fetch_add(n as u64, Ordering::Relaxed);
         tracing::trace!(batch = n, "store commit");
@@ -507,6 +551,11 @@ impl Writer<'_> {
                 }
             }
         }
+        if durable {
+            self.batches = count;
+            self.acked.record(count);
+        }
+        stats.busy_since.store(0, Ordering::Relaxed);
     }
 }
 
@@ -643,6 +692,17 @@ pub(super) fn split_u64(bytes: &[u8]) -> Result<(u64, &[u8]), StoreError> {
         .split_first_chunk::<8>()
         .ok_or_else(|| StoreError::Corrupt("value shorter than its 8-byte header".into()))?;
     Ok((u64::from_be_bytes(*head), rest))
+}
+
+fn millis_since(start: std::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Syncs a directory, so the entries created or renamed in it last.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| unavailable("sync the data directory", e))
 }
 
 fn unix_now() -> u64 {

@@ -1,23 +1,26 @@
 //! Migration of a data directory written by the redb store of earlier
 //! versions (`troupe.redb`) into the fjall store, once, on start.
 //!
-//! The copy is built in `troupe.fjall.migrating` and made durable; then
-//! `troupe.redb` is renamed `troupe.redb.migrated` (kept for the operator
-//! to delete) and the copy renamed `troupe.fjall`, each rename synced. A
-//! crash at any point leaves either the redb file, and the migration
-//! starts over, or a finished copy, and start-up completes its rename.
-//! Nothing reads or writes the new store before both renames are durable.
+//! The copy is built in `troupe.fjall.migrating`, made durable and marked
+//! complete; then `troupe.redb` is renamed `troupe.redb.migrated` (kept for
+//! the operator to delete) and the copy renamed `troupe.fjall`, each rename
+//! synced. A crash at any point leaves either the redb file, and the
+//! migration starts over, or a complete copy, and start-up completes its
+//! rename. Nothing reads or writes the new store before both renames are
+//! durable, and nothing the operator may still need is overwritten.
 
 use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
-use super::embedded::{pair, unavailable, Engine, DIR};
+use super::embedded::{pair, sync_dir, unavailable, Engine, DIR};
 use super::{StoreError, StoreOptions};
 
 const REDB: &str = "troupe.redb";
 const MIGRATED: &str = "troupe.redb.migrated";
 const STAGING: &str = "troupe.fjall.migrating";
+/// Written (and synced) in the staging directory once the copy is durable.
+const COMPLETE: &str = "complete";
 /// Records per fjall batch while copying.
 const CHUNK: usize = 10_000;
 
@@ -39,6 +42,13 @@ pub(super) fn from_redb(dir: &Path, options: &StoreOptions) -> Result<(), StoreE
     if !old.exists() {
         // A crash between the two renames: finish the second.
         if staging.exists() && !target.exists() && dir.join(MIGRATED).exists() {
+            if !staging.join(COMPLETE).exists() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} holds an incomplete migration and no {REDB} to redo it from; \
+                     put {MIGRATED} back as {REDB} and start again",
+                    dir.display()
+                )));
+            }
             rename(&staging, &target, dir)?;
             tracing::info!(path = %target.display(), "finished migrating from troupe.redb");
         }
@@ -51,12 +61,24 @@ pub(super) fn from_redb(dir: &Path, options: &StoreOptions) -> Result<(), StoreE
             dir.display()
         )));
     }
+    if dir.join(MIGRATED).exists() {
+        return Err(StoreError::Corrupt(format!(
+            "{} holds {REDB} and {MIGRATED} from an earlier migration; \
+             move {MIGRATED} away (it may be the only copy of older data) and start again",
+            dir.display()
+        )));
+    }
     if staging.exists() {
         // An earlier migration that did not finish.
         std::fs::remove_dir_all(&staging).map_err(|e| unavailable("remove staging", e))?;
     }
     tracing::info!(from = %old.display(), to = %target.display(), "migrating the data directory from redb");
     let records = copy(&old, &staging, options)?;
+    let complete = staging.join(COMPLETE);
+    std::fs::write(&complete, records.to_string())
+        .and_then(|()| std::fs::File::open(&complete)?.sync_all())
+        .map_err(|e| unavailable("mark the migration complete", e))?;
+    sync_dir(&staging)?;
     rename(&old, &dir.join(MIGRATED), dir)?;
     rename(&staging, &target, dir)?;
     tracing::info!(
@@ -79,45 +101,64 @@ fn copy(old: &Path, staging: &Path, options: &StoreOptions) -> Result<u64, Store
         batch: engine.db.batch(),
         records: 0,
     };
-    let open = |name: &str| StoreError::Corrupt(format!("{} lacks table {name}", old.display()));
-
-    let table = txn.open_table(STATE).map_err(|_| open(STATE.name()))?;
-    for item in table.iter().map_err(|e| corrupt(e.into()))? {
-        let (k, v) = item.map_err(|e| corrupt(e.into()))?;
-        copier.put(&engine.state, k.value().as_bytes().to_vec(), v.value())?;
+    // Every table this version knows; a table it does not know would be
+    // data it cannot carry over.
+    let known = [
+        STATE.name(),
+        ENTRIES.name(),
+        IDEMPOTENCY.name(),
+        EXPIRY.name(),
+        FACTS.name(),
+        PENDING.name(),
+    ];
+    for table in txn.list_tables().map_err(|e| corrupt(e.into()))? {
+        if !known.contains(&table.name()) {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds table {}, which this version does not know",
+                old.display(),
+                table.name()
+            )));
+        }
     }
-    let table = txn.open_table(ENTRIES).map_err(|_| open(ENTRIES.name()))?;
-    for item in table.iter().map_err(|e| corrupt(e.into()))? {
-        let (k, v) = item.map_err(|e| corrupt(e.into()))?;
-        let (actor, seq) = k.value();
-        copier.put(&engine.entries, pair(actor, &seq.to_be_bytes()), v.value())?;
+    // Tables older versions never created are empty.
+    macro_rules! each {
+        ($def:expr, |$k:ident, $v:ident| $body:block) => {
+            match txn.open_table($def) {
+                Ok(table) => {
+                    for item in table.iter().map_err(|e| corrupt(e.into()))? {
+                        let (k, v) = item.map_err(|e| corrupt(e.into()))?;
+                        let ($k, $v) = (k.value(), v.value());
+                        $body
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(corrupt(e.into())),
+            }
+        };
     }
-    let table = txn
-        .open_table(IDEMPOTENCY)
-        .map_err(|_| open(IDEMPOTENCY.name()))?;
-    for item in table.iter().map_err(|e| corrupt(e.into()))? {
-        let (k, v) = item.map_err(|e| corrupt(e.into()))?;
-        let (actor, key) = k.value();
-        copier.put(&engine.idempotency, pair(actor, key.as_bytes()), v.value())?;
-    }
-    let table = txn.open_table(EXPIRY).map_err(|_| open(EXPIRY.name()))?;
-    for item in table.iter().map_err(|e| corrupt(e.into()))? {
-        let (k, _) = item.map_err(|e| corrupt(e.into()))?;
-        let (expires, actor, key) = k.value();
+    each!(STATE, |actor, value| {
+        copier.put(&engine.state, actor.as_bytes().to_vec(), value)?;
+    });
+    each!(ENTRIES, |key, value| {
+        let (actor, seq) = key;
+        copier.put(&engine.entries, pair(actor, &seq.to_be_bytes()), value)?;
+    });
+    each!(IDEMPOTENCY, |key, value| {
+        let (actor, key) = key;
+        copier.put(&engine.idempotency, pair(actor, key.as_bytes()), value)?;
+    });
+    each!(EXPIRY, |key, _unit| {
+        let (expires, actor, key) = key;
         let index = [&expires.to_be_bytes()[..], &pair(actor, key.as_bytes())].concat();
         copier.put(&engine.expiry, index, &[])?;
-    }
-    let table = txn.open_table(FACTS).map_err(|_| open(FACTS.name()))?;
-    for item in table.iter().map_err(|e| corrupt(e.into()))? {
-        let (k, v) = item.map_err(|e| corrupt(e.into()))?;
-        let (actor, key) = k.value();
-        copier.put(&engine.facts, pair(actor, key.as_bytes()), v.value())?;
-    }
-    let table = txn.open_table(PENDING).map_err(|_| open(PENDING.name()))?;
-    for item in table.iter().map_err(|e| corrupt(e.into()))? {
-        let (k, _) = item.map_err(|e| corrupt(e.into()))?;
-        copier.put(&engine.pending, k.value().as_bytes().to_vec(), &[])?;
-    }
+    });
+    each!(FACTS, |key, value| {
+        let (actor, key) = key;
+        copier.put(&engine.facts, pair(actor, key.as_bytes()), value)?;
+    });
+    each!(PENDING, |actor, _unit| {
+        copier.put(&engine.pending, actor.as_bytes().to_vec(), &[])?;
+    });
     let records = copier.records;
     copier.flush()?;
     engine
@@ -159,7 +200,5 @@ impl Copier<'_> {
 /// Renames `from` to `to` and syncs their directory.
 fn rename(from: &Path, to: &Path, dir: &Path) -> Result<(), StoreError> {
     std::fs::rename(from, to).map_err(|e| unavailable("rename", e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| unavailable("sync the data directory", e))
+    sync_dir(dir)
 }

@@ -140,8 +140,9 @@ pub struct StoreOptions {
     pub queue: usize,
     /// The embedded store's block cache.
     pub cache_bytes: u64,
-    /// The embedded store's memtable per keyspace (six of them): what it
-    /// holds in memory before writing a sorted table.
+    /// The embedded store's memtable per keyspace (seven of them): what it
+    /// holds in memory before writing a sorted table. Fixed when the store
+    /// is created.
     pub memtable_bytes: u64,
 }
 

@@ -25,6 +25,12 @@ fn with_u64(n: u64, rest: &[u8]) -> Vec<u8> {
 /// version 2 with two entries, a live and an expired idempotency record,
 /// a fact, and a transfer with work pending.
 fn write_redb(dir: &Path) {
+    write_redb_with(dir, true);
+}
+
+/// `facts`: whether the file has the facts table (versions before it
+/// never created one).
+fn write_redb_with(dir: &Path, facts: bool) {
     let live = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -51,10 +57,12 @@ fn write_redb(dir: &Path) {
         idem.insert(("account/a", "old"), with_u64(1, b"r0").as_slice())
             .unwrap();
         expiry.insert((1, "account/a", "old"), ()).unwrap();
-        let mut facts = txn.open_table(FACTS).unwrap();
-        facts
-            .insert(("account/a", "leg/t"), b"applied".as_slice())
-            .unwrap();
+        if facts {
+            let mut facts = txn.open_table(FACTS).unwrap();
+            facts
+                .insert(("account/a", "leg/t"), b"applied".as_slice())
+                .unwrap();
+        }
         let mut pending = txn.open_table(PENDING).unwrap();
         pending.insert("transfer/t", ()).unwrap();
     }
@@ -197,4 +205,65 @@ async fn a_redb_file_next_to_the_new_store_is_refused_and_left_alone() {
     let store = open(dir.path()).unwrap();
     assert_eq!(store.load("account/a").await.unwrap().unwrap().version, 3);
     store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redb_file_from_before_facts_migrates_and_unknown_tables_are_refused() {
+    let dir = TempDir::new().unwrap();
+    write_redb_with(dir.path(), false);
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.load("account/a").await.unwrap().unwrap().version, 2);
+    assert_eq!(store.fact("account/a", "leg/t").await.unwrap(), None);
+    store.close().await;
+
+    let dir = TempDir::new().unwrap();
+    write_redb(dir.path());
+    {
+        let db = redb::Database::open(dir.path().join("troupe.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let later: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+        txn.open_table(later)
+            .unwrap()
+            .insert("x", b"y".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let message = match open(dir.path()) {
+        Ok(_) => panic!("migrated a table it does not know"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("schedules"), "{message}");
+    assert!(dir.path().join("troupe.redb").exists());
+    assert!(!dir.path().join("troupe.fjall").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_earlier_migration_kept_is_never_overwritten() {
+    // A new troupe.redb next to the kept one (the old version run again
+    // after the new store was moved away): refused, both left as they are.
+    let dir = TempDir::new().unwrap();
+    write_redb(dir.path());
+    open(dir.path()).unwrap().close().await;
+    let kept = std::fs::read(dir.path().join("troupe.redb.migrated")).unwrap();
+    std::fs::rename(dir.path().join("troupe.fjall"), dir.path().join("aside")).unwrap();
+    write_redb_with(dir.path(), false);
+    let message = match open(dir.path()) {
+        Ok(_) => panic!("migrated over what an earlier migration kept"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("troupe.redb.migrated"), "{message}");
+    assert_eq!(
+        std::fs::read(dir.path().join("troupe.redb.migrated")).unwrap(),
+        kept
+    );
+
+    // A copy whose completion was never recorded is not put in place.
+    let dir = TempDir::new().unwrap();
+    write_redb(dir.path());
+    open(dir.path()).unwrap().close().await;
+    let staging = dir.path().join("troupe.fjall.migrating");
+    std::fs::rename(dir.path().join("troupe.fjall"), &staging).unwrap();
+    std::fs::remove_file(staging.join("complete")).unwrap();
+    assert!(matches!(open(dir.path()), Err(StoreError::Corrupt(_))));
+    assert!(!dir.path().join("troupe.fjall").exists());
 }

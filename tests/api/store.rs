@@ -416,6 +416,52 @@ async fn a_transaction_holds_at_most_max_batch_commits() {
     );
 }
 
+/// Compare-and-set holds inside one group commit: of commits computed
+/// from the same version of an actor, written in the same batch, one
+/// lands and the others conflict with the version it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_of_one_actor_in_one_batch_are_compared_with_each_other() {
+    let dir = TempDir::new().unwrap();
+    let store =
+        Arc::new(EmbeddedStore::open(dir.path(), options(Duration::from_secs(60))).unwrap());
+    let before = store
+        .stats()
+        .transactions
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let commits = (0..64).map(|i| {
+        let store = store.clone();
+        let actor = format!("account/x{}", i % 8);
+        async move {
+            (
+                actor.clone(),
+                store.commit(commit(&actor, 0, "v", &[(1, "e")])).await,
+            )
+        }
+    });
+    let outcomes = join_all(commits).await;
+    let batches = store
+        .stats()
+        .transactions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - before;
+    // Fewer than 8 batches for 64 commits: one held 9 or more, so two of
+    // the same actor (of 8) shared it.
+    assert!(
+        batches < 8,
+        "{batches} batches: the commits were not grouped"
+    );
+    for i in 0..8 {
+        let actor = format!("account/x{i}");
+        let mine: Vec<_> = outcomes.iter().filter(|(a, _)| *a == actor).collect();
+        let landed = mine.iter().filter(|(_, r)| r.is_ok()).count();
+        assert_eq!(landed, 1, "{actor}: {mine:?}");
+        assert!(mine
+            .iter()
+            .all(|(_, r)| matches!(r, Ok(()) | Err(StoreError::Conflict { found: 1, .. }))));
+        assert_eq!(store.entries(&actor, 0, 10).await.unwrap().len(), 1);
+    }
+}
+
 /// Expired records are deleted, not only hidden from reads: the sweep
 /// removes them in chunks of its own, more than one chunk's worth here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,9 +572,6 @@ async fn redis_down_is_unavailable_within_the_timeout_and_redis_back_recovers() 
         .unwrap();
 }
 
-/// The binary under `strace -f`: every fsync/fdatasync made while it serves
-/// durable writes comes from the store's writer thread, none from an HTTP
-/// worker (which also hosts the actors) or any other thread.
 /// The service sweeps on its own every `store.sweep_interval_s`: expired
 /// records leave the disk with no one calling `sweep`.
 #[actix_rt::test]
