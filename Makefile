@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run run-etcd test bench bench-http lint fmt clean deps docker up down mutants
+.PHONY: help run run-etcd test bench bench-http soak lint fmt clean deps docker up down mutants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ bench: ## Criterion benches: in-process round trip, domain apply
 bench-http: ## Release build + wrk: baseline vs reads vs durable deposits, 1 and 2 workers
 	scripts/deps.sh bench
 	scripts/bench-http.sh
+
+soak: ## Release build + 10 minutes of durable transfers: req/s, p99, RSS and data size every 30 s
+	scripts/deps.sh bench
+	scripts/soak.sh
 
 mutants: ## Mutation testing of the runtime and the stores (.cargo/mutants.toml; hours; MUTANTS_ARGS='--shard 3/40')
 	@scripts/deps.sh test
