@@ -250,6 +250,12 @@ impl Handler<Route> for Shard {
     type Result = ();
 
     fn handle(&mut self, Route { address, envelope }: Route, ctx: &mut Context<Self>) {
+        // The caller left before its message was routed: activate nothing
+        // for it (a client spraying ids and hanging up costs no loads).
+        if !envelope.internal && envelope.reply.is_closed() {
+            super::stats::abandoned_dropped(address.kind);
+            return;
+        }
         let key = (address.kind, address.id.clone());
         let internal = envelope.internal;
         let mut delivery = Delivery::Message(envelope);

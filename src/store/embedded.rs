@@ -72,6 +72,9 @@ pub struct WriterStats {
     /// When the batch being written began, in milliseconds since the store
     /// opened, plus one; 0 while the writer waits.
     busy_since: AtomicU64,
+    /// A batch failed to be written or synced: fjall refuses every write
+    /// after that (it poisons itself), until a restart.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// The database and its keyspaces. Keys that pair an actor with something
@@ -364,10 +367,12 @@ impl Store for EmbeddedStore {
                 (now - busy) / 1000
             )));
         }
+        if self.stats.failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "a write to the store failed and it refuses writes until a restart".into(),
+            ));
+        }
         self.read(|e| {
-            // Fails once fjall has refused writes after a failed one.
-            e.db.persist(PersistMode::Buffer)
-                .map_err(|e| unavailable("the store refuses writes", e))?;
             e.pending
                 .first_key_value()
                 .map(Guard::key)
@@ -429,8 +434,11 @@ impl Acked {
         let written = std::os::unix::fs::FileExt::write_all_at(&self.file, &count.to_be_bytes(), 0);
         let synced = match written {
             Ok(()) if self.synced.is_none_or(|t| t.elapsed() >= ACKED_SYNC) => {
-                self.synced = Some(std::time::Instant::now());
-                self.file.sync_data()
+                let synced = self.file.sync_data();
+                if synced.is_ok() {
+                    self.synced = Some(std::time::Instant::now());
+                }
+                synced
             }
             other => other,
         };
@@ -461,7 +469,6 @@ impl Writer<'_> {
         mut rx: mpsc::Receiver<Request>,
         max_batch: usize,
     ) -> Option<oneshot::Sender<()>> {
-        let engine = self.engine;
         let mut batch = Vec::with_capacity(max_batch);
         // A sweep in progress runs one chunk whenever no commit is waiting, and
         // at least every SWEEP_PACE under steady load, so it never starves.
@@ -469,14 +476,14 @@ impl Writer<'_> {
         let mut last_chunk = std::time::Instant::now();
         loop {
             if sweeping && last_chunk.elapsed() >= SWEEP_PACE {
-                sweeping = sweep_chunk(engine);
+                sweeping = self.sweep_chunk();
                 last_chunk = std::time::Instant::now();
             }
             let first = if sweeping {
                 match rx.try_recv() {
                     Ok(request) => request,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        sweeping = sweep_chunk(engine);
+                        sweeping = self.sweep_chunk();
                         last_chunk = std::time::Instant::now();
                         continue;
                     }
@@ -505,9 +512,23 @@ impl Writer<'_> {
                 self.write_batch(commits);
             }
             if closing.is_some() {
+                // What was acknowledged last survives a power loss too.
+                let _ = self.acked.file.sync_data();
                 return closing;
             }
         }
+    }
+
+    /// One chunk of the sweep, marked busy like a batch (a write stall
+    /// inside it holds every commit behind it).
+    fn sweep_chunk(&self) -> bool {
+        self.stats.busy_since.store(
+            millis_since(self.opened).saturating_add(1),
+            Ordering::Relaxed,
+        );
+        let more = sweep_chunk(self.engine);
+        self.stats.busy_since.store(0, Ordering::Relaxed);
+        more
     }
 
     /// One atomic batch, one fdatasync, for every commit in the batch.
@@ -535,6 +556,9 @@ impl Writer<'_> {
             Ok(outcomes)
         })();
         let durable = result.is_ok();
+        if !durable {
+            stats.failed.store(true, Ordering::Relaxed);
+        }
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats.commits.fetch_add(n as u64, Ordering::Relaxed);
         tracing::trace!(batch = n, "store commit");

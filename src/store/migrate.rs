@@ -41,7 +41,14 @@ pub(super) fn from_redb(dir: &Path, options: &StoreOptions) -> Result<(), StoreE
     let (old, staging, target) = (dir.join(REDB), dir.join(STAGING), dir.join(DIR));
     if !old.exists() {
         // A crash between the two renames: finish the second.
-        if staging.exists() && !target.exists() && dir.join(MIGRATED).exists() {
+        if staging.exists() && !target.exists() {
+            if !dir.join(MIGRATED).exists() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} holds {STAGING} but neither {REDB} nor {MIGRATED}: \
+                     the data it was migrated from is missing; restore it",
+                    dir.display()
+                )));
+            }
             if !staging.join(COMPLETE).exists() {
                 return Err(StoreError::Corrupt(format!(
                     "{} holds an incomplete migration and no {REDB} to redo it from; \
@@ -68,6 +75,7 @@ pub(super) fn from_redb(dir: &Path, options: &StoreOptions) -> Result<(), StoreE
             dir.display()
         )));
     }
+    known_tables(&old)?;
     if staging.exists() {
         // An earlier migration that did not finish.
         std::fs::remove_dir_all(&staging).map_err(|e| unavailable("remove staging", e))?;
@@ -89,20 +97,13 @@ pub(super) fn from_redb(dir: &Path, options: &StoreOptions) -> Result<(), StoreE
     Ok(())
 }
 
-/// Copies every table, then syncs; returns how many records it copied.
-fn copy(old: &Path, staging: &Path, options: &StoreOptions) -> Result<u64, StoreError> {
+/// Refuses a redb file holding a table this version does not know: data
+/// it could not carry over.
+fn known_tables(old: &Path) -> Result<(), StoreError> {
     let corrupt =
         |e: redb::Error| StoreError::Corrupt(format!("{} cannot be migrated: {e}", old.display()));
     let redb = redb::Database::open(old).map_err(|e| corrupt(e.into()))?;
     let txn = redb.begin_read().map_err(|e| corrupt(e.into()))?;
-    let engine = Engine::open(staging, options)?;
-    let mut copier = Copier {
-        engine: &engine,
-        batch: engine.db.batch(),
-        records: 0,
-    };
-    // Every table this version knows; a table it does not know would be
-    // data it cannot carry over.
     let known = [
         STATE.name(),
         ENTRIES.name(),
@@ -120,6 +121,21 @@ fn copy(old: &Path, staging: &Path, options: &StoreOptions) -> Result<u64, Store
             )));
         }
     }
+    Ok(())
+}
+
+/// Copies every table, then syncs; returns how many records it copied.
+fn copy(old: &Path, staging: &Path, options: &StoreOptions) -> Result<u64, StoreError> {
+    let corrupt =
+        |e: redb::Error| StoreError::Corrupt(format!("{} cannot be migrated: {e}", old.display()));
+    let redb = redb::Database::open(old).map_err(|e| corrupt(e.into()))?;
+    let txn = redb.begin_read().map_err(|e| corrupt(e.into()))?;
+    let engine = Engine::open(staging, options)?;
+    let mut copier = Copier {
+        engine: &engine,
+        batch: engine.db.batch(),
+        records: 0,
+    };
     // Tables older versions never created are empty.
     macro_rules! each {
         ($def:expr, |$k:ident, $v:ident| $body:block) => {

@@ -201,6 +201,7 @@ async fn a_message_whose_client_disconnected_is_dropped_unhandled() {
     let body = r#"{"amount":5}"#;
     let request = format!(
         "POST /v1/accounts/gone/deposits HTTP/1.1\r\nhost: {host}\r\n\
+         x-request-timeout: 60000\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );

@@ -228,6 +228,10 @@ async fn a_redb_file_from_before_facts_migrates_and_unknown_tables_are_refused()
             .unwrap();
         txn.commit().unwrap();
     }
+    // An earlier attempt's staging directory is left as it is too.
+    let staging = dir.path().join("troupe.fjall.migrating");
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::write(staging.join("earlier"), b"x").unwrap();
     let message = match open(dir.path()) {
         Ok(_) => panic!("migrated a table it does not know"),
         Err(e) => e.to_string(),
@@ -235,6 +239,7 @@ async fn a_redb_file_from_before_facts_migrates_and_unknown_tables_are_refused()
     assert!(message.contains("schedules"), "{message}");
     assert!(dir.path().join("troupe.redb").exists());
     assert!(!dir.path().join("troupe.fjall").exists());
+    assert!(staging.join("earlier").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,5 +270,16 @@ async fn what_an_earlier_migration_kept_is_never_overwritten() {
     std::fs::rename(dir.path().join("troupe.fjall"), &staging).unwrap();
     std::fs::remove_file(staging.join("complete")).unwrap();
     assert!(matches!(open(dir.path()), Err(StoreError::Corrupt(_))));
+    assert!(!dir.path().join("troupe.fjall").exists());
+
+    // A copy with neither the redb file nor the kept one: the data it came
+    // from is missing, and an empty ledger must not start next to it.
+    std::fs::write(staging.join("complete"), b"7").unwrap();
+    std::fs::remove_file(dir.path().join("troupe.redb.migrated")).unwrap();
+    let message = match open(dir.path()) {
+        Ok(_) => panic!("started next to an orphaned migration"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("troupe.fjall.migrating"), "{message}");
     assert!(!dir.path().join("troupe.fjall").exists());
 }
