@@ -109,6 +109,15 @@ pub struct Envelope {
     pub internal: bool,
 }
 
+impl Envelope {
+    /// Nobody waits for the answer any more (the HTTP client
+    /// disconnected). Messages the runtime or an actor sent never count as
+    /// abandoned: their senders retry, and unfinished work must go on.
+    pub fn abandoned(&self) -> bool {
+        !self.internal && self.reply.is_closed()
+    }
+}
+
 /// A cheap, cloneable handle on the runtime.
 #[derive(Clone)]
 pub struct Runtime {

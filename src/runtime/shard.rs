@@ -252,7 +252,7 @@ impl Handler<Route> for Shard {
     fn handle(&mut self, Route { address, envelope }: Route, ctx: &mut Context<Self>) {
         // The caller left before its message was routed: activate nothing
         // for it (a client spraying ids and hanging up costs no loads).
-        if !envelope.internal && envelope.reply.is_closed() {
+        if envelope.abandoned() {
             super::stats::abandoned_dropped(address.kind);
             return;
         }

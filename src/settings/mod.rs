@@ -331,20 +331,26 @@ impl Settings {
             });
         }
         let sizes = [
-            ("store.cache_mb", self.store.cache_mb, 0, 1 << 20),
-            ("store.memtable_mb", self.store.memtable_mb, 1, 1024),
+            (
+                "store.cache_mb",
+                self.store.cache_mb,
+                0..=1 << 20,
+                "must be at most 1048576 (1 TiB)",
+            ),
+            (
+                "store.memtable_mb",
+                self.store.memtable_mb,
+                1..=1024,
+                "must be between 1 and 1024",
+            ),
         ];
-        for (key, value, min, max) in sizes {
-            if !(min..=max).contains(&value) {
+        for (key, value, range, reason) in sizes {
+            if !range.contains(&value) {
                 return Err(SettingsError::Invalid {
                     key,
                     value: value.to_string(),
                     layer: String::new(),
-                    reason: if min == 0 {
-                        "must be at most 1048576 (1 TiB)"
-                    } else {
-                        "must be between 1 and 1024"
-                    },
+                    reason,
                 });
             }
         }

@@ -16,11 +16,11 @@
 //! batch (a crash mid-append, never acknowledged) is dropped. fjall treats
 //! some damage before the end as a torn tail too, and would drop every
 //! batch after it; so every batch also counts itself in the `meta`
-//! keyspace, and after each fsync the writer records the count in
-//! `troupe.acked` (8 bytes, overwritten in place, never synced: it only
-//! has to survive a crash of the process, and it can only lag the journal).
+//! keyspace, and after each fsync and its replies the writer records the
+//! count in `troupe.acked` (see [`Acked`]: it can only lag the journal).
 //! A journal that recovers fewer batches than `troupe.acked` says were
-//! acknowledged stops start-up with an error instead of losing them.
+//! acknowledged stops start-up with an error rather than serve without
+//! them (fjall has already cut the journal; the backup has them).
 //!
 //! A data directory written by the redb store of earlier versions
 //! (`troupe.redb`) is migrated on start (see `migrate`).
@@ -175,16 +175,16 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir).map_err(|e| unavailable("create data directory", e))?;
         super::migrate::from_redb(dir, &options)?;
         let engine = Engine::open(&dir.join(DIR), &options)?;
-        let acked = Acked::open(&dir.join(ACKED))?;
+        let (acked, acknowledged) = Acked::open(&dir.join(ACKED))?;
         let batches = engine.batches()?;
-        if batches < acked.count {
+        if batches < acknowledged {
             return Err(StoreError::Corrupt(format!(
                 "{} recovered {batches} commit batches but {} says {} were acknowledged: \
                  the journal is damaged; restore the data directory from a backup \
                  (if {} was restored alone on purpose, delete {})",
                 dir.join(DIR).display(),
                 ACKED,
-                acked.count,
+                acknowledged,
                 DIR,
                 ACKED,
             )));
@@ -360,7 +360,7 @@ impl Store for EmbeddedStore {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
         let busy = self.stats.busy_since.load(Ordering::Relaxed);
-        let now = millis_since(self.opened).saturating_add(1);
+        let now = busy_mark(self.opened);
         if busy != 0 && now.saturating_sub(busy) > STUCK.as_millis() as u64 {
             return Err(StoreError::Unavailable(format!(
                 "the store writer has been writing one batch for {} s",
@@ -399,12 +399,12 @@ impl Store for EmbeddedStore {
 /// `troupe.acked`: the count of batches acknowledged.
 struct Acked {
     file: std::fs::File,
-    count: u64,
     synced: Option<std::time::Instant>,
 }
 
 impl Acked {
-    fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens the file; returns it with the count it holds.
+    fn open(path: &Path) -> Result<(Self, u64), StoreError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -419,11 +419,7 @@ impl Acked {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
             Err(e) => return Err(unavailable("read troupe.acked", e)),
         };
-        Ok(Self {
-            file,
-            count,
-            synced: None,
-        })
+        Ok((Self { file, synced: None }, count))
     }
 
     /// Records `count`, after the journal holding it was synced and its
@@ -442,11 +438,8 @@ impl Acked {
             }
             other => other,
         };
-        match synced {
-            Ok(()) => self.count = count,
-            Err(e) => {
-                tracing::warn!(error.message = %e, "recording acknowledged batches in troupe.acked failed");
-            }
+        if let Err(e) = synced {
+            tracing::warn!(error.message = %e, "recording acknowledged batches in troupe.acked failed");
         }
     }
 }
@@ -522,10 +515,9 @@ impl Writer<'_> {
     /// One chunk of the sweep, marked busy like a batch (a write stall
     /// inside it holds every commit behind it).
     fn sweep_chunk(&self) -> bool {
-        self.stats.busy_since.store(
-            millis_since(self.opened).saturating_add(1),
-            Ordering::Relaxed,
-        );
+        self.stats
+            .busy_since
+            .store(busy_mark(self.opened), Ordering::Relaxed);
         let more = sweep_chunk(self.engine);
         self.stats.busy_since.store(0, Ordering::Relaxed);
         more
@@ -534,10 +526,9 @@ impl Writer<'_> {
     /// One atomic batch, one fdatasync, for every commit in the batch.
     fn write_batch(&mut self, commits: Vec<(Commit, oneshot::Sender<Result<(), StoreError>>)>) {
         let (engine, stats) = (self.engine, self.stats);
-        stats.busy_since.store(
-            millis_since(self.opened).saturating_add(1),
-            Ordering::Relaxed,
-        );
+        stats
+            .busy_since
+            .store(busy_mark(self.opened), Ordering::Relaxed);
         let n = commits.len();
         let count = self.batches + 1;
         // Whole seconds, rounded up: a record is kept at least `retention`.
@@ -718,8 +709,12 @@ pub(super) fn split_u64(bytes: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     Ok((u64::from_be_bytes(*head), rest))
 }
 
-fn millis_since(start: std::time::Instant) -> u64 {
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+/// Now as `busy_since` counts it: milliseconds since `opened`, plus one
+/// (0 means idle).
+fn busy_mark(opened: std::time::Instant) -> u64 {
+    u64::try_from(opened.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 /// Syncs a directory, so the entries created or renamed in it last.

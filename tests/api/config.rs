@@ -95,7 +95,7 @@ fn error_for(local: &str) -> String {
 
 #[test]
 fn bad_values_are_refused_with_the_key_the_value_and_the_layer() {
-    let cases: [(&str, &[&str]); 7] = [
+    let cases: [(&str, &[&str]); 9] = [
         (
             "[server]\nport = \"abc\"\n",
             &["server.port", "abc", "local.toml"],
@@ -112,6 +112,14 @@ fn bad_values_are_refused_with_the_key_the_value_and_the_layer() {
         (
             "[store]\nidempotency_retention_s = 315360001\n",
             &["store.idempotency_retention_s", "315360001", "ten years"],
+        ),
+        (
+            "[store]\ncache_mb = 1048577\n",
+            &["store.cache_mb", "1048577", "1 TiB"],
+        ),
+        (
+            "[store]\nmemtable_mb = 0\n",
+            &["store.memtable_mb", "between 1 and 1024"],
         ),
         ("[server]\ncolour = \"red\"\n", &["colour"]),
         ("[server\nport = 1\n", &["local.toml"]),

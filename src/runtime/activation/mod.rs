@@ -209,10 +209,8 @@ impl<B: Behavior> Activation<B> {
                 ),
             );
         }
-        // Nobody waits for the answer any more (the HTTP client
-        // disconnected): the work is not done. Messages the runtime or an
-        // actor sent are always handled; their senders retry.
-        if !envelope.internal && envelope.reply.is_closed() {
+        // Work nobody waits for any more is not done.
+        if envelope.abandoned() {
             stats::abandoned_dropped(B::KIND);
             return self.respond(
                 envelope.reply,
