@@ -155,6 +155,10 @@ async fn entries_are_paged_oldest_first_with_a_next_cursor() {
     let last = json_of(app.get("/v1/accounts/a/entries?after=4&limit=2").await).await;
     assert_eq!(last["entries"].as_array().unwrap().len(), 1);
     assert_eq!(last["next"], json!(null));
+    // A page that ends exactly at the last entry has no next page either.
+    let exact = json_of(app.get("/v1/accounts/a/entries?after=3&limit=2").await).await;
+    assert_eq!(exact["entries"].as_array().unwrap().len(), 2);
+    assert_eq!(exact["next"], json!(null));
 
     let default = json_of(app.get("/v1/accounts/a/entries").await).await;
     assert_eq!(default["entries"].as_array().unwrap().len(), 5);

@@ -4,156 +4,12 @@
 //! batch (one commit for all of it, replies only after it, a crash in the
 //! middle of it) can be asserted exactly.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::sync::Semaphore;
-use troupe::store::{Commit, Snapshot, Store, StoreError};
 
-use crate::helpers::{spawn_app_layered, TestApp};
-
-/// Holds loads of one actor until opened; records every commit; fails the
-/// next commit of one actor on demand.
-struct GatedStore {
-    inner: Arc<dyn Store>,
-    gated: Mutex<Option<String>>,
-    gate: Semaphore,
-    /// Commits of this actor wait at `commit_gate` until it opens.
-    held_commits: Mutex<Option<String>>,
-    commit_gate: Semaphore,
-    commits: Mutex<Vec<(String, usize)>>,
-    fail_next: Mutex<Option<String>>,
-}
-
-impl GatedStore {
-    fn hold_loads_of(&self, actor: &str) {
-        *self.gated.lock().unwrap() = Some(actor.to_owned());
-    }
-    fn open(&self) {
-        self.gate.add_permits(1_000);
-    }
-    fn hold_commits_of(&self, actor: &str) {
-        *self.held_commits.lock().unwrap() = Some(actor.to_owned());
-    }
-    fn open_commits(&self) {
-        self.commit_gate.add_permits(1_000);
-    }
-    fn commits_of(&self, actor: &str) -> Vec<usize> {
-        let commits = self.commits.lock().unwrap();
-        commits
-            .iter()
-            .filter(|(a, _)| a == actor)
-            .map(|(_, n)| *n)
-            .collect()
-    }
-}
-
-#[async_trait]
-impl Store for GatedStore {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
-        let gated = self.gated.lock().unwrap().as_deref() == Some(actor);
-        if gated {
-            let _ = self.gate.acquire().await.map(|p| p.forget());
-        }
-        self.inner.load(actor).await
-    }
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let fail = {
-            let mut next = self.fail_next.lock().unwrap();
-            let hit = next.as_deref() == Some(commit.actor.as_str());
-            if hit {
-                *next = None;
-            }
-            hit
-        };
-        if fail {
-            return Err(StoreError::Unavailable("injected fault".into()));
-        }
-        let held = self.held_commits.lock().unwrap().as_deref() == Some(commit.actor.as_str());
-        if held {
-            let _ = self.commit_gate.acquire().await.map(|p| p.forget());
-        }
-        self.commits
-            .lock()
-            .unwrap()
-            .push((commit.actor.clone(), commit.entries.len()));
-        self.inner.commit(commit).await
-    }
-    async fn entries(
-        &self,
-        actor: &str,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.inner.entries(actor, after, limit).await
-    }
-    async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.idempotency(actor, key).await
-    }
-    async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.fact(actor, key).await
-    }
-    async fn pending(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.pending().await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn sweep(&self) {
-        self.inner.sweep().await;
-    }
-    async fn close(&self) {
-        self.inner.close().await;
-    }
-}
-
-/// A gated store and the layer that puts it under a test server.
-fn gated_layer() -> (
-    troupe::startup::StoreLayer,
-    Arc<Mutex<Option<Arc<GatedStore>>>>,
-) {
-    let slot = Arc::new(Mutex::new(None::<Arc<GatedStore>>));
-    let keep = slot.clone();
-    let layer: troupe::startup::StoreLayer = Box::new(move |inner| {
-        let gated = Arc::new(GatedStore {
-            inner,
-            gated: Mutex::new(None),
-            gate: Semaphore::new(0),
-            held_commits: Mutex::new(None),
-            commit_gate: Semaphore::new(0),
-            commits: Mutex::new(Vec::new()),
-            fail_next: Mutex::new(None),
-        });
-        *keep.lock().unwrap() = Some(gated.clone());
-        gated
-    });
-    (layer, slot)
-}
-
-async fn gated_app() -> (TestApp, Arc<GatedStore>) {
-    let (layer, slot) = gated_layer();
-    // Idle actors leave memory quickly, so the next message loads again.
-    let app = spawn_app_layered(|s| s.runtime.idle_timeout_ms = 50, layer).await;
-    let store = slot.lock().unwrap().clone().unwrap();
-    (app, store)
-}
-
-/// Opens `id`, waits until it has left memory, then keeps actors in memory
-/// from now on (so what a test sees next is the activation's own state).
-async fn opened_and_passivated(app: &TestApp, id: &str) {
-    app.open(id).await;
-    app.wait_metric(r#"troupe_actors_live{kind="account"}"#, |n| n == 0.0)
-        .await;
-    let mut options = (*app.app_runtime.options()).clone();
-    options.idle_timeout = Duration::from_secs(600);
-    app.app_runtime.set_options(options);
-}
+use crate::gated::{gated_app, gated_layer, opened_and_passivated};
 
 #[actix_rt::test]
 async fn messages_waiting_together_share_one_commit_and_are_answered_after_it() {
@@ -245,6 +101,13 @@ async fn a_crash_in_a_batch_answers_500_while_the_rest_is_committed_and_the_acto
     })
     .await;
     assert_eq!(app.balance("c").await, 5);
+    // The restart went through (a crashed activation stays busy until it
+    // has reloaded): once idle, it leaves memory like any other.
+    let mut options = (*app.app_runtime.options()).clone();
+    options.idle_timeout = Duration::from_millis(50);
+    app.app_runtime.set_options(options);
+    app.wait_metric(r#"troupe_actors_live{kind="account"}"#, |n| n == 0.0)
+        .await;
 }
 
 /// A restart reloads the durable state: a change the crashed batch could

@@ -7,10 +7,12 @@ mod concurrency;
 mod config;
 mod crash;
 mod durability;
+mod effects;
 mod errors;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod exactly_once;
+mod gated;
 mod group_commit;
 mod helpers;
 mod idempotency;

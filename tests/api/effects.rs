@@ -1,0 +1,171 @@
+//! Effects and lazy changes seen from outside, through a gated store: an
+//! ask's answer is handled only once the step that asked is durable, even
+//! when it comes back before that step's commit has started; a lazy change
+//! (a settled transfer leaving its source account's outbox) pays no commit
+//! of its own, joins the account's next commit, or is written on its own
+//! after `runtime.retry_interval_ms`.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::gated::{gated_app_with, GatedStore};
+use crate::helpers::{json_of, TestApp};
+
+/// Actors whose durable state has unfinished work.
+async fn pending(store: &GatedStore) -> Vec<String> {
+    troupe::store::Store::pending(store)
+        .await
+        .expect("the pending set")
+}
+
+/// Polls until `holds` is true of the pending set; panics after 5 s.
+async fn wait_pending(store: &GatedStore, holds: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let mut last = Vec::new();
+    for _ in 0..250 {
+        last = pending(store).await;
+        if holds(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the pending set never held; last {last:?}");
+}
+
+/// Polls `id`'s balance until it is `balance`; panics after 5 s.
+async fn wait_balance(app: &TestApp, id: &str, balance: i64) {
+    let mut last = 0;
+    for _ in 0..250 {
+        last = app.balance(id).await;
+        if last == balance {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{id}'s balance never reached {balance}; last {last}");
+}
+
+/// `a` with 100 and `b` empty.
+async fn two_accounts(app: &TestApp) {
+    app.open("a").await;
+    assert_eq!(app.deposit("a", 100).await.status(), StatusCode::OK);
+    app.open("b").await;
+}
+
+/// A request sent now, answered whenever the server answers.
+fn sent(
+    app: &TestApp,
+    path: &str,
+    key: Option<&str>,
+    body: serde_json::Value,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let mut request = app.client.post(app.url(path)).json(&body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    tokio::spawn(async move { request.send().await.expect("request") })
+}
+
+/// The transfer's debit is applied and answered while the transfer waits
+/// on a lookup, before its own first commit (the pending record) has even
+/// started. That answer must wait: handled at once, the transfer would
+/// credit `b` before its record exists. It must not be lost either: with
+/// `runtime.retry_interval_ms` at ten minutes, nothing else would resume
+/// the transfer.
+#[actix_rt::test]
+async fn an_answer_that_comes_back_before_its_step_is_durable_is_handled_after_the_commit() {
+    let (app, store) = gated_app_with(|s| s.runtime.retry_interval_ms = 600_000).await;
+    two_accounts(&app).await;
+    store.hold_loads_of("transfer/t");
+    store.hold_lookups_of("transfer/t");
+    store.hold_commits_of("transfer/t");
+
+    let body = json!({"id": "t", "from": "a", "to": "b", "amount": 40});
+    let start = sent(&app, "/v1/transfers", None, body);
+    app.wait_metric("troupe_actor_mailbox_depth", |n| n >= 1.0)
+        .await;
+    // A keyed read queued behind the start: its idempotency lookup is held.
+    let peek = sent(&app, "/v1/actors/transfer/t/get", Some("peek"), json!({}));
+    app.wait_metric("troupe_actor_mailbox_depth", |n| n >= 2.0)
+        .await;
+    store.open();
+    // The start is handled and its debit sent; the read waits on its lookup.
+    wait_balance(&app, "a", 60).await;
+
+    store.open_lookups();
+    // The debit's answer is in; the transfer's first commit is held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !start.is_finished(),
+        "answered before its record was durable"
+    );
+    assert_eq!(
+        app.balance("b").await,
+        0,
+        "credited before the transfer's record was durable"
+    );
+
+    store.open_commits();
+    let start = start.await.unwrap();
+    assert_eq!(start.status(), StatusCode::CREATED);
+    assert_eq!(json_of(start).await["status"], json!("completed"));
+    assert_eq!(peek.await.unwrap().status(), StatusCode::OK);
+    assert_eq!((app.balance("a").await, app.balance("b").await), (60, 40));
+}
+
+/// A settled transfer leaves its source account's outbox lazily: no commit
+/// of its own. The account's durable state keeps it pending until its next
+/// commit, which carries the change.
+#[actix_rt::test]
+async fn a_lazy_change_pays_no_commit_of_its_own_and_joins_the_next_one() {
+    let (app, store) = gated_app_with(|s| s.runtime.retry_interval_ms = 600_000).await;
+    two_accounts(&app).await;
+    let r = app
+        .post(
+            "/v1/transfers",
+            json!({"id": "t", "from": "a", "to": "b", "amount": 40}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let commits = store.commits_of("account/a").len();
+    let settled = r#"troupe_actor_messages_total{kind="account",message="settle",outcome="ok"}"#;
+    app.wait_metric(settled, |n| n >= 1.0).await;
+    // A read goes through `a`'s mailbox after the settle notice and
+    // leaves after any commit the notice made.
+    assert_eq!(app.balance("a").await, 60);
+    assert_eq!(
+        store.commits_of("account/a").len(),
+        commits,
+        "the settle notice was committed on its own"
+    );
+    assert!(pending(&store).await.contains(&"account/a".to_owned()));
+    assert_eq!(app.deposit("a", 1).await.status(), StatusCode::OK);
+    assert_eq!(
+        store.commits_of("account/a").len(),
+        commits + 1,
+        "one commit: the deposit's"
+    );
+    assert!(
+        !pending(&store).await.contains(&"account/a".to_owned()),
+        "the deposit's commit did not carry the settled outbox"
+    );
+}
+
+/// With nothing else to commit, a lazy change is written on its own once
+/// `runtime.retry_interval_ms` has passed: the account leaves the pending
+/// set, so a restart does not hand the settled transfer back.
+#[actix_rt::test]
+async fn a_lazy_change_is_written_on_its_own_after_the_retry_interval() {
+    let (app, store) = gated_app_with(|s| s.runtime.retry_interval_ms = 200).await;
+    two_accounts(&app).await;
+    let r = app
+        .post(
+            "/v1/transfers",
+            json!({"id": "t", "from": "a", "to": "b", "amount": 40}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    wait_pending(&store, |p| p.is_empty()).await;
+    assert_eq!((app.balance("a").await, app.balance("b").await), (60, 40));
+}
