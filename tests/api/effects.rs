@@ -154,10 +154,16 @@ async fn a_lazy_change_pays_no_commit_of_its_own_and_joins_the_next_one() {
 
 /// With nothing else to commit, a lazy change is written on its own once
 /// `runtime.retry_interval_ms` has passed: the account leaves the pending
-/// set, so a restart does not hand the settled transfer back.
+/// set, so a restart does not hand the settled transfer back. Until then it
+/// keeps the account in memory, however short the idle timeout: passivated
+/// first, the account would lose it.
 #[actix_rt::test]
 async fn a_lazy_change_is_written_on_its_own_after_the_retry_interval() {
-    let (app, store) = gated_app_with(|s| s.runtime.retry_interval_ms = 200).await;
+    let (app, store) = gated_app_with(|s| {
+        s.runtime.retry_interval_ms = 300;
+        s.runtime.idle_timeout_ms = 50;
+    })
+    .await;
     two_accounts(&app).await;
     let r = app
         .post(
