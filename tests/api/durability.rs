@@ -184,3 +184,34 @@ async fn every_fsync_while_serving_runs_on_the_store_writer_thread() {
     }
     assert!(syncs > 0, "no fsync observed while serving durable writes");
 }
+
+/// `troupe.acked` (the count of acknowledged batches) is written after
+/// every batch but synced at most once a second: it costs one fsync a
+/// second, not one per batch. The first batch syncs it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn troupe_acked_is_synced_at_most_once_a_second() {
+    let traced = Traced::start("trace=pwrite64,fsync,fdatasync", &["-yy"]).await;
+    let started = std::time::Instant::now();
+    deposits(&traced.child.address, 6, 10).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = traced.calls();
+    let on_acked = |call: &&(String, String)| call.1.contains("troupe.acked>");
+    let writes = calls
+        .iter()
+        .filter(on_acked)
+        .filter(|(_, c)| c.starts_with("pwrite64("))
+        .count();
+    let syncs = calls
+        .iter()
+        .filter(on_acked)
+        .filter(|(_, c)| c.starts_with("fdatasync(") || c.starts_with("fsync("))
+        .count();
+    assert!(writes > 1, "troupe.acked was written {writes} times");
+    assert!(syncs >= 1, "troupe.acked was never synced while serving");
+    // One at once, then at most one per second that passed.
+    let most = 1 + elapsed.floor() as usize;
+    assert!(
+        syncs <= most,
+        "troupe.acked was synced {syncs} times in {elapsed:.2} s ({writes} writes)"
+    );
+}
