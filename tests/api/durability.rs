@@ -19,7 +19,7 @@ struct Traced {
     trace: PathBuf,
     /// Lines of the trace written while starting.
     start_lines: usize,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Traced {
@@ -39,7 +39,7 @@ impl Traced {
             child,
             trace,
             start_lines,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -213,5 +213,23 @@ async fn troupe_acked_is_synced_at_most_once_a_second() {
     assert!(
         syncs <= most,
         "troupe.acked was synced {syncs} times in {elapsed:.2} s ({writes} writes)"
+    );
+}
+
+/// Once the store has created its files, start-up syncs the data
+/// directory itself: the files' entries in it survive a power loss, not
+/// only their contents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_syncs_the_data_directory_the_store_created_its_files_in() {
+    let traced = Traced::start("trace=fsync,fdatasync", &["-yy"]).await;
+    let data = traced.dir.path().join("data");
+    let directory = format!("<{}>)", data.display());
+    let trace = std::fs::read_to_string(&traced.trace).unwrap();
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains("fsync(") && l.contains(&directory)),
+        "no fsync of {} at start-up:\n{trace}",
+        data.display()
     );
 }
