@@ -16,6 +16,7 @@ use crate::helpers::Child;
 /// The service under `strace -f`, killed with it.
 struct Traced {
     child: Child,
+    strace: nix::unistd::Pid,
     trace: PathBuf,
     /// Lines of the trace written while starting.
     start_lines: usize,
@@ -36,6 +37,7 @@ impl Traced {
             .lines()
             .count();
         Self {
+            strace: child.pid(),
             child,
             trace,
             start_lines,
@@ -57,18 +59,26 @@ impl Traced {
     }
 }
 
-impl Drop for Traced {
-    fn drop(&mut self) {
-        // strace does not kill what it traces when it is killed: kill the
-        // traced service itself.
-        let strace = self.child.pid();
+impl Traced {
+    /// Sends `signal` to the traced service (strace passes on none), if
+    /// it still runs.
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let strace = self.strace;
         let traced = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
             .ok()
             .and_then(|c| c.split_whitespace().next()?.parse().ok())
             .map(nix::unistd::Pid::from_raw);
         if let Some(pid) = traced {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(pid, signal);
         }
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        // strace does not kill what it traces when it is killed: kill the
+        // traced service itself.
+        self.signal(nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -231,5 +241,28 @@ async fn start_up_syncs_the_data_directory_the_store_created_its_files_in() {
             .any(|l| l.contains("fsync(") && l.contains(&directory)),
         "no fsync of {} at start-up:\n{trace}",
         data.display()
+    );
+}
+
+/// A graceful stop syncs `troupe.acked` last: what was acknowledged just
+/// before it survives a power loss too. (The second deposit comes within
+/// the second after the first, so only the stop syncs its count.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_syncs_troupe_acked_last() {
+    let mut traced = Traced::start("trace=pwrite64,fsync,fdatasync", &["-yy"]).await;
+    deposits(&traced.child.address, 1, 1).await;
+    deposits(&traced.child.address, 1, 1).await;
+    traced.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(traced.child.exit().await.success());
+    let last = traced
+        .calls()
+        .into_iter()
+        .filter(|(_, call)| call.contains("troupe.acked>"))
+        .map(|(_, call)| call)
+        .next_back()
+        .expect("troupe.acked was touched");
+    assert!(
+        last.starts_with("fdatasync(") || last.starts_with("fsync("),
+        "the last call on troupe.acked before the stop: {last}"
     );
 }
