@@ -60,17 +60,19 @@ impl Traced {
 }
 
 impl Traced {
-    /// Sends `signal` to the traced service (strace passes on none), if
-    /// it still runs.
-    fn signal(&self, signal: nix::sys::signal::Signal) {
+    /// Sends `signal` to the traced service (strace passes on none);
+    /// whether it found the service to send it to.
+    fn signal(&mut self, signal: nix::sys::signal::Signal) -> bool {
+        // Once strace is reaped, its pid may name another process.
+        if !matches!(self.child.process.try_wait(), Ok(None)) {
+            return false;
+        }
         let strace = self.strace;
         let traced = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
             .ok()
             .and_then(|c| c.split_whitespace().next()?.parse().ok())
             .map(nix::unistd::Pid::from_raw);
-        if let Some(pid) = traced {
-            let _ = nix::sys::signal::kill(pid, signal);
-        }
+        traced.is_some_and(|pid| nix::sys::signal::kill(pid, signal).is_ok())
     }
 }
 
@@ -199,25 +201,29 @@ async fn every_fsync_while_serving_runs_on_the_store_writer_thread() {
 /// every batch but synced at most once a second: it costs one fsync a
 /// second, not one per batch. The first batch syncs it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn troupe_acked_is_synced_at_most_once_a_second() {
+async fn troupe_acked_is_synced_at_once_then_at_most_once_a_second() {
     let traced = Traced::start("trace=pwrite64,fsync,fdatasync", &["-yy"]).await;
     let started = std::time::Instant::now();
     deposits(&traced.child.address, 6, 10).await;
+    // Read first: a sync after the last reply still counts against the
+    // time that had passed by then.
+    let calls: Vec<String> = traced
+        .calls()
+        .into_iter()
+        .map(|(_, call)| call)
+        .filter(|call| call.contains("troupe.acked>"))
+        .collect();
     let elapsed = started.elapsed().as_secs_f64();
-    let calls = traced.calls();
-    let on_acked = |call: &&(String, String)| call.1.contains("troupe.acked>");
-    let writes = calls
-        .iter()
-        .filter(on_acked)
-        .filter(|(_, c)| c.starts_with("pwrite64("))
-        .count();
-    let syncs = calls
-        .iter()
-        .filter(on_acked)
-        .filter(|(_, c)| c.starts_with("fdatasync(") || c.starts_with("fsync("))
-        .count();
+    let is_sync = |c: &String| c.starts_with("fdatasync(") || c.starts_with("fsync(");
+    let writes = calls.iter().filter(|c| c.starts_with("pwrite64(")).count();
+    let syncs = calls.iter().filter(|c| is_sync(c)).count();
     assert!(writes > 1, "troupe.acked was written {writes} times");
-    assert!(syncs >= 1, "troupe.acked was never synced while serving");
+    assert!(
+        calls.first().is_some_and(|c| c.starts_with("pwrite64("))
+            && calls.get(1).is_some_and(is_sync),
+        "the first count written was not synced at once: {:?}",
+        &calls[..calls.len().min(3)]
+    );
     // One at once, then at most one per second that passed.
     let most = 1 + elapsed.floor() as usize;
     assert!(
@@ -230,39 +236,45 @@ async fn troupe_acked_is_synced_at_most_once_a_second() {
 /// directory itself: the files' entries in it survive a power loss, not
 /// only their contents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_up_syncs_the_data_directory_the_store_created_its_files_in() {
-    let traced = Traced::start("trace=fsync,fdatasync", &["-yy"]).await;
-    let data = traced.dir.path().join("data");
-    let directory = format!("<{}>)", data.display());
+async fn start_up_syncs_the_data_directory_after_the_store_created_its_files() {
+    let traced = Traced::start("trace=openat,fsync,fdatasync", &["-yy"]).await;
+    // strace prints resolved paths.
+    let data = traced.dir.path().canonicalize().unwrap().join("data");
+    let directory = format!("<{}>", data.display());
     let trace = std::fs::read_to_string(&traced.trace).unwrap();
+    let lines: Vec<&str> = trace.lines().collect();
+    let created = lines
+        .iter()
+        .position(|l| l.contains("openat(") && l.contains("troupe.acked") && l.contains("O_CREAT"))
+        .expect("troupe.acked created at start-up");
+    let synced = lines
+        .iter()
+        .rposition(|l| l.contains("fsync(") && l.contains(&directory))
+        .unwrap_or_else(|| panic!("no fsync of {} at start-up:\n{trace}", data.display()));
     assert!(
-        trace
-            .lines()
-            .any(|l| l.contains("fsync(") && l.contains(&directory)),
-        "no fsync of {} at start-up:\n{trace}",
-        data.display()
+        synced > created,
+        "the data directory was synced before troupe.acked was created in it"
     );
 }
 
-/// A graceful stop syncs `troupe.acked` last: what was acknowledged just
-/// before it survives a power loss too. (The second deposit comes within
-/// the second after the first, so only the stop syncs its count.)
+/// A graceful stop syncs `troupe.acked` after it was asked to stop: what
+/// was acknowledged just before survives a power loss too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_stop_syncs_troupe_acked_last() {
+async fn a_graceful_stop_syncs_troupe_acked() {
     let mut traced = Traced::start("trace=pwrite64,fsync,fdatasync", &["-yy"]).await;
-    deposits(&traced.child.address, 1, 1).await;
-    deposits(&traced.child.address, 1, 1).await;
-    traced.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(traced.child.exit().await.success());
-    let last = traced
-        .calls()
-        .into_iter()
-        .filter(|(_, call)| call.contains("troupe.acked>"))
-        .map(|(_, call)| call)
-        .next_back()
-        .expect("troupe.acked was touched");
+    deposits(&traced.child.address, 1, 2).await;
+    let before_stop = traced.calls().len();
     assert!(
-        last.starts_with("fdatasync(") || last.starts_with("fsync("),
-        "the last call on troupe.acked before the stop: {last}"
+        traced.signal(nix::sys::signal::Signal::SIGTERM),
+        "no service under strace to stop"
     );
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(30), traced.child.exit())
+        .await
+        .expect("the service stops");
+    assert!(exited.success());
+    let synced = traced.calls()[before_stop..].iter().any(|(_, call)| {
+        call.contains("troupe.acked>")
+            && (call.starts_with("fdatasync(") || call.starts_with("fsync("))
+    });
+    assert!(synced, "troupe.acked was not synced on the way out");
 }

@@ -45,6 +45,9 @@ impl Gate {
     }
 }
 
+/// One commit: its actor, its journal entries, the state it wrote.
+type Committed = (String, usize, Option<Vec<u8>>);
+
 /// Holds loads, lookups or commits of one actor until opened; records
 /// every commit; fails the next commit of one actor on demand.
 pub struct GatedStore {
@@ -52,7 +55,7 @@ pub struct GatedStore {
     loads: Gate,
     lookups: Gate,
     commits_gate: Gate,
-    commits: Mutex<Vec<(String, usize)>>,
+    commits: Mutex<Vec<Committed>>,
     pub fail_next: Mutex<Option<String>>,
 }
 
@@ -79,8 +82,18 @@ impl GatedStore {
         let commits = self.commits.lock().unwrap();
         commits
             .iter()
-            .filter(|(a, _)| a == actor)
-            .map(|(_, n)| *n)
+            .filter(|(a, _, _)| a == actor)
+            .map(|(_, n, _)| *n)
+            .collect()
+    }
+    /// The states committed for `actor`, in order (commits writing none
+    /// left out).
+    pub fn states_of(&self, actor: &str) -> Vec<serde_json::Value> {
+        let commits = self.commits.lock().unwrap();
+        commits
+            .iter()
+            .filter(|(a, _, _)| a == actor)
+            .filter_map(|(_, _, state)| serde_json::from_slice(state.as_deref()?).ok())
             .collect()
     }
 }
@@ -107,10 +120,11 @@ impl Store for GatedStore {
             return Err(StoreError::Unavailable("injected fault".into()));
         }
         self.commits_gate.pass(&commit.actor).await;
-        self.commits
-            .lock()
-            .unwrap()
-            .push((commit.actor.clone(), commit.entries.len()));
+        self.commits.lock().unwrap().push((
+            commit.actor.clone(),
+            commit.entries.len(),
+            commit.state.clone(),
+        ));
         self.inner.commit(commit).await
     }
     async fn entries(
