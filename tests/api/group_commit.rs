@@ -290,3 +290,55 @@ async fn at_the_activation_cap_with_none_idle_a_new_actor_gets_429() {
     }
     assert_eq!(status, StatusCode::OK, "the full shard never made room");
 }
+
+/// After a commit of unknown outcome the reload writes a fence: the state
+/// it read, one version up. That write keeps what the state says about
+/// unfinished work: `a`, whose outbox holds a transfer still waiting for
+/// its credit, stays in the store's pending set, so a crash right after
+/// the fence still wakes it on restart.
+#[actix_rt::test]
+async fn the_fence_after_a_failed_commit_keeps_unfinished_work_pending() {
+    let (app, store) = gated_app().await;
+    opened_and_passivated(&app, "b").await;
+    app.open("a").await;
+    assert_eq!(app.deposit("a", 100).await.status(), StatusCode::OK);
+    store.hold_loads_of("account/b");
+    let transfer = app
+        .client
+        .post(app.url("/v1/transfers"))
+        .header("X-Request-Timeout", "300")
+        .json(&json!({"id": "t", "from": "a", "to": "b", "amount": 40}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(transfer.status(), StatusCode::GATEWAY_TIMEOUT);
+    let commits = store.commits_of("account/a").len();
+
+    *store.fail_next.lock().unwrap() = Some("account/a".into());
+    let lost = app.deposit("a", 1).await;
+    assert_eq!(lost.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The failed commit is not recorded; the fence is.
+    for _ in 0..250 {
+        if store.commits_of("account/a").len() > commits {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.commits_of("account/a").len(), commits + 1, "no fence");
+    let pending = troupe::store::Store::pending(&*store).await.unwrap();
+    assert!(
+        pending.contains(&"account/a".to_owned()),
+        "the fence dropped a's unfinished work: {pending:?}"
+    );
+    // The transfer finishes once `b` loads.
+    store.open();
+    let mut balance = 0;
+    for _ in 0..250 {
+        balance = app.balance("b").await;
+        if balance == 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(balance, 40);
+}
