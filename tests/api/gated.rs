@@ -57,6 +57,10 @@ pub struct GatedStore {
     commits_gate: Gate,
     commits: Mutex<Vec<Committed>>,
     pub fail_next: Mutex<Option<String>>,
+    /// The next load of this actor fails (the store is unavailable).
+    pub fail_next_load: Mutex<Option<String>>,
+    /// Loads of each actor that went through (held or not).
+    loads_done: Mutex<Vec<String>>,
 }
 
 impl GatedStore {
@@ -65,6 +69,15 @@ impl GatedStore {
     }
     pub fn open(&self) {
         self.loads.open();
+    }
+    /// How many loads of `actor` the store answered, failed ones included.
+    pub fn loads_of(&self, actor: &str) -> usize {
+        self.loads_done
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| *a == actor)
+            .count()
     }
     pub fn hold_lookups_of(&self, actor: &str) {
         self.lookups.hold(actor);
@@ -105,6 +118,18 @@ impl Store for GatedStore {
     }
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
         self.loads.pass(actor).await;
+        self.loads_done.lock().unwrap().push(actor.to_owned());
+        let fail = {
+            let mut next = self.fail_next_load.lock().unwrap();
+            let hit = next.as_deref() == Some(actor);
+            if hit {
+                *next = None;
+            }
+            hit
+        };
+        if fail {
+            return Err(StoreError::Unavailable("injected fault".into()));
+        }
         self.inner.load(actor).await
     }
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
@@ -172,6 +197,8 @@ pub fn gated_layer() -> (
             commits_gate: Gate::default(),
             commits: Mutex::new(Vec::new()),
             fail_next: Mutex::new(None),
+            fail_next_load: Mutex::new(None),
+            loads_done: Mutex::new(Vec::new()),
         });
         *keep.lock().unwrap() = Some(gated.clone());
         gated

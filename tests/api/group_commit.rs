@@ -342,3 +342,44 @@ async fn the_fence_after_a_failed_commit_keeps_unfinished_work_pending() {
     }
     assert_eq!(balance, 40);
 }
+
+/// An actor with unfinished work whose reload fails (here after a crash)
+/// keeps trying to load, every `runtime.retry_interval_ms`, without
+/// waiting for a client's message: `a`'s outbox holds a transfer.
+#[actix_rt::test]
+async fn an_actor_with_unfinished_work_whose_reload_fails_tries_again_by_itself() {
+    let (app, store) = gated_app().await;
+    opened_and_passivated(&app, "b").await;
+    let mut options = (*app.app_runtime.options()).clone();
+    options.retry_interval = Duration::from_millis(100);
+    app.app_runtime.set_options(options);
+    app.open("a").await;
+    assert_eq!(app.deposit("a", 100).await.status(), StatusCode::OK);
+    store.hold_loads_of("account/b");
+    let transfer = app
+        .client
+        .post(app.url("/v1/transfers"))
+        .header("X-Request-Timeout", "300")
+        .json(&json!({"id": "t", "from": "a", "to": "b", "amount": 40}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(transfer.status(), StatusCode::GATEWAY_TIMEOUT);
+
+    let loads = store.loads_of("account/a");
+    *store.fail_next_load.lock().unwrap() = Some("account/a".into());
+    let crash = app.post("/v1/actors/account/a/crash", json!({})).await;
+    assert_eq!(crash.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    // The reload after the crash fails; the next one, unasked, works.
+    for _ in 0..250 {
+        if store.loads_of("account/a") >= loads + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        store.loads_of("account/a") >= loads + 2,
+        "a failed reload was not tried again"
+    );
+    store.open();
+}
