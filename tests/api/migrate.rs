@@ -125,6 +125,9 @@ async fn a_redb_data_directory_is_migrated_on_start_and_kept_aside() {
     write_redb(dir.path());
     let store = open(dir.path()).unwrap();
     assert_migrated(&store).await;
+    // The marker that made the copy count keeps how many records it copied.
+    let copied = std::fs::read_to_string(dir.path().join("troupe.fjall").join("complete"));
+    assert_eq!(copied.unwrap(), "10");
     // Compare-and-set sees the migrated versions.
     assert!(matches!(
         store.commit(next("account/a", 1)).await,
