@@ -601,3 +601,42 @@ async fn the_running_service_sweeps_expired_records_on_its_interval() {
     assert_eq!(store.idempotency_rows().await.unwrap(), 0);
     store.close().await;
 }
+
+/// `ping` (what `/readyz` asks) reports a writer stuck on one batch for
+/// 10 s, never one that is merely idle or busy: an embedded store idle for
+/// longer than that is ready, and so is one writing commit after commit.
+/// (Time is the feature here: the test waits out the 10 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_is_ready_when_idle_past_the_stuck_limit_and_while_writing() {
+    let dir = TempDir::new().unwrap();
+    let store =
+        Arc::new(EmbeddedStore::open(dir.path(), options(Duration::from_secs(60))).unwrap());
+    store
+        .commit(commit("account/idle", 0, "v", &[(1, "e")]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    store.ping().await.expect("ready after 10.5 s idle");
+
+    let writing = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let commits = (0..2_000).map(|i| {
+                let store = store.clone();
+                async move {
+                    store
+                        .commit(commit(&format!("account/w{i}"), 0, "v", &[(1, "e")]))
+                        .await
+                }
+            });
+            join_all(commits).await
+        })
+    };
+    let mut pings = 0;
+    while !writing.is_finished() {
+        store.ping().await.expect("ready while writing");
+        pings += 1;
+    }
+    assert!(writing.await.unwrap().iter().all(Result::is_ok));
+    assert!(pings > 0);
+}
