@@ -53,6 +53,17 @@ async fn two_accounts(app: &TestApp) {
     app.open("b").await;
 }
 
+/// Transfer `t`: 40 from `a` to `b`, completed.
+async fn transfer_t(app: &TestApp) {
+    let r = app
+        .post(
+            "/v1/transfers",
+            json!({"id": "t", "from": "a", "to": "b", "amount": 40}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 /// A request sent now, answered whenever the server answers (within 30 s).
 fn sent(
     app: &TestApp,
@@ -134,13 +145,7 @@ async fn a_lazy_change_pays_no_commit_of_its_own_and_joins_the_next_one() {
     let (app, store) = gated_app_with(|s| s.runtime.retry_interval_ms = 600_000).await;
     two_accounts(&app).await;
     let commits = store.commits_of("account/a").len();
-    let r = app
-        .post(
-            "/v1/transfers",
-            json!({"id": "t", "from": "a", "to": "b", "amount": 40}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    transfer_t(&app).await;
     let settled = r#"troupe_actor_messages_total{kind="account",message="settle",outcome="ok"}"#;
     app.wait_metric(settled, |n| n >= 1.0).await;
     // A read goes through `a`'s mailbox after the settle notice and
@@ -177,13 +182,7 @@ async fn a_lazy_change_is_written_on_its_own_after_the_retry_interval() {
     })
     .await;
     two_accounts(&app).await;
-    let r = app
-        .post(
-            "/v1/transfers",
-            json!({"id": "t", "from": "a", "to": "b", "amount": 40}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    transfer_t(&app).await;
     wait_pending(&store, |p| p.is_empty()).await;
     assert_eq!((app.balance("a").await, app.balance("b").await), (60, 40));
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::gated::{gated_app, gated_layer, opened_and_passivated};
+use crate::gated::{gated_app, gated_layer, opened_and_passivated, GatedStore};
+use crate::helpers::TestApp;
 
 #[actix_rt::test]
 async fn messages_waiting_together_share_one_commit_and_are_answered_after_it() {
@@ -291,15 +292,9 @@ async fn at_the_activation_cap_with_none_idle_a_new_actor_gets_429() {
     assert_eq!(status, StatusCode::OK, "the full shard never made room");
 }
 
-/// After a commit of unknown outcome the reload writes a fence: the state
-/// it read, one version up. That write keeps what the state says about
-/// unfinished work: `a`, whose outbox holds a transfer still waiting for
-/// its credit, stays in the store's pending set, so a crash right after
-/// the fence still wakes it on restart.
-#[actix_rt::test]
-async fn the_fence_after_a_failed_commit_keeps_unfinished_work_pending() {
-    let (app, store) = gated_app().await;
-    opened_and_passivated(&app, "b").await;
+/// `a` (100) debited 40 for transfer `t` to `b` (passivated), whose loads
+/// are held: `a`'s outbox holds `t`, unfinished, until `store.open()`.
+async fn debited_while_the_credit_waits(app: &TestApp, store: &GatedStore) {
     app.open("a").await;
     assert_eq!(app.deposit("a", 100).await.status(), StatusCode::OK);
     store.hold_loads_of("account/b");
@@ -312,6 +307,18 @@ async fn the_fence_after_a_failed_commit_keeps_unfinished_work_pending() {
         .await
         .unwrap();
     assert_eq!(transfer.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+
+/// After a commit of unknown outcome the reload writes a fence: the state
+/// it read, one version up. That write keeps what the state says about
+/// unfinished work: `a`, whose outbox holds a transfer still waiting for
+/// its credit, stays in the store's pending set, so a crash right after
+/// the fence still wakes it on restart.
+#[actix_rt::test]
+async fn the_fence_after_a_failed_commit_keeps_unfinished_work_pending() {
+    let (app, store) = gated_app().await;
+    opened_and_passivated(&app, "b").await;
+    debited_while_the_credit_waits(&app, &store).await;
     let commits = store.commits_of("account/a").len();
 
     *store.fail_next.lock().unwrap() = Some("account/a".into());
@@ -353,18 +360,7 @@ async fn an_actor_with_unfinished_work_whose_reload_fails_tries_again_by_itself(
     let mut options = (*app.app_runtime.options()).clone();
     options.retry_interval = Duration::from_millis(100);
     app.app_runtime.set_options(options);
-    app.open("a").await;
-    assert_eq!(app.deposit("a", 100).await.status(), StatusCode::OK);
-    store.hold_loads_of("account/b");
-    let transfer = app
-        .client
-        .post(app.url("/v1/transfers"))
-        .header("X-Request-Timeout", "300")
-        .json(&json!({"id": "t", "from": "a", "to": "b", "amount": 40}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(transfer.status(), StatusCode::GATEWAY_TIMEOUT);
+    debited_while_the_credit_waits(&app, &store).await;
 
     let loads = store.loads_of("account/a");
     *store.fail_next_load.lock().unwrap() = Some("account/a".into());
