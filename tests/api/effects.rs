@@ -183,6 +183,11 @@ async fn a_lazy_change_is_written_on_its_own_after_the_retry_interval() {
     .await;
     two_accounts(&app).await;
     transfer_t(&app).await;
+    let version = |body: serde_json::Value| body["version"].as_u64().expect("a version");
+    let before = version(json_of(app.get("/v1/accounts/a").await).await);
     wait_pending(&store, |p| p.is_empty()).await;
     assert_eq!((app.balance("a").await, app.balance("b").await), (60, 40));
+    // Written on its own, the change is a version of its own.
+    let after = version(json_of(app.get("/v1/accounts/a").await).await);
+    assert_eq!(after, before + 1);
 }

@@ -19,6 +19,8 @@ async fn messages_waiting_together_share_one_commit_and_are_answered_after_it() 
     store.hold_loads_of("account/g");
     store.hold_commits_of("account/g");
     let before = store.commits_of("account/g").len();
+    let sizes = "troupe_group_commit_messages_sum";
+    let summed = app.metric(sizes).await.unwrap_or(0.0);
 
     let deposits: Vec<_> = (0..20).map(|_| app.deposit("g", 1)).collect();
     let all = futures_util::future::join_all(deposits);
@@ -42,6 +44,8 @@ async fn messages_waiting_together_share_one_commit_and_are_answered_after_it() 
         "one commit of 20 entries"
     );
     assert_eq!(app.balance("g").await, 20);
+    // The batch-size histogram counts the 20 messages of that commit.
+    app.wait_metric(sizes, |n| n >= summed + 20.0).await;
 }
 
 /// Work whose caller is gone is not done: a client that disconnects while
