@@ -33,19 +33,6 @@ async fn wait_pending(store: &GatedStore, holds: impl Fn(&[String]) -> bool) -> 
     panic!("the pending set never held; last {last:?}");
 }
 
-/// Polls `id`'s balance until it is `balance`; panics after 5 s.
-async fn wait_balance(app: &TestApp, id: &str, balance: i64) {
-    let mut last = 0;
-    for _ in 0..250 {
-        last = app.balance(id).await;
-        if last == balance {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{id}'s balance never reached {balance}; last {last}");
-}
-
 /// `a` with 100 and `b` empty.
 async fn two_accounts(app: &TestApp) {
     app.open("a").await;
@@ -110,7 +97,7 @@ async fn an_answer_that_comes_back_before_its_step_is_durable_is_handled_after_t
         .await;
     store.open();
     // The start is handled and its debit sent; the read waits on its lookup.
-    wait_balance(&app, "a", 60).await;
+    app.wait_balance("a", 60).await;
 
     store.open_lookups();
     // The debit's answer is in; the transfer's first commit is held.

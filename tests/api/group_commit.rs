@@ -343,15 +343,7 @@ async fn the_fence_after_a_failed_commit_keeps_unfinished_work_pending() {
     );
     // The transfer finishes once `b` loads.
     store.open();
-    let mut balance = 0;
-    for _ in 0..250 {
-        balance = app.balance("b").await;
-        if balance == 40 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(balance, 40);
+    app.wait_balance("b", 40).await;
 }
 
 /// An actor with unfinished work whose reload fails (here after a crash)

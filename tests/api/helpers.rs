@@ -234,6 +234,19 @@ impl TestApp {
         let body = json_of(self.get(&format!("/v1/accounts/{id}")).await).await;
         body["balance"].as_i64().expect("a balance")
     }
+
+    /// Polls `id`'s balance until it is `balance`; panics after 5 s.
+    pub async fn wait_balance(&self, id: &str, balance: i64) {
+        let mut last = 0;
+        for _ in 0..250 {
+            last = self.balance(id).await;
+            if last == balance {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{id}'s balance never reached {balance}; last {last}");
+    }
 }
 
 impl TestApp {
