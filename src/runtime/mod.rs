@@ -456,3 +456,39 @@ fn shard_of(address: &Address, shards: usize) -> usize {
     let hash = hasher.hash_one((address.kind.as_str(), address.id.as_str()));
     (hash % shards as u64) as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(internal: bool) -> (Envelope, oneshot::Receiver<Answer>) {
+        let (reply, rx) = oneshot::channel();
+        let command = kinds::parse(troupe_actors::Kind::Account, "get", serde_json::Value::Null)
+            .expect("a get");
+        let now = Instant::now();
+        let envelope = Envelope {
+            command,
+            deadline: now + std::time::Duration::from_secs(60),
+            idempotency: None,
+            reply,
+            span: tracing::Span::none(),
+            sent_at: now,
+            internal,
+        };
+        (envelope, rx)
+    }
+
+    /// Only a client's hang-up abandons a message. An actor's ask whose
+    /// asker stopped waiting (it crashed or was restarted before its
+    /// deadline) is still handled: the asker's next attempt relies on it
+    /// having been, and operators read the counter as clients gone.
+    #[test]
+    fn only_a_message_from_outside_whose_caller_left_is_abandoned() {
+        for internal in [false, true] {
+            let (envelope, rx) = envelope(internal);
+            assert!(!envelope.abandoned(), "abandoned while its caller waits");
+            drop(rx);
+            assert_eq!(envelope.abandoned(), !internal, "internal: {internal}");
+        }
+    }
+}

@@ -127,3 +127,21 @@ async fn damage_before_the_last_batch_stops_start_up_wherever_it_hits() {
         assert!(message.contains("backup"), "{message}");
     }
 }
+
+/// A `troupe.acked` that exists but cannot be read (here a FIFO: reads at
+/// an offset fail) stops start-up: taken as "nothing acknowledged", it
+/// would let a torn batch that was acknowledged be dropped in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_count_that_cannot_be_read_stops_start_up() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), 3).await;
+    let (path, end) = journal(dir.path());
+    rewrite(&path, end - 20..end, |_| 0);
+    let acked = dir.path().join("troupe.acked");
+    std::fs::remove_file(&acked).unwrap();
+    nix::unistd::mkfifo(&acked, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    match open(dir.path()) {
+        Ok(_) => panic!("started without reading troupe.acked"),
+        Err(e) => assert!(e.to_string().contains("read troupe.acked"), "{e}"),
+    }
+}

@@ -6,6 +6,7 @@ mod actors;
 mod concurrency;
 mod config;
 mod crash;
+mod disk_faults;
 mod durability;
 mod effects;
 mod errors;
