@@ -12,18 +12,32 @@
 //! | `troupe:{kind/id}:facts` | hash | field = fact key, value = JSON fact; never expires |
 //! | `troupe:pending` | set | `kind/id` of actors with unfinished work |
 //!
-//! A commit is one Lua script (one atomic round trip, whatever the batch
-//! holds): it checks the version, then writes the state, the entries, the
+//! A commit is one Lua script (atomic, whatever the actor's batch holds):
+//! it checks the version, then writes the state, the entries, the
 //! idempotency records and the pending flag, or nothing. A command that
 //! times out may still have been applied; the version check makes the
 //! retry of the same commit a conflict rather than a second application,
 //! and the caller reloads the state to learn which happened.
+//!
+//! Commits are pipelined: each thread that commits (an HTTP worker and
+//! the actors it hosts) has one task that sends every commit queued on
+//! that thread as one pipeline of scripts, one round trip, and queues the
+//! next ones while it waits (group commit, as the embedded writer does,
+//! without a hop to another thread). Each script stays atomic on its own
+//! and its outcome is its commit's alone: one actor's conflict fails
+//! nobody else. A pipeline that fails or times out as a whole leaves every
+//! commit in it of unknown outcome, answered as unavailable.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::{Config, Connection, Pool, Runtime};
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, Script, ScriptInvocation};
+use thread_local::ThreadLocal;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 
@@ -65,12 +79,35 @@ pub struct RedisOptions {
     pub prefix: String,
 }
 
+/// A commit waiting for its pipeline, with where its outcome goes.
+type Queued = (Commit, oneshot::Sender<Result<(), StoreError>>);
+
 pub struct RedisStore {
+    inner: Arc<Inner>,
+    /// Each thread's queue into its pipelining task (see the module docs).
+    queues: ThreadLocal<RefCell<Option<mpsc::Sender<Queued>>>>,
+}
+
+struct Inner {
     pool: Pool,
     command_timeout: Duration,
     retention_s: u64,
     prefix: String,
     commit: Script,
+    /// Most commits one pipeline carries.
+    max_batch: usize,
+    /// Commits one thread's queue holds before committers wait.
+    queue: usize,
+    stats: PipelineStats,
+}
+
+/// Counters that show pipelining at work.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Commits sent.
+    pub commits: AtomicU64,
+    /// Pipelines sent, each one round trip.
+    pub round_trips: AtomicU64,
 }
 
 impl RedisStore {
@@ -91,14 +128,55 @@ impl RedisStore {
             .build()
             .map_err(|e| StoreError::Unavailable(format!("redis pool: {e}")))?;
         Ok(Self {
-            pool,
-            command_timeout: redis.command_timeout,
-            retention_s: options.idempotency_retention.as_secs().max(1),
-            prefix: redis.prefix.clone(),
-            commit: Script::new(COMMIT),
+            inner: Arc::new(Inner {
+                pool,
+                command_timeout: redis.command_timeout,
+                retention_s: options.idempotency_retention.as_secs().max(1),
+                prefix: redis.prefix.clone(),
+                commit: Script::new(COMMIT),
+                max_batch: options.max_batch.max(1),
+                queue: options.queue.max(1),
+                stats: PipelineStats::default(),
+            }),
+            queues: ThreadLocal::new(),
         })
     }
 
+    /// How many commits went in how many round trips.
+    pub fn stats(&self) -> &PipelineStats {
+        &self.inner.stats
+    }
+
+    /// This thread's queue into its pipelining task; starts the task on
+    /// the current runtime when there is none or it has stopped (its
+    /// runtime shut down).
+    fn queue(&self) -> mpsc::Sender<Queued> {
+        let mut slot = self.queues.get_or(|| RefCell::new(None)).borrow_mut();
+        if let Some(tx) = slot.as_ref().filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(self.inner.queue);
+        tokio::spawn(pipeline(self.inner.clone(), rx));
+        *slot = Some(tx.clone());
+        tx
+    }
+}
+
+/// Sends what `rx` queues, as many commits per round trip as are waiting
+/// (up to `max_batch`), one round trip at a time.
+async fn pipeline(inner: Arc<Inner>, mut rx: mpsc::Receiver<Queued>) {
+    let mut batch = Vec::with_capacity(inner.max_batch);
+    // The first pipeline loads the script before its calls.
+    let mut loaded = false;
+    while rx.recv_many(&mut batch, inner.max_batch).await > 0 {
+        let outcomes = inner.write(batch.iter().map(|(c, _)| c), &mut loaded).await;
+        for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+impl Inner {
     fn key(&self, actor: &str, what: &str) -> String {
         format!("{}:{{{actor}}}:{what}", self.prefix)
     }
@@ -132,6 +210,135 @@ impl RedisStore {
                 ))
             })?
     }
+
+    /// The script call of one commit.
+    fn invocation<'s>(&'s self, c: &Commit) -> ScriptInvocation<'s> {
+        let mut call = self.commit.prepare_invoke();
+        call.key(self.key(&c.actor, "state"))
+            .key(self.key(&c.actor, "entries"))
+            .key(self.pending_key())
+            .key(self.key(&c.actor, "facts"));
+        for w in &c.idempotency {
+            call.key(self.key(&c.actor, &format!("idem:{}", w.key)));
+        }
+        call.arg(c.expected_version)
+            .arg(c.version)
+            .arg(u8::from(c.state.is_some()))
+            .arg(c.state.as_deref().unwrap_or_default())
+            .arg(u8::from(c.pending))
+            .arg(&c.actor)
+            .arg(self.retention_s)
+            .arg(c.entries.len())
+            .arg(c.facts.len());
+        for (seq, entry) in &c.entries {
+            call.arg(*seq).arg(entry.as_slice());
+        }
+        for (key, fact) in &c.facts {
+            call.arg(key.as_str()).arg(fact.as_slice());
+        }
+        for w in &c.idempotency {
+            call.arg(w.value.as_slice());
+        }
+        call
+    }
+
+    /// Sends `commits` as one pipeline; each one's outcome, in order. A
+    /// Redis that lost its script cache (a restart, `SCRIPT FLUSH`) ran
+    /// none of them: the script is loaded and those are sent once more.
+    async fn write<'c>(
+        &self,
+        commits: impl ExactSizeIterator<Item = &'c Commit>,
+        loaded: &mut bool,
+    ) -> Vec<Result<(), StoreError>> {
+        let commits: Vec<&Commit> = commits.collect();
+        let mut outcomes: Vec<Result<(), StoreError>> = commits.iter().map(|_| Ok(())).collect();
+        let mut todo: Vec<usize> = (0..commits.len()).collect();
+        self.stats
+            .commits
+            .fetch_add(commits.len() as u64, Ordering::Relaxed);
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            if attempt > 0 || !*loaded {
+                pipe.load_script(&self.commit).ignore();
+            }
+            for &i in &todo {
+                pipe.invoke_script(&self.invocation(commits[i]));
+            }
+            self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            let results: Vec<redis::RedisResult<i64>> = match self
+                .run("commit", |mut conn| async move {
+                    pipe.query_async::<Vec<redis::RedisResult<i64>>>(&mut conn)
+                        .await
+                })
+                .await
+            {
+                Ok(results) if results.len() == todo.len() => results,
+                Ok(results) => {
+                    let e = StoreError::Unavailable(format!(
+                        "redis commit: {} answers to a pipeline of {}",
+                        results.len(),
+                        todo.len()
+                    ));
+                    for &i in &todo {
+                        outcomes[i] = Err(e.clone());
+                    }
+                    break;
+                }
+                Err(e) => {
+                    for &i in &todo {
+                        outcomes[i] = Err(e.clone());
+                    }
+                    break;
+                }
+            };
+            *loaded = true;
+            let mut again = Vec::new();
+            for (&i, result) in todo.iter().zip(results) {
+                let c = commits[i];
+                outcomes[i] = match result {
+                    Ok(found) if found < 0 => Ok(()),
+                    Ok(found) => Err(StoreError::Conflict {
+                        actor: c.actor.clone(),
+                        expected: c.expected_version,
+                        found: found.unsigned_abs(),
+                    }),
+                    Err(e)
+                        if attempt == 0
+                            && e.kind()
+                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        again.push(i);
+                        continue;
+                    }
+                    Err(e) => Err(StoreError::Unavailable(format!("redis commit: {e}"))),
+                };
+            }
+            if again.is_empty() {
+                break;
+            }
+            todo = again;
+        }
+        outcomes
+    }
+}
+
+impl RedisStore {
+    fn key(&self, actor: &str, what: &str) -> String {
+        self.inner.key(actor, what)
+    }
+
+    fn pending_key(&self) -> String {
+        self.inner.pending_key()
+    }
+
+    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.inner.run(what, op).await
+    }
 }
 
 #[async_trait]
@@ -159,46 +366,24 @@ impl Store for RedisStore {
     }
 
     async fn commit(&self, c: Commit) -> Result<(), StoreError> {
-        let mut call = self.commit.prepare_invoke();
-        call.key(self.key(&c.actor, "state"))
-            .key(self.key(&c.actor, "entries"))
-            .key(self.pending_key())
-            .key(self.key(&c.actor, "facts"));
-        for w in &c.idempotency {
-            call.key(self.key(&c.actor, &format!("idem:{}", w.key)));
+        let (reply, outcome) = oneshot::channel();
+        let mut queued = (c, reply);
+        // Twice at most: a queue whose task stopped is replaced once.
+        for _ in 0..2 {
+            match self.queue().send(queued).await {
+                Ok(()) => {
+                    return outcome.await.unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(
+                            "redis commit: its pipeline stopped; the outcome is unknown".into(),
+                        ))
+                    });
+                }
+                Err(mpsc::error::SendError(back)) => queued = back,
+            }
         }
-        call.arg(c.expected_version)
-            .arg(c.version)
-            .arg(u8::from(c.state.is_some()))
-            .arg(c.state.as_deref().unwrap_or_default())
-            .arg(u8::from(c.pending))
-            .arg(&c.actor)
-            .arg(self.retention_s)
-            .arg(c.entries.len())
-            .arg(c.facts.len());
-        for (seq, entry) in &c.entries {
-            call.arg(*seq).arg(entry.as_slice());
-        }
-        for (key, fact) in &c.facts {
-            call.arg(key.as_str()).arg(fact.as_slice());
-        }
-        for w in &c.idempotency {
-            call.arg(w.value.as_slice());
-        }
-        let found: i64 = self
-            .run("commit", |mut conn| async move {
-                call.invoke_async(&mut conn).await
-            })
-            .await?;
-        if found < 0 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict {
-                actor: c.actor,
-                expected: c.expected_version,
-                found: found.unsigned_abs(),
-            })
-        }
+        Err(StoreError::Unavailable(
+            "redis commit: no pipeline to send it on".into(),
+        ))
     }
 
     async fn entries(
@@ -247,6 +432,6 @@ impl Store for RedisStore {
     async fn sweep(&self) {}
 
     async fn close(&self) {
-        self.pool.close();
+        self.inner.pool.close();
     }
 }

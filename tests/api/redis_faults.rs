@@ -213,6 +213,8 @@ async fn a_write_whose_outcome_is_unknown_is_never_applied_twice() {
     // version):
     // - the first attempt landed: open 1, deposit 2, fence 3; the retry replays;
     // - it never landed: open 1, fence 2, and the retry applies it: 3.
+    // A retry that times out too (a loaded machine, 200 ms) is one more
+    // unknown outcome and one more fence: at least 3, and without fences 2.
     let answer = answer.expect("the retry succeeds");
     let replayed = answer.headers().get("idempotent-replayed").is_some();
     eprintln!(
@@ -226,9 +228,8 @@ async fn a_write_whose_outcome_is_unknown_is_never_applied_twice() {
     assert_eq!(app.balance("a").await, 5);
     assert_eq!(all_entries(&app.client, &app.address, "a").await.len(), 1);
     let account = json_of(app.get("/v1/accounts/a").await).await;
-    assert_eq!(
-        account["version"],
-        json!(3),
+    assert!(
+        account["version"].as_u64().is_some_and(|v| v >= 3),
         "replayed {replayed}: {account}"
     );
 }

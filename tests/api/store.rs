@@ -572,6 +572,153 @@ async fn redis_down_is_unavailable_within_the_timeout_and_redis_back_recovers() 
         .unwrap();
 }
 
+fn redis_store(server: &RedisServer, max_batch: usize) -> RedisStore {
+    let redis = RedisOptions {
+        url: server.url(),
+        pool_size: 4,
+        connect_timeout: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(5),
+        prefix: "pipelined".into(),
+    };
+    let options = StoreOptions {
+        max_batch,
+        ..options(Duration::from_secs(60))
+    };
+    RedisStore::new(&redis, &options).unwrap()
+}
+
+fn round_trips(store: &RedisStore) -> (u64, u64) {
+    let stats = store.stats();
+    (
+        stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+        stats.round_trips.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// Commits queued together on one thread go to Redis as one pipeline:
+/// 64 commits of 64 actors, far fewer round trips, every one applied.
+#[tokio::test]
+async fn redis_commits_waiting_together_share_a_round_trip() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, 1024);
+    let commits = (0..64).map(|i| {
+        let store = &store;
+        async move {
+            store
+                .commit(commit(&format!("account/p{i}"), 0, "v", &[(1, "e")]))
+                .await
+        }
+    });
+    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    let (commits, trips) = round_trips(&store);
+    assert_eq!(commits, 64);
+    assert!(trips < 8, "{trips} round trips for 64 commits");
+    for i in 0..64 {
+        let actor = format!("account/p{i}");
+        assert_eq!(store.load(&actor).await.unwrap().unwrap().version, 1);
+        assert_eq!(store.entries(&actor, 0, 10).await.unwrap().len(), 1);
+    }
+}
+
+/// `store.max_batch` bounds a pipeline too.
+#[tokio::test]
+async fn a_redis_pipeline_holds_at_most_max_batch_commits() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, 4);
+    let commits = (0..64).map(|i| {
+        let store = &store;
+        async move {
+            store
+                .commit(commit(&format!("account/q{i}"), 0, "v", &[]))
+                .await
+        }
+    });
+    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    let (commits, trips) = round_trips(&store);
+    assert_eq!(commits, 64);
+    assert!(
+        trips >= 16,
+        "{trips} round trips for 64 commits of at most 4"
+    );
+}
+
+/// Each commit in a pipeline keeps its own compare-and-set and its own
+/// outcome: of 8 commits of one actor from the same version, one lands and
+/// the others conflict with it, and the other actors' commits in the same
+/// pipeline land whatever happened to that one.
+#[tokio::test]
+async fn commits_in_one_redis_pipeline_succeed_or_conflict_each_on_its_own() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, 1024);
+    let commits = (0..64).map(|i| {
+        let store = &store;
+        let actor = format!("account/x{}", i % 8);
+        async move {
+            let outcome = store.commit(commit(&actor, 0, "v", &[(1, "e")])).await;
+            (actor, outcome)
+        }
+    });
+    let outcomes = join_all(commits).await;
+    let (_, trips) = round_trips(&store);
+    assert!(
+        trips < 8,
+        "{trips} round trips: the commits were not pipelined"
+    );
+    for i in 0..8 {
+        let actor = format!("account/x{i}");
+        let mine: Vec<_> = outcomes.iter().filter(|(a, _)| *a == actor).collect();
+        let landed = mine.iter().filter(|(_, r)| r.is_ok()).count();
+        assert_eq!(landed, 1, "{actor}: {mine:?}");
+        assert!(mine
+            .iter()
+            .all(|(_, r)| matches!(r, Ok(()) | Err(StoreError::Conflict { found: 1, .. }))));
+        assert_eq!(store.entries(&actor, 0, 10).await.unwrap().len(), 1);
+    }
+}
+
+/// A Redis that forgot the commit script (restarted, or `SCRIPT FLUSH`)
+/// ran none of the pipeline: the script is loaded again and every commit
+/// applied once.
+#[tokio::test]
+async fn a_redis_that_forgot_the_commit_script_gets_it_again() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, 1024);
+    store
+        .commit(commit("account/s", 0, "v1", &[(1, "e1")]))
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let flushed: String = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(flushed, "OK");
+    let again = (0..4).map(|i| {
+        let store = &store;
+        async move {
+            store
+                .commit(commit(&format!("account/f{i}"), 0, "v", &[(1, "e")]))
+                .await
+        }
+    });
+    let mut outcomes = join_all(again).await;
+    outcomes.push(
+        store
+            .commit(commit("account/s", 1, "v2", &[(2, "e2")]))
+            .await,
+    );
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let s = store.load("account/s").await.unwrap().unwrap();
+    assert_eq!((s.version, s.state), (2, b"v2".to_vec()));
+    assert_eq!(store.entries("account/s", 0, 10).await.unwrap().len(), 2);
+    for i in 0..4 {
+        let f = store.load(&format!("account/f{i}")).await.unwrap().unwrap();
+        assert_eq!(f.version, 1);
+    }
+}
+
 /// The service sweeps on its own every `store.sweep_interval_s`: expired
 /// records leave the disk with no one calling `sweep`.
 #[actix_rt::test]
