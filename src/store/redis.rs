@@ -22,11 +22,14 @@
 //! Commits are pipelined: each thread that commits (an HTTP worker and
 //! the actors it hosts) has one task that sends every commit queued on
 //! that thread as one pipeline of scripts, one round trip, and queues the
-//! next ones while it waits (group commit, as the embedded writer does,
-//! without a hop to another thread). Each script stays atomic on its own
-//! and its outcome is its commit's alone: one actor's conflict fails
-//! nobody else. A pipeline that fails or times out as a whole leaves every
-//! commit in it of unknown outcome, answered as unavailable.
+//! next ones while it waits (group commit, as the embedded writer does;
+//! the queue and the task stay on the committing thread, while the
+//! socket's I/O runs on the thread that opened the pooled connection).
+//! Each script stays atomic on its own and its outcome is its commit's
+//! alone: one actor's conflict fails nobody else. A pipeline that fails or
+//! times out as a whole leaves every commit in it of unknown outcome,
+//! answered as unavailable; so does a commit whose whole wait passes the
+//! command timeout.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Config, Connection, Pool, Runtime};
+use deadpool_redis::{Connection, Manager, Pool, Runtime};
 use redis::{AsyncCommands, Script, ScriptInvocation};
 use thread_local::ThreadLocal;
 use tokio::sync::{mpsc, oneshot};
@@ -99,6 +102,17 @@ struct Inner {
     /// Commits one thread's queue holds before committers wait.
     queue: usize,
     stats: PipelineStats,
+    /// Commits waiting for their outcome, for `close`.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a commit out of `in_flight` however its wait ends.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Counters that show pipelining at work.
@@ -117,9 +131,14 @@ impl RedisStore {
     /// # Errors
     /// When the URL is malformed.
     pub fn new(redis: &RedisOptions, options: &StoreOptions) -> Result<Self, StoreError> {
-        let pool = Config::from_url(redis.url.clone())
-            .builder()
-            .map_err(|e| StoreError::Unavailable(format!("redis configuration: {e}")))?
+        // redis-rs answers a command after 500 ms by default, whatever
+        // `command_timeout` says: give connections the settings' bounds.
+        let connection = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(redis.command_timeout))
+            .set_connection_timeout(Some(redis.connect_timeout));
+        let manager = Manager::new_with_config(redis.url.as_str(), connection)
+            .map_err(|e| StoreError::Unavailable(format!("redis configuration: {e}")))?;
+        let pool = Pool::builder(manager)
             .max_size(redis.pool_size.max(1))
             .wait_timeout(Some(redis.command_timeout))
             .create_timeout(Some(redis.connect_timeout))
@@ -137,6 +156,7 @@ impl RedisStore {
                 max_batch: options.max_batch.max(1),
                 queue: options.queue.max(1),
                 stats: PipelineStats::default(),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
             queues: ThreadLocal::new(),
         })
@@ -251,7 +271,11 @@ impl Inner {
         loaded: &mut bool,
     ) -> Vec<Result<(), StoreError>> {
         let commits: Vec<&Commit> = commits.collect();
-        let mut outcomes: Vec<Result<(), StoreError>> = commits.iter().map(|_| Ok(())).collect();
+        // Every commit's outcome is set below; none is taken as applied by default.
+        let mut outcomes: Vec<Result<(), StoreError>> = commits
+            .iter()
+            .map(|_| Err(StoreError::Unavailable("redis commit: not sent".into())))
+            .collect();
         let mut todo: Vec<usize> = (0..commits.len()).collect();
         self.stats
             .commits
@@ -366,24 +390,41 @@ impl Store for RedisStore {
     }
 
     async fn commit(&self, c: Commit) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _done = InFlight(&inner.in_flight);
         let (reply, outcome) = oneshot::channel();
         let mut queued = (c, reply);
-        // Twice at most: a queue whose task stopped is replaced once.
-        for _ in 0..2 {
-            match self.queue().send(queued).await {
-                Ok(()) => {
-                    return outcome.await.unwrap_or_else(|_| {
-                        Err(StoreError::Unavailable(
-                            "redis commit: its pipeline stopped; the outcome is unknown".into(),
-                        ))
-                    });
+        // The whole wait, queue and pipeline ahead included, is bounded by
+        // the command timeout; past it the outcome is unknown (the commit
+        // may still be sent: the version check and the caller's fence
+        // handle that, as for any timed-out command).
+        let work = async {
+            // Twice at most: a queue whose task stopped is replaced once.
+            for _ in 0..2 {
+                match self.queue().send(queued).await {
+                    Ok(()) => {
+                        return outcome.await.unwrap_or_else(|_| {
+                            Err(StoreError::Unavailable(
+                                "redis commit: its pipeline stopped; the outcome is unknown".into(),
+                            ))
+                        });
+                    }
+                    Err(mpsc::error::SendError(back)) => queued = back,
                 }
-                Err(mpsc::error::SendError(back)) => queued = back,
             }
-        }
-        Err(StoreError::Unavailable(
-            "redis commit: no pipeline to send it on".into(),
-        ))
+            Err(StoreError::Unavailable(
+                "redis commit: no pipeline to send it on".into(),
+            ))
+        };
+        tokio::time::timeout(inner.command_timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "redis commit: timed out after {:?}",
+                    inner.command_timeout
+                )))
+            })
     }
 
     async fn entries(
@@ -431,7 +472,15 @@ impl Store for RedisStore {
     /// Redis expires idempotency records itself.
     async fn sweep(&self) {}
 
+    /// Waits (a command timeout at most) for the commits in flight to be
+    /// answered, then closes the pool.
     async fn close(&self) {
+        let deadline = tokio::time::Instant::now() + self.inner.command_timeout;
+        while self.inner.in_flight.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.inner.pool.close();
     }
 }

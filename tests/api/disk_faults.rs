@@ -13,12 +13,23 @@ use tempfile::TempDir;
 use crate::helpers::{json_of, Child};
 
 /// `strace` attached to every thread of a running service, injecting
-/// `rule` into its syncs. Detaches (the service goes on) when dropped.
+/// `rule` into the syncs of the store's journal file only (`-P`: not
+/// `troupe.acked`'s, which the writer syncs after some replies). strace
+/// counts `when=` per thread, and only the writer thread syncs the
+/// journal. Detaches (the service goes on) when dropped.
 struct Injected(tokio::process::Child);
 
 impl Injected {
-    async fn attach(service: &Child, rule: &str) -> Self {
+    async fn attach(service: &Child, data: &Path, rule: &str) -> Self {
         let pid = service.pid().as_raw();
+        let journal = std::fs::read_dir(data.join("troupe.fjall"))
+            .expect("the store's directory")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+            .max()
+            .and_then(|p| p.canonicalize().ok())
+            .expect("a journal file");
         let strace = tokio::process::Command::new("strace")
             .args([
                 "-f",
@@ -28,8 +39,9 @@ impl Injected {
                 "-e",
                 "trace=fsync,fdatasync",
             ])
-            .args(["-e", rule, "-p", &pid.to_string()])
-            .kill_on_drop(true)
+            .args(["-e", rule, "-P"])
+            .arg(&journal)
+            .args(["-p", &pid.to_string()])
             .spawn()
             .expect("strace starts");
         // Attached once every thread names a tracer.
@@ -130,6 +142,7 @@ async fn a_journal_sync_that_hangs_makes_the_service_not_ready_until_it_returns(
 
     let strace = Injected::attach(
         &service,
+        dir.path(),
         "inject=fsync,fdatasync:delay_enter=13000000:when=1",
     )
     .await;
@@ -212,7 +225,12 @@ async fn a_failed_journal_sync_is_not_acknowledged_and_stops_writes_until_a_rest
     let (status, body) = deposit(&client, &base, "a", "k0", 100).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    let strace = Injected::attach(&service, "inject=fsync,fdatasync:error=EIO:when=1").await;
+    let strace = Injected::attach(
+        &service,
+        dir.path(),
+        "inject=fsync,fdatasync:error=EIO:when=1",
+    )
+    .await;
     let (status, body) = deposit(&client, &base, "a", "k1", 20).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
