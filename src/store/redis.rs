@@ -347,24 +347,6 @@ impl Inner {
     }
 }
 
-impl RedisStore {
-    fn key(&self, actor: &str, what: &str) -> String {
-        self.inner.key(actor, what)
-    }
-
-    fn pending_key(&self) -> String {
-        self.inner.pending_key()
-    }
-
-    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(Connection) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        self.inner.run(what, op).await
-    }
-}
-
 #[async_trait]
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
@@ -372,8 +354,9 @@ impl Store for RedisStore {
     }
 
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
-        let key = self.key(actor, "state");
+        let key = self.inner.key(actor, "state");
         let (version, state): (Option<u64>, Option<Vec<u8>>) = self
+            .inner
             .run("load", |mut c| async move {
                 redis::cmd("HMGET")
                     .arg(&key)
@@ -433,40 +416,45 @@ impl Store for RedisStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let key = self.key(actor, "entries");
+        let key = self.inner.key(actor, "entries");
         let min = format!("({after}");
-        self.run("entries", |mut c| async move {
-            c.zrangebyscore_limit(&key, min, "+inf", 0, limit as isize)
-                .await
-        })
-        .await
+        self.inner
+            .run("entries", |mut c| async move {
+                c.zrangebyscore_limit(&key, min, "+inf", 0, limit as isize)
+                    .await
+            })
+            .await
     }
 
     async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = self.key(actor, &format!("idem:{key}"));
-        self.run("idempotency", |mut c| async move { c.get(&key).await })
+        let key = self.inner.key(actor, &format!("idem:{key}"));
+        self.inner
+            .run("idempotency", |mut c| async move { c.get(&key).await })
             .await
     }
 
     async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let hash = self.key(actor, "facts");
+        let hash = self.inner.key(actor, "facts");
         let field = key.to_owned();
-        self.run("fact", |mut c| async move { c.hget(&hash, &field).await })
+        self.inner
+            .run("fact", |mut c| async move { c.hget(&hash, &field).await })
             .await
     }
 
     async fn pending(&self) -> Result<Vec<String>, StoreError> {
-        let key = self.pending_key();
-        self.run("pending", |mut c| async move { c.smembers(&key).await })
+        let key = self.inner.pending_key();
+        self.inner
+            .run("pending", |mut c| async move { c.smembers(&key).await })
             .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run("ping", |mut c| async move {
-            redis::cmd("PING").query_async::<String>(&mut c).await
-        })
-        .await
-        .map(drop)
+        self.inner
+            .run("ping", |mut c| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
+            .await
+            .map(drop)
     }
 
     /// Redis expires idempotency records itself.

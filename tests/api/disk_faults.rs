@@ -119,6 +119,16 @@ async fn balance(client: &Client, base: &str, id: &str) -> i64 {
     json_of(r).await["balance"].as_i64().expect("a balance")
 }
 
+async fn open(client: &Client, base: &str, id: &str) {
+    let r = client
+        .put(format!("{base}/v1/accounts/{id}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("a reply");
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 async fn start(dir: &Path) -> Child {
     Child::start(dir, &[("TROUPE__RUNTIME__MAX_TIMEOUT_MS", "30000")]).await
 }
@@ -132,13 +142,7 @@ async fn a_journal_sync_that_hangs_makes_the_service_not_ready_until_it_returns(
     let dir = TempDir::new().unwrap();
     let service = start(dir.path()).await;
     let (client, base) = (Client::new(), service.address.clone());
-    let r = client
-        .put(format!("{base}/v1/accounts/a"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    open(&client, &base, "a").await;
 
     let strace = Injected::attach(
         &service,
@@ -215,13 +219,7 @@ async fn a_failed_journal_sync_is_not_acknowledged_and_stops_writes_until_a_rest
     let dir = TempDir::new().unwrap();
     let mut service = start(dir.path()).await;
     let (client, mut base) = (Client::new(), service.address.clone());
-    let r = client
-        .put(format!("{base}/v1/accounts/a"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    open(&client, &base, "a").await;
     let (status, body) = deposit(&client, &base, "a", "k0", 100).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
