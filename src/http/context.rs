@@ -104,6 +104,24 @@ impl RootSpanBuilder for RootSpan {
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_owned());
         let method = req.method().as_str();
+        // Without trace export the ids come from the headers alone, so the
+        // span is built once with all its fields: each later `record` makes
+        // the log layer format the span's fields again, on every request.
+        if crate::telemetry::span_counters().is_none() {
+            let ids = RequestIds::new(req.headers(), &SpanContext::empty_context());
+            let span = tracing::info_span!(
+                "HTTP request",
+                otel.name = %format_args!("{method} {route}"),
+                otel.kind = "server",
+                http.method = %method,
+                http.route = %route,
+                request_id = ids.request_id.as_str(),
+                trace_id = ids.trace_id.as_str(),
+                span_id = %format_args!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0),
+            );
+            req.extensions_mut().insert(ids);
+            return span;
+        }
         let span = tracing::info_span!(
             "HTTP request",
             otel.name = %format_args!("{method} {route}"),
@@ -155,7 +173,11 @@ impl RootSpanBuilder for RootSpan {
                 Some(error.to_string()),
             ),
         };
-        DefaultRootSpanBuilder::on_request_end(span.clone(), outcome);
+        // The status goes on the span for trace export; without export
+        // nothing reads it (the one error line below carries it).
+        if crate::telemetry::span_counters().is_some() {
+            DefaultRootSpanBuilder::on_request_end(span.clone(), outcome);
+        }
         if status == actix_web::http::StatusCode::INTERNAL_SERVER_ERROR {
             let error = error.unwrap_or_else(|| status.to_string());
             span.in_scope(|| {

@@ -126,7 +126,9 @@ async fn deliver(
     shape: Shape,
 ) -> Result<HttpResponse, ApiError> {
     let address = Address::new(command.kind(), id);
-    tracing::debug!(actor.kind = address.kind.as_str(), actor.id = %address.id, message = command.name(), "sending");
+    // `trace`, not `debug`: one line per request is not what `troupe=debug`
+    // (development's default) should cost every request.
+    tracing::trace!(actor.kind = address.kind.as_str(), actor.id = %address.id, message = command.name(), "sending");
     let answer = runtime
         .ask(address, command, meta.deadline, idempotency)
         .await;

@@ -331,7 +331,7 @@ async fn the_binary_prints_its_settings_and_refuses_a_bad_value() {
 }
 
 /// `log.filter` edited in a file reaches the running binary's logger: a
-/// debug line the handler writes appears only after the reload.
+/// trace line the handler writes appears only after the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_log_filter_changes_what_the_binary_logs() {
     let config = crate::helpers::config_dir_copy();
@@ -352,7 +352,7 @@ async fn a_reloaded_log_filter_changes_what_the_binary_logs() {
     write(
         config.path(),
         "local.toml",
-        "[log]\nfilter = \"info,troupe=debug\"\n",
+        "[log]\nfilter = \"info,troupe=trace\"\n",
     );
     let mut reloaded = false;
     for _ in 0..200 {
@@ -364,7 +364,7 @@ async fn a_reloaded_log_filter_changes_what_the_binary_logs() {
             .json()
             .await
             .unwrap();
-        if settings["log.filter"] == "info,troupe=debug" {
+        if settings["log.filter"] == "info,troupe=trace" {
             reloaded = true;
             break;
         }
@@ -383,7 +383,7 @@ async fn a_reloaded_log_filter_changes_what_the_binary_logs() {
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .any(|l| sent_to("before")(&l)),
-        "a debug line was written under the info filter"
+        "a trace line was written under the info filter"
     );
 }
 

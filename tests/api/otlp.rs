@@ -272,7 +272,7 @@ fn hex(s: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_inside_a_request_carry_its_trace_and_span_ids() {
     let dir = TempDir::new().unwrap();
-    let child = Child::start(dir.path(), &[("TROUPE__LOG__FILTER", "info,troupe=debug")]).await;
+    let child = Child::start(dir.path(), &[("TROUPE__LOG__FILTER", "info,troupe=trace")]).await;
     let client = Client::new();
     let base = &child.address;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -304,16 +304,46 @@ async fn json_log_lines_inside_a_request_carry_its_trace_and_span_ids() {
     assert!(root["request_id"].as_str().is_some());
 }
 
-/// No log line per request: under `info`, successful requests, client
-/// errors (404, 400, 422) and the 504 a client can ask for write nothing;
-/// a `500` writes one error line that carries the request's ids. `RUST_LOG`,
-/// when set, wins over `log.filter`.
+/// No log line per request: under `info`, and under development's
+/// `info,troupe=debug` too, successful requests, client errors (404, 400,
+/// 422) and the 504 a client can ask for write nothing; a `500` writes one
+/// error line that carries the request's ids. `RUST_LOG`, when set, wins
+/// over `log.filter`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_internal_errors_write_a_log_line_per_request() {
+    assert_one_line_per_internal_error("info").await;
+    // A line per request under `debug` cost deposits a third of their
+    // throughput (README, Performance): per-message lines are `trace`.
+    assert_one_line_per_internal_error("info,troupe=debug").await;
+
+    // RUST_LOG wins over log.filter.
+    let client = Client::new();
+    let dir = TempDir::new().unwrap();
+    let child = Child::start(
+        dir.path(),
+        &[
+            ("TROUPE__LOG__FILTER", "info"),
+            ("RUST_LOG", "info,troupe::http=trace"),
+        ],
+    )
+    .await;
+    client
+        .get(format!("{}/v1/accounts/rust-log", child.address))
+        .send()
+        .await
+        .unwrap();
+    child
+        .wait_log(0, Duration::from_secs(10), |l| {
+            l["target"] == json!("troupe::http") && l["fields"]["actor.id"] == json!("rust-log")
+        })
+        .await;
+}
+
+async fn assert_one_line_per_internal_error(filter: &str) {
     use nix::sys::signal::{kill, Signal};
 
     let dir = TempDir::new().unwrap();
-    let mut child = Child::start(dir.path(), &[("TROUPE__LOG__FILTER", "info")]).await;
+    let mut child = Child::start(dir.path(), &[("TROUPE__LOG__FILTER", filter)]).await;
     let client = Client::new();
     let base = child.address.clone();
     client
@@ -397,26 +427,8 @@ async fn only_internal_errors_write_a_log_line_per_request() {
         .iter()
         .filter(|l| l["level"] != json!("ERROR"))
         .count();
-    assert_eq!(quiet, 0, "lines written per request under info:\n{output}");
-
-    // RUST_LOG wins over log.filter.
-    let dir = TempDir::new().unwrap();
-    let child = Child::start(
-        dir.path(),
-        &[
-            ("TROUPE__LOG__FILTER", "info"),
-            ("RUST_LOG", "info,troupe::http=debug"),
-        ],
-    )
-    .await;
-    client
-        .get(format!("{}/v1/accounts/rust-log", child.address))
-        .send()
-        .await
-        .unwrap();
-    child
-        .wait_log(0, Duration::from_secs(10), |l| {
-            l["target"] == json!("troupe::http") && l["fields"]["actor.id"] == json!("rust-log")
-        })
-        .await;
+    assert_eq!(
+        quiet, 0,
+        "lines written per request under {filter}:\n{output}"
+    );
 }
