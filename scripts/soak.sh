@@ -35,13 +35,19 @@ echo
 echo "| s | transfers/s | p99 | non-2xx | RSS MB | data MB |"
 echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
 elapsed=0
+total=0
+start_kb=$(du -sk "$DATA" | cut -f1)
 while [ "$elapsed" -lt "$DURATION" ]; do
   out=$(wrk -t1 -c"$CONNECTIONS" -d"${SLICE}s" --latency -s "$WRK/transfer_many.lua" "$BASE/")
   elapsed=$((elapsed + SLICE))
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  total=$((total + $(awk '/requests in/ {print $1}' <<<"$out") - ${non2xx:-0}))
   rss=$(( $(awk '/VmRSS/ {print $2}' "/proc/$PID/status") / 1024 ))
   data=$(( $(du -sk "$DATA" | cut -f1) / 1024 ))
   echo "| $elapsed | $rps | $p99 | ${non2xx:-0} | $rss | $data |"
 done
+end_kb=$(du -sk "$DATA" | cut -f1)
+echo
+echo "transfers answered 2xx: $total; data directory grew $(( (end_kb - start_kb) / 1024 )) MB: $(( (end_kb - start_kb) * 1024 / (total > 0 ? total : 1) )) bytes per transfer"

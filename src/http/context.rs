@@ -109,10 +109,9 @@ impl RootSpanBuilder for RootSpan {
         // the log layer format the span's fields again, on every request.
         if crate::telemetry::span_counters().is_none() {
             let ids = RequestIds::new(req.headers(), &SpanContext::empty_context());
+            // `otel.*` fields only name the span for export: not here.
             let span = tracing::info_span!(
                 "HTTP request",
-                otel.name = %format_args!("{method} {route}"),
-                otel.kind = "server",
                 http.method = %method,
                 http.route = %route,
                 request_id = ids.request_id.as_str(),

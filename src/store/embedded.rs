@@ -242,6 +242,21 @@ impl EmbeddedStore {
         .await
     }
 
+    /// A point lookup, on the caller's thread: fjall answers it from its
+    /// memtables, block cache, bloom filters and the page cache in
+    /// microseconds, where a hop to the blocking pool and back costs tens
+    /// of them on small VMs (three such lookups per transfer: README,
+    /// Performance). A lookup that must go to the disk holds the worker
+    /// for that read. Scans (entries, pending, counts) keep to the
+    /// blocking pool.
+    fn point<T>(&self, f: impl FnOnce(&Engine) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let engine = self
+            .engine
+            .load_full()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        f(&engine)
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -264,8 +279,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
-        let actor = actor.to_owned();
-        self.read(move |e| {
+        self.point(|e| {
             let Some(value) = e
                 .state
                 .get(actor.as_bytes())
@@ -279,7 +293,6 @@ impl Store for EmbeddedStore {
                 state: state.to_vec(),
             }))
         })
-        .await
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
@@ -318,7 +331,7 @@ impl Store for EmbeddedStore {
 
     async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = pair(actor, key.as_bytes());
-        self.read(move |e| {
+        self.point(|e| {
             let Some(v) = e
                 .idempotency
                 .get(&k)
@@ -329,16 +342,14 @@ impl Store for EmbeddedStore {
             let (expires, record) = split_u64(&v)?;
             Ok((expires > unix_now()).then(|| record.to_vec()))
         })
-        .await
     }
 
     async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = pair(actor, key.as_bytes());
-        self.read(move |e| {
+        self.point(|e| {
             let value = e.facts.get(&k).map_err(|e| unavailable("read fact", e))?;
             Ok(value.map(|v| v.to_vec()))
         })
-        .await
     }
 
     async fn pending(&self) -> Result<Vec<String>, StoreError> {

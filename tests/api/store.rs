@@ -359,6 +359,44 @@ async fn redis_prefixes_isolate_deployments_sharing_a_server() {
     );
 }
 
+/// The embedded store's point lookups (state, idempotency records, facts)
+/// run on the caller's thread, not on tokio's blocking pool: a hop there
+/// and back costs tens of microseconds per lookup, three lookups per
+/// transfer. Here the runtime's one blocking thread is held, and every
+/// point lookup still answers (the limit only stops a hang).
+#[test]
+fn embedded_point_lookups_do_not_wait_for_the_blocking_pool() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = TempDir::new().unwrap();
+        let store = EmbeddedStore::open(dir.path(), options(Duration::from_secs(60))).unwrap();
+        let mut c = commit("account/a", 0, "s", &[(1, "e")]);
+        c.facts = vec![("transfer:t".into(), b"{}".to_vec())];
+        store.commit(c).await.unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::task::spawn_blocking(move || {
+            let _ = held.recv();
+        });
+        let lookups = async {
+            assert!(store.load("account/a").await.unwrap().is_some());
+            assert!(store
+                .fact("account/a", "transfer:t")
+                .await
+                .unwrap()
+                .is_some());
+            assert!(store.idempotency("account/a", "k").await.unwrap().is_none());
+        };
+        let answered = tokio::time::timeout(Duration::from_secs(10), lookups).await;
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        answered.expect("a point lookup waited for the blocking pool");
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_store_coalesces_concurrent_commits_into_fewer_transactions() {
     let dir = TempDir::new().unwrap();
