@@ -19,6 +19,8 @@ DATA=$(mktemp -d)
 PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"; }
 trap cleanup EXIT
+# du fails when a compaction deletes a file under it: take what it printed.
+data_kb() { du -sk "$DATA" 2>/dev/null | cut -f1 || true; }
 
 env TROUPE__LOG__FILTER=warn TROUPE__SERVER__WORKERS="${WORKERS:-1}" \
   "$BIN" --port "$PORT" --data-dir "$DATA" >/dev/null 2>&1 &
@@ -36,7 +38,7 @@ echo "| s | transfers/s | p99 | non-2xx | RSS MB | data MB |"
 echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
 elapsed=0
 total=0
-start_kb=$(du -sk "$DATA" | cut -f1)
+start_kb=$(data_kb)
 while [ "$elapsed" -lt "$DURATION" ]; do
   out=$(wrk -t1 -c"$CONNECTIONS" -d"${SLICE}s" --latency -s "$WRK/transfer_many.lua" "$BASE/")
   elapsed=$((elapsed + SLICE))
@@ -45,9 +47,9 @@ while [ "$elapsed" -lt "$DURATION" ]; do
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
   total=$((total + $(awk '/requests in/ {print $1}' <<<"$out") - ${non2xx:-0}))
   rss=$(( $(awk '/VmRSS/ {print $2}' "/proc/$PID/status") / 1024 ))
-  data=$(( $(du -sk "$DATA" | cut -f1) / 1024 ))
+  data=$(( $(data_kb) / 1024 ))
   echo "| $elapsed | $rps | $p99 | ${non2xx:-0} | $rss | $data |"
 done
-end_kb=$(du -sk "$DATA" | cut -f1)
+end_kb=$(data_kb)
 echo
 echo "transfers answered 2xx: $total; data directory grew $(( (end_kb - start_kb) / 1024 )) MB: $(( (end_kb - start_kb) * 1024 / (total > 0 ? total : 1) )) bytes per transfer"

@@ -152,7 +152,8 @@ impl RootSpanBuilder for RootSpan {
         span
     }
 
-    /// Records the status on the span. A `500` (a bug: a panic, a corrupt
+    /// Records the status on the span (with trace export: without it
+    /// nothing reads it). A `500` (a bug: a panic, a corrupt
     /// record) also writes one error line inside the span, so it carries the
     /// request's ids. Nothing else writes a line: client errors, and the
     /// `503`/`504` a client or an outage can cause by the thousand (a store

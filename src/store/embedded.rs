@@ -10,7 +10,9 @@
 //! while the previous batch was being made durable and writes them as one
 //! atomic fjall batch with one `fdatasync` of the journal (group commit),
 //! then resolves each commit's future; the fsync never runs on an actix
-//! worker. Reads run on tokio's blocking pool and see every batch written.
+//! worker. Point reads (an actor's state, an idempotency record, a fact)
+//! run on the caller's thread, scans on tokio's blocking pool; both see
+//! every batch written.
 //!
 //! fjall's journal ends each batch with a checksum. At start a torn last
 //! batch (a crash mid-append, never acknowledged) is dropped. fjall treats
@@ -246,15 +248,24 @@ impl EmbeddedStore {
     /// memtables, block cache, bloom filters and the page cache in
     /// microseconds, where a hop to the blocking pool and back costs tens
     /// of them on small VMs (three such lookups per transfer: README,
-    /// Performance). A lookup that must go to the disk holds the worker
-    /// for that read. Scans (entries, pending, counts) keep to the
-    /// blocking pool.
+    /// Performance). What it costs instead: a lookup that must read the
+    /// disk (a cold key, a filter block not cached, many level-0 tables
+    /// behind a lagging compaction) holds the worker for that read, and a
+    /// lookup can wait for the tree's version lock while a flush or a
+    /// compaction installs its result (a few fsyncs). A panic in fjall is
+    /// caught here and answered as unavailable, as the pool's join error
+    /// was, so it cannot take the asking actor down. Scans (entries,
+    /// pending, counts) keep to the blocking pool.
     fn point<T>(&self, f: impl FnOnce(&Engine) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let engine = self
             .engine
             .load_full()
             .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
-        f(&engine)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&engine))).unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "a read of the store panicked".into(),
+            ))
+        })
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>

@@ -139,7 +139,7 @@ async fn spawn_app_controlled(
     LOGS.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
             troupe::telemetry::init_logging(&LogSettings {
-                filter: "info,troupe=debug".into(),
+                filter: "info,troupe=trace".into(),
                 format: LogFormat::Pretty,
             });
         }

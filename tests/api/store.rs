@@ -296,6 +296,18 @@ async fn a_closed_store_is_not_ready_and_accepts_nothing(s: Subject) {
             .is_err(),
         "a closed store accepted a commit"
     );
+    assert!(
+        s.store.load("account/a").await.is_err(),
+        "a closed store answered a load"
+    );
+    assert!(
+        s.store.idempotency("account/a", "k").await.is_err(),
+        "a closed store answered an idempotency lookup"
+    );
+    assert!(
+        s.store.fact("account/a", "transfer:t").await.is_err(),
+        "a closed store answered a fact lookup"
+    );
 }
 
 macro_rules! conformance {
