@@ -28,8 +28,10 @@ test: ## Run the whole test suite
 bench: ## Criterion benches: in-process round trip, domain apply
 	$(CARGO) bench --workspace
 
-bench-http: ## Release build + wrk: baseline vs reads vs durable deposits, 1 and 2 workers
+bench-http: ## Release build + wrk: troupe vs the Go + Gin peer (../shared/peers), then baseline vs reads vs deposits, 1 and 2 workers
 	scripts/deps.sh bench
+	@if [ -x ../shared/peers/compare.sh ]; then scripts/compare-table.sh both; \
+	else echo "../shared/peers not found: no comparison with the Go + Gin peer"; fi
 	scripts/bench-http.sh
 
 soak: ## Release build + 10 minutes of durable transfers: req/s, p99, RSS and data size every 30 s

@@ -22,6 +22,12 @@ case "${1:-test}" in
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
     command -v curl >/dev/null 2>&1 || need+=(curl)
+    # The Go + Gin peer that compare-table.sh measures troupe against.
+    if [ -d "$(dirname "$0")/../../shared/peers" ]; then
+      command -v go >/dev/null 2>&1 || need+=(golang-go)
+      [ -d /usr/share/gocode/src/github.com/gin-gonic/gin ] || need+=(golang-github-gin-gonic-gin-dev)
+      [ -d /usr/share/gocode/src/github.com/gomodule/redigo ] || need+=(golang-github-gomodule-redigo-dev)
+    fi
     ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac
