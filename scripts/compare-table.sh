@@ -20,7 +20,11 @@ for backend in embedded redis; do
   peer=$([ "$backend" = embedded ] && echo go-gin-mem || echo go-gin-redis)
   grep -q "troupe-$backend-A" "$RAW" || continue
   echo
-  echo "troupe $backend (fsync before reply) against $peer:"
+  if [ "$backend" = embedded ]; then
+    echo "troupe embedded (fsync before every reply) against $peer (in memory):"
+  else
+    echo "troupe on Redis against $peer (each on its own redis-server, AOF everysec):"
+  fi
   echo
   echo "| scenario | troupe A | peer | troupe B | ratio (mean of A, B) | aim | p99 ms A / peer / B |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
