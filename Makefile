@@ -30,7 +30,7 @@ bench: ## Criterion benches: in-process round trip, domain apply
 
 bench-http: ## Release build + wrk: troupe vs the Go + Gin peer (../shared/peers), then baseline vs reads vs deposits, 1 and 2 workers
 	scripts/deps.sh bench
-	@if [ -x ../shared/peers/compare.sh ]; then scripts/compare-table.sh both; \
+	@if [ -x "$${PEERS:-../shared/peers}/compare.sh" ]; then scripts/compare-table.sh both; \
 	else echo "../shared/peers not found: no comparison with the Go + Gin peer"; fi
 	scripts/bench-http.sh
 

@@ -15,7 +15,7 @@ PEERS=$(cd "${PEERS:-../shared/peers}" && pwd)
 RAW=$(mktemp)
 trap 'rm -f "$RAW"' EXIT
 echo "nproc: $(nproc); commit: $(git rev-parse --short HEAD); command: $PEERS/compare.sh . $MODE"
-"$PEERS/compare.sh" . "$MODE" | tee "$RAW" >&2
+"$PEERS/compare.sh" . "$MODE" | tee "$RAW" >&2 || echo "compare.sh failed: the tables below are partial" >&2
 for backend in embedded redis; do
   peer=$([ "$backend" = embedded ] && echo go-gin-mem || echo go-gin-redis)
   grep -q "troupe-$backend-A" "$RAW" || continue
@@ -40,7 +40,11 @@ for backend in embedded redis; do
       else { aim["get_many"] = "-"; aim["deposit_hot"] = "1.5x"; aim["deposit_many"] = "1.5x"; aim["transfer_many"] = "1.5x" }
       for (i = 1; i <= n; i++) {
         sc = order[i]
-        if (!(sc in ra) || !(sc in rp) || rp[sc] + 0 == 0) continue
+        va = (sc in ra) ? ra[sc] : "missing"; vb = (sc in rb) ? rb[sc] : "missing"; vp = (sc in rp) ? rp[sc] : "missing"
+        if (va !~ /^[0-9]+$/ || vb !~ /^[0-9]+$/ || vp !~ /^[0-9]+$/ || vp == 0) {
+          printf "| %s | %s | %s | %s | n/a | %s | |\n", sc, va, vp, vb, aim[sc]
+          continue
+        }
         ratio = (ra[sc] + rb[sc]) / 2 / rp[sc]
         printf "| %s | %d | %d | %d | %.2fx | %s | %s / %s / %s |\n", sc, ra[sc], rp[sc], rb[sc], ratio, aim[sc], pa[sc], pp[sc], pb[sc]
       }
