@@ -146,4 +146,4 @@ echo "| workers | scenario | req/s | p99 | vs baseline | non-2xx |"
 echo "| --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${rows[@]}"
 echo
-awk -v a="$rss0" -v b="$rss1" -v db="$(du -k "$DATA/troupe.redb" | cut -f1)" 'BEGIN { printf "Memory: RSS %d KiB warm, %d KiB after activating 100,000 accounts: %.0f bytes per activation (store file %d KiB)\n", a, b, (b - a) * 1024 / 100000, db }'
+awk -v a="$rss0" -v b="$rss1" -v db="$(du -sk "$DATA" 2>/dev/null | cut -f1 || true)" 'BEGIN { printf "Memory: RSS %d KiB warm, %d KiB after activating 100,000 accounts: %.0f bytes per activation (data directory %d KiB)\n", a, b, (b - a) * 1024 / 100000, db }'
