@@ -10,7 +10,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::helpers::{json_of, Child};
+use crate::helpers::{json_of, open_at, Child};
 
 /// `strace` attached to every thread of a running service, injecting
 /// `rule` into the syncs of the store's journal file only (`-P`: not
@@ -119,16 +119,6 @@ async fn balance(client: &Client, base: &str, id: &str) -> i64 {
     json_of(r).await["balance"].as_i64().expect("a balance")
 }
 
-async fn open(client: &Client, base: &str, id: &str) {
-    let r = client
-        .put(format!("{base}/v1/accounts/{id}"))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("a reply");
-    assert_eq!(r.status(), StatusCode::CREATED);
-}
-
 async fn start(dir: &Path) -> Child {
     Child::start(dir, &[("TROUPE__RUNTIME__MAX_TIMEOUT_MS", "30000")]).await
 }
@@ -142,7 +132,7 @@ async fn a_journal_sync_that_hangs_makes_the_service_not_ready_until_it_returns(
     let dir = TempDir::new().unwrap();
     let service = start(dir.path()).await;
     let (client, base) = (Client::new(), service.address.clone());
-    open(&client, &base, "a").await;
+    open_at(&client, &base, "a").await;
 
     let strace = Injected::attach(
         &service,
@@ -219,7 +209,7 @@ async fn a_failed_journal_sync_is_not_acknowledged_and_stops_writes_until_a_rest
     let dir = TempDir::new().unwrap();
     let mut service = start(dir.path()).await;
     let (client, mut base) = (Client::new(), service.address.clone());
-    open(&client, &base, "a").await;
+    open_at(&client, &base, "a").await;
     let (status, body) = deposit(&client, &base, "a", "k0", 100).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 

@@ -289,6 +289,17 @@ pub async fn metric_at(client: &Client, base: &str, series: &str) -> Option<f64>
     })
 }
 
+/// Opens account `id` on the server at `base`: `201`.
+pub async fn open_at(client: &Client, base: &str, id: &str) {
+    let r = client
+        .put(format!("{base}/v1/accounts/{id}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("a reply");
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 pub async fn json_of(response: Response) -> Value {
     response.json().await.expect("a JSON body")
 }

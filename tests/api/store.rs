@@ -72,6 +72,18 @@ fn commit(actor: &str, expected: u64, state: &str, entries: &[(u64, &str)]) -> C
     }
 }
 
+/// `n` first commits of the actors `account/{prefix}0..n`, sent at once,
+/// each with `entries`; their outcomes in order.
+async fn commit_fresh(
+    store: &dyn Store,
+    prefix: &str,
+    n: usize,
+    entries: &[(u64, &str)],
+) -> Vec<Result<(), StoreError>> {
+    join_all((0..n).map(|i| store.commit(commit(&format!("account/{prefix}{i}"), 0, "v", entries))))
+        .await
+}
+
 async fn a_missing_actor_loads_as_none_and_a_commit_loads_back(s: Subject) {
     assert_eq!(s.store.load("account/a").await.unwrap(), None);
     s.store
@@ -261,15 +273,8 @@ async fn pending_actors_are_listed_until_a_commit_clears_them(s: Subject) {
 
 async fn concurrent_commits_of_many_actors_all_land(s: Subject) {
     s.store.ping().await.unwrap();
-    let commits = (0..200).map(|i| {
-        let store = s.store.clone();
-        async move {
-            store
-                .commit(commit(&format!("account/c{i}"), 0, "v", &[(1, "e")]))
-                .await
-        }
-    });
-    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    let outcomes = commit_fresh(&*s.store, "c", 200, &[(1, "e")]).await;
+    assert!(outcomes.iter().all(Result::is_ok));
     for i in [0, 99, 199] {
         assert_eq!(
             s.store
@@ -414,15 +419,8 @@ async fn the_embedded_store_coalesces_concurrent_commits_into_fewer_transactions
     let dir = TempDir::new().unwrap();
     let store =
         Arc::new(EmbeddedStore::open(dir.path(), options(Duration::from_secs(60))).unwrap());
-    let commits = (0..500).map(|i| {
-        let store = store.clone();
-        async move {
-            store
-                .commit(commit(&format!("account/g{i}"), 0, "v", &[(1, "e")]))
-                .await
-        }
-    });
-    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    let outcomes = commit_fresh(&*store, "g", 500, &[(1, "e")]).await;
+    assert!(outcomes.iter().all(Result::is_ok));
     let stats = store.stats();
     let (commits, transactions) = (
         stats.commits.load(std::sync::atomic::Ordering::Relaxed),
@@ -447,15 +445,8 @@ async fn a_transaction_holds_at_most_max_batch_commits() {
         ..options(Duration::from_secs(60))
     };
     let store = Arc::new(EmbeddedStore::open(dir.path(), options).unwrap());
-    let commits = (0..200).map(|i| {
-        let store = store.clone();
-        async move {
-            store
-                .commit(commit(&format!("account/m{i}"), 0, "v", &[(1, "e")]))
-                .await
-        }
-    });
-    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    let outcomes = commit_fresh(&*store, "m", 200, &[(1, "e")]).await;
+    assert!(outcomes.iter().all(Result::is_ok));
     let transactions = store
         .stats()
         .transactions
@@ -651,15 +642,8 @@ fn round_trips(store: &RedisStore) -> (u64, u64) {
 async fn redis_commits_waiting_together_share_a_round_trip() {
     let server = RedisServer::start();
     let store = redis_store(&server, 1024);
-    let commits = (0..64).map(|i| {
-        let store = &store;
-        async move {
-            store
-                .commit(commit(&format!("account/p{i}"), 0, "v", &[(1, "e")]))
-                .await
-        }
-    });
-    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    let outcomes = commit_fresh(&store, "p", 64, &[(1, "e")]).await;
+    assert!(outcomes.iter().all(Result::is_ok));
     let (commits, trips) = round_trips(&store);
     assert_eq!(commits, 64);
     assert!(trips < 8, "{trips} round trips for 64 commits");
@@ -675,15 +659,8 @@ async fn redis_commits_waiting_together_share_a_round_trip() {
 async fn a_redis_pipeline_holds_at_most_max_batch_commits() {
     let server = RedisServer::start();
     let store = redis_store(&server, 4);
-    let commits = (0..64).map(|i| {
-        let store = &store;
-        async move {
-            store
-                .commit(commit(&format!("account/q{i}"), 0, "v", &[]))
-                .await
-        }
-    });
-    assert!(join_all(commits).await.iter().all(Result::is_ok));
+    let outcomes = commit_fresh(&store, "q", 64, &[]).await;
+    assert!(outcomes.iter().all(Result::is_ok));
     let (commits, trips) = round_trips(&store);
     assert_eq!(commits, 64);
     assert!(

@@ -10,7 +10,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::helpers::{free_port, metric_at, Child};
+use crate::helpers::{free_port, metric_at, open_at, Child};
 use crate::otlp::Receiver;
 
 const ENDED: &str = "troupe_trace_spans_total{stage=\"ended\"}";
@@ -34,13 +34,8 @@ async fn deposits(child: &Child, requests: usize) {
         .build()
         .unwrap();
     let base = &child.address;
-    let r = client
-        .put(format!("{base}/v1/accounts/spans"))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("the account opens while the collector is away");
-    assert_eq!(r.status(), StatusCode::CREATED);
+    // The account opens while the collector is away.
+    open_at(&client, base, "spans").await;
     let workers = (0..8).map(|_| {
         let client = client.clone();
         async move {
