@@ -14,7 +14,7 @@ SC=${2:-deposit_many}; SECS=${3:-10}
 PEERS=$(cd "${PEERS:-$(dirname "$0")/../../shared/peers}" && pwd)
 DIR=$(mktemp -d /tmp/callgrind-XXXX)
 PID=""
-trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP:-}" ] && cp "$DIR"/cg.* "$KEEP"/ 2>/dev/null; rm -rf "$DIR"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.%p" "$BIN" --bind 127.0.0.1 --port "$port" \
   --data-dir "$DIR/data" >"$DIR/log" 2>&1 & PID=$!

@@ -27,7 +27,7 @@
 //! A data directory written by the redb store of earlier versions
 //! (`troupe.redb`) is migrated on start (see `migrate`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -102,6 +102,18 @@ pub(super) struct Engine {
 }
 
 impl Engine {
+    /// Every actor in the `pending` keyspace.
+    fn pending_actors(&self) -> Result<HashSet<String>, StoreError> {
+        self.pending
+            .iter()
+            .map(|item| {
+                let k = item.key().map_err(|e| unavailable("read pending", e))?;
+                String::from_utf8(k.to_vec())
+                    .map_err(|_| StoreError::Corrupt("a pending actor is not UTF-8".into()))
+            })
+            .collect()
+    }
+
     /// How many commit batches the journal holds.
     fn batches(&self) -> Result<u64, StoreError> {
         match self
@@ -179,6 +191,7 @@ impl EmbeddedStore {
         let engine = Engine::open(&dir.join(DIR), &options)?;
         let (acked, acknowledged) = Acked::open(&dir.join(ACKED))?;
         let batches = engine.batches()?;
+        let pending = engine.pending_actors()?;
         if batches < acknowledged {
             return Err(StoreError::Corrupt(format!(
                 "{} recovered {batches} commit batches but {} says {} were acknowledged: \
@@ -208,6 +221,7 @@ impl EmbeddedStore {
                     stats: &thread_stats,
                     batches,
                     acked,
+                    pending,
                 };
                 let closed = writer.run(rx, options.max_batch.max(1));
                 // Release the database before telling `close` it may return.
@@ -364,17 +378,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn pending(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|e| {
-            e.pending
-                .iter()
-                .map(|item| {
-                    let k = item.key().map_err(|e| unavailable("read pending", e))?;
-                    String::from_utf8(k.to_vec())
-                        .map_err(|_| StoreError::Corrupt("a pending actor is not UTF-8".into()))
-                })
-                .collect()
-        })
-        .await
+        self.read(|e| Ok(e.pending_actors()?.into_iter().collect()))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -475,6 +480,12 @@ struct Writer<'a> {
     /// Commit batches written so far.
     batches: u64,
     acked: Acked,
+    /// What the `pending` keyspace holds, which only this thread writes: a
+    /// commit writes there only when it changes an actor's membership, so
+    /// the many commits of actors with nothing pending write no tombstone.
+    /// As large as the pending set (actors resident until their work is
+    /// done).
+    pending: HashSet<String>,
 }
 
 impl Writer<'_> {
@@ -555,18 +566,26 @@ impl Writer<'_> {
         let count = self.batches + 1;
         // Whole seconds, rounded up: a record is kept at least `retention`.
         let expires = unix_now().saturating_add(self.retention).saturating_add(1);
-        let result = (|| -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        type Outcomes = (Vec<Result<(), StoreError>>, Vec<(String, bool)>);
+        let result = (|| -> Result<Outcomes, StoreError> {
             let mut batch = engine.db.batch().durability(Some(PersistMode::SyncData));
-            // Versions written earlier in this batch, which reads of the
-            // keyspace do not see yet.
-            let mut written: HashMap<&str, u64> = HashMap::new();
+            let mut written = Written {
+                versions: HashMap::new(),
+                pending: HashMap::new(),
+                durable: &self.pending,
+            };
             let mut outcomes = Vec::with_capacity(n);
             for (commit, _) in &commits {
                 outcomes.push(apply(engine, &mut batch, &mut written, commit, expires)?);
             }
             batch.insert(&engine.meta, COUNT, &count.to_be_bytes()[..]);
             batch.commit().map_err(|e| unavailable("commit", e))?;
-            Ok(outcomes)
+            let changed: Vec<(String, bool)> = written
+                .pending
+                .into_iter()
+                .map(|(actor, pending)| (actor.to_owned(), pending))
+                .collect();
+            Ok((outcomes, changed))
         })();
         let durable = result.is_ok();
         if !durable {
@@ -576,7 +595,14 @@ impl Writer<'_> {
         stats.commits.fetch_add(n as u64, Ordering::Relaxed);
         tracing::trace!(batch = n, "store commit");
         match result {
-            Ok(outcomes) => {
+            Ok((outcomes, changed)) => {
+                for (actor, pending) in changed {
+                    if pending {
+                        self.pending.insert(actor);
+                    } else {
+                        self.pending.remove(&actor);
+                    }
+                }
                 for ((_, reply), outcome) in commits.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
@@ -596,17 +622,36 @@ impl Writer<'_> {
     }
 }
 
+/// What a batch being built has written so far, which reads of the
+/// keyspaces do not see yet.
+struct Written<'c> {
+    versions: HashMap<&'c str, u64>,
+    /// Membership of the pending set changed by this batch.
+    pending: HashMap<&'c str, bool>,
+    /// Membership as durable before this batch.
+    durable: &'c HashSet<String>,
+}
+
+impl Written<'_> {
+    fn is_pending(&self, actor: &str) -> bool {
+        match self.pending.get(actor) {
+            Some(pending) => *pending,
+            None => self.durable.contains(actor),
+        }
+    }
+}
+
 /// Adds one commit to the shared batch. The outer `Result` fails the whole
 /// batch; the inner one is this commit's verdict.
 fn apply<'c>(
     engine: &Engine,
     batch: &mut OwnedWriteBatch,
-    written: &mut HashMap<&'c str, u64>,
+    written: &mut Written<'c>,
     c: &'c Commit,
     expires: u64,
 ) -> Result<Result<(), StoreError>, StoreError> {
     let actor = c.actor.as_str();
-    let found = match written.get(actor) {
+    let found = match written.versions.get(actor) {
         Some(version) => *version,
         None => match engine
             .state
@@ -627,12 +672,15 @@ fn apply<'c>(
     if let Some(bytes) = &c.state {
         let value = [&c.version.to_be_bytes()[..], bytes].concat();
         batch.insert(&engine.state, actor.as_bytes(), value);
-        if c.pending {
-            batch.insert(&engine.pending, actor.as_bytes(), &[][..]);
-        } else {
-            batch.remove(&engine.pending, actor.as_bytes());
+        if c.pending != written.is_pending(actor) {
+            if c.pending {
+                batch.insert(&engine.pending, actor.as_bytes(), &[][..]);
+            } else {
+                batch.remove(&engine.pending, actor.as_bytes());
+            }
+            written.pending.insert(actor, c.pending);
         }
-        written.insert(actor, c.version);
+        written.versions.insert(actor, c.version);
     }
     for (seq, entry) in &c.entries {
         batch.insert(

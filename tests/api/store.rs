@@ -271,6 +271,33 @@ async fn pending_actors_are_listed_until_a_commit_clears_them(s: Subject) {
     assert!(s.store.pending().await.unwrap().is_empty());
 }
 
+fn pending(actor: &str, expected: u64) -> Commit {
+    let mut c = commit(actor, expected, "p", &[]);
+    c.pending = true;
+    c
+}
+
+/// Membership follows each actor's last commit: one that stays pending
+/// stays listed, and commits of one actor sent together (one batch, most
+/// likely) leave it as the last of them says.
+async fn pending_membership_follows_each_actors_last_commit(s: Subject) {
+    s.store.commit(pending("transfer/a", 0)).await.unwrap();
+    s.store.commit(pending("transfer/a", 1)).await.unwrap();
+    s.store.commit(pending("transfer/b", 0)).await.unwrap();
+    let (b1, b2, c1, c2) = tokio::join!(
+        s.store.commit(commit("transfer/b", 1, "done", &[])),
+        s.store.commit(pending("transfer/b", 2)),
+        s.store.commit(pending("transfer/c", 0)),
+        s.store.commit(commit("transfer/c", 1, "done", &[])),
+    );
+    for outcome in [b1, b2, c1, c2] {
+        outcome.unwrap();
+    }
+    let mut listed = s.store.pending().await.unwrap();
+    listed.sort();
+    assert_eq!(listed, ["transfer/a", "transfer/b"]);
+}
+
 async fn concurrent_commits_of_many_actors_all_land(s: Subject) {
     s.store.ping().await.unwrap();
     let outcomes = commit_fresh(&*s.store, "c", 200, &[(1, "e")]).await;
@@ -334,6 +361,7 @@ conformance!(
     idempotency_records_are_kept_with_their_commit_and_expire,
     facts_are_written_with_their_commit_only_and_outlive_retention,
     pending_actors_are_listed_until_a_commit_clears_them,
+    pending_membership_follows_each_actors_last_commit,
     concurrent_commits_of_many_actors_all_land,
     a_closed_store_is_not_ready_and_accepts_nothing,
 );
@@ -412,6 +440,27 @@ fn embedded_point_lookups_do_not_wait_for_the_blocking_pool() {
         blocker.await.unwrap();
         answered.expect("a point lookup waited for the blocking pool");
     });
+}
+
+/// The embedded writer remembers the pending set to write it only when
+/// membership changes: what it remembers is read back at open, so a
+/// commit after a restart still clears an actor left pending before it.
+#[tokio::test]
+async fn the_embedded_pending_set_is_cleared_by_commits_after_a_reopen() {
+    let dir = TempDir::new().unwrap();
+    let open = || EmbeddedStore::open(dir.path(), options(Duration::from_secs(60))).unwrap();
+    let store = open();
+    store.commit(pending("transfer/a", 0)).await.unwrap();
+    store.commit(pending("transfer/b", 0)).await.unwrap();
+    store.close().await;
+    let store = open();
+    store
+        .commit(commit("transfer/a", 1, "done", &[]))
+        .await
+        .unwrap();
+    assert_eq!(store.pending().await.unwrap(), ["transfer/b"]);
+    store.close().await;
+    assert_eq!(open().pending().await.unwrap(), ["transfer/b"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
