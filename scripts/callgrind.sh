@@ -7,6 +7,12 @@
 #
 #   scripts/callgrind.sh BIN [SCENARIO] [SECS]   e.g. target/release/troupe deposit_many 10
 #
+# BREAKDOWN=1 also splits the count by where it runs (inclusive costs, per
+# request): actix actors (shards, activations), the HTTP dispatcher, the
+# store writer thread and within it fjall's memtable and journal appends
+# and its compare-and-set reads; the rest is fjall's background threads,
+# timers and the runtime. KEEP=DIR keeps the profile.
+#
 # Env: PEERS (../shared/peers). Needs valgrind, wrk, curl.
 set -euo pipefail
 BIN=${1:?usage: callgrind.sh BIN [SCENARIO] [SECS]}
@@ -29,3 +35,15 @@ reqs=$(awk '/requests in/ {print $1}' <<<"$out")
 # The dump after zeroing is the file with suffix .1.
 ir=$(awk '/^summary:/ {print $2; exit}' "$DIR/cg.$PID.1")
 echo "$(basename "$BIN") $SC: $reqs requests, $(( ir / reqs )) instructions per request"
+if [ -n "${BREAKDOWN:-}" ]; then
+  ann=$(callgrind_annotate --inclusive=yes "$DIR/cg.$PID.1" 2>/dev/null)
+  part() { # label, pattern of the function's line
+    local n; n=$(grep -E "$2" <<<"$ann" | head -1 | awk '{gsub(",", "", $1); print $1}')
+    echo "  $1: $(( ${n:-0} / reqs ))"
+  }
+  part "actix actors" 'context_impl.rs:<actix::context_impl::ContextFut<A,C> as core::future::future::Future>::poll \['
+  part "HTTP dispatcher" 'h1::dispatcher::Dispatcher<T,S,B,X,U> as core::future::future::Future>::poll \['
+  part "store writer" 'embedded::Writer::run \['
+  part "  of which memtable and journal appends" 'lsm_tree::tree::Tree::append_entry \['
+  part "fjall point reads (writer and actors)" 'fjall::keyspace::Keyspace::get \['
+fi

@@ -13,8 +13,8 @@ PORT=${PORT:-18182}
 BASE="http://127.0.0.1:$PORT"
 WRK="scripts/wrk"
 
-cargo build --release --quiet
-BIN=target/release/troupe
+[ -n "${BIN:-}" ] || cargo build --release --quiet
+BIN=${BIN:-target/release/troupe}
 DATA=$(mktemp -d)
 PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"; }

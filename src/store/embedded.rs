@@ -303,6 +303,20 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
+    /// The block cache's fill (bounded by `store.cache_mb`) and the
+    /// memtables, active and sealed (each keyspace's bounded by
+    /// `store.memtable_mb`, more while flushes lag). Both are fjall's
+    /// experimental statistics.
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        match self.engine.load().as_ref() {
+            Some(e) => vec![
+                ("block_cache", e.db.cache_size()),
+                ("memtables", e.db.write_buffer_size()),
+            ],
+            None => Vec::new(),
+        }
+    }
+
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
         self.point(|e| {
             let Some(value) = e

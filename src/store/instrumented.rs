@@ -48,6 +48,10 @@ impl Store for InstrumentedStore {
         self.inner.backend()
     }
 
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        self.inner.memory()
+    }
+
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
         let started = Instant::now();
         let result = self.inner.load(actor).await;

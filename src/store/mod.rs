@@ -78,6 +78,13 @@ pub trait Store: Send + Sync + 'static {
     /// A short name for logs and metrics: `embedded`, `redis`.
     fn backend(&self) -> &'static str;
 
+    /// Memory the store holds in this process, by part, in bytes: what
+    /// `/metrics` shows as `troupe_store_memory_bytes`. Empty for stores
+    /// that keep their data elsewhere.
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// # Errors
     /// [`StoreError::Unavailable`] when the store cannot answer.
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError>;

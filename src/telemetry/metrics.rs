@@ -36,6 +36,7 @@ pub struct Metrics {
     store_duration: HistogramVec,
     store_errors: IntCounterVec,
     reports_dropped: IntCounter,
+    store_memory: IntGaugeVec,
     spans: IntCounterVec,
     /// Configuration reloads by result: applied or rejected.
     pub config_reloads: IntCounterVec,
@@ -102,6 +103,7 @@ impl Metrics {
             batch_size: histogram(&r, "troupe_group_commit_messages", "Messages answered by one actor commit (first level of group commit).", &[], exponential_buckets(1.0, 2.0, 11).unwrap_or_default()).with_label_values::<&str>(&[]),
             store_duration: histogram(&r, "troupe_store_operation_duration_seconds", "Store operation latency by backend and operation.", &["backend", "op"], latency),
             store_errors: counter(&r, "troupe_store_errors_total", "Store operations that failed, by backend, operation and kind of error.", &["backend", "op", "error"]),
+            store_memory: gauge(&r, "troupe_store_memory_bytes", "Memory the store holds in this process, by part (embedded store: block_cache, memtables).", &["part"]),
             reports_dropped: counter(&r, "troupe_metrics_reports_dropped_total", "Runtime reports dropped because the metrics actor's mailbox was full.", &[]).with_label_values::<&str>(&[]),
             spans: counter(&r, "troupe_trace_spans_total", "Spans by export stage: ended, exported, failed (ended - exported - failed = dropped or queued).", &["stage"]),
             config_reloads: counter(&r, "troupe_config_reloads_total", "Configuration reloads by result (applied, rejected).", &["result"]),
@@ -116,6 +118,11 @@ impl Metrics {
     /// The text exposition, after bringing externally kept counters up to date.
     pub fn render(&self, runtime: &Runtime, spans: Option<&SpanCounters>) -> String {
         catch_up(&self.reports_dropped, runtime.dropped_reports());
+        for (part, bytes) in runtime.store().memory() {
+            self.store_memory
+                .with_label_values(&[part])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         if let Some(spans) = spans {
             use std::sync::atomic::Ordering::Relaxed;
             for (stage, n) in [

@@ -69,6 +69,12 @@ async fn metrics_pass_promtool_and_counters_move() {
         "m and ghost were activated"
     );
     assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|n| n > 0.0));
+    // The embedded store's memory: the deposit sits in a memtable.
+    assert!(
+        sample(&text, r#"troupe_store_memory_bytes{part="memtables"}"#).is_some_and(|n| n > 0.0),
+        "{text}"
+    );
+    assert!(sample(&text, r#"troupe_store_memory_bytes{part="block_cache"}"#).is_some());
 
     app.post("/v1/accounts/m/deposits", json!({"amount": 1}))
         .await;

@@ -10,7 +10,6 @@
 use serde::Serialize;
 use troupe_actors::Outcome;
 
-use super::super::idempotency::IdempotencyRecord;
 use super::super::Answer;
 use super::ReplyTx;
 use crate::store::{Commit, IdempotencyWrite};
@@ -22,7 +21,10 @@ pub struct Batch {
     pub dirty: bool,
     pub entries: Vec<(u64, Vec<u8>)>,
     pub facts: Vec<(String, Vec<u8>)>,
-    pub idempotency: Vec<(String, IdempotencyRecord)>,
+    /// Idempotency records by key, serialised.
+    pub idempotency: Vec<(String, Vec<u8>)>,
+    /// A record that could not be serialised: the commit is refused.
+    pub unserialisable: Option<serde_json::Error>,
     /// Answers that leave once the commit is durable.
     pub replies: Vec<(ReplyTx, Answer)>,
     /// Journal pages to read once the commit is durable: (reply, after, limit).
@@ -35,7 +37,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn writes(&self) -> bool {
-        self.dirty || !self.idempotency.is_empty() || !self.facts.is_empty()
+        self.dirty
+            || !self.idempotency.is_empty()
+            || !self.facts.is_empty()
+            || self.unserialisable.is_some()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -57,6 +62,9 @@ impl Batch {
         versions: (u64, u64),
         pending: bool,
     ) -> Result<Option<Commit>, serde_json::Error> {
+        if let Some(e) = self.unserialisable.take() {
+            return Err(e);
+        }
         if !self.writes() {
             return Ok(None);
         }
@@ -69,13 +77,8 @@ impl Batch {
         let idempotency = self
             .idempotency
             .drain(..)
-            .map(|(key, record)| {
-                Ok(IdempotencyWrite {
-                    key,
-                    value: serde_json::to_vec(&record)?,
-                })
-            })
-            .collect::<Result<_, serde_json::Error>>()?;
+            .map(|(key, value)| IdempotencyWrite { key, value })
+            .collect();
         Ok(Some(Commit {
             actor,
             expected_version,
