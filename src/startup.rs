@@ -133,6 +133,7 @@ impl Application {
                 .default_service(web::to(http::not_found))
         })
         .workers(workers)
+        .max_connections(settings.server.max_connections)
         // A client that closes its side has gone: its request's future is
         // dropped, and with it the work still queued for it.
         .h1_allow_half_closed(false)

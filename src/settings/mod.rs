@@ -82,6 +82,7 @@ pub struct ServerSettings {
     pub port: u16,
     pub workers: usize,
     pub max_body_bytes: usize,
+    pub max_connections: usize,
     pub drain_delay_ms: u64,
     pub shutdown_grace_ms: u64,
     pub retry_after_s: u64,
@@ -237,7 +238,7 @@ impl Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         const MAX_RETENTION_S: u64 = 10 * 365 * 24 * 60 * 60;
-        let positive: [(&'static str, u64); 18] = [
+        let positive: [(&'static str, u64); 19] = [
             (
                 "remote.etcd.connect_timeout_ms",
                 self.remote.etcd.connect_timeout_ms,
@@ -252,6 +253,7 @@ impl Settings {
                 self.store.redis.command_timeout_ms,
             ),
             ("server.max_body_bytes", self.server.max_body_bytes as u64),
+            ("server.max_connections", self.server.max_connections as u64),
             ("store.max_batch", self.store.max_batch as u64),
             ("store.queue", self.store.queue as u64),
             (

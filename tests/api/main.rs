@@ -5,6 +5,7 @@ mod accounts;
 mod actors;
 mod concurrency;
 mod config;
+mod connections;
 mod crash;
 mod disk_faults;
 mod durability;

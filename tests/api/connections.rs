@@ -1,0 +1,62 @@
+//! `server.max_connections` bounds the connections a worker serves (and
+//! the buffers they hold): past it, a new client waits in the listen
+//! backlog until a connection closes, and is then served.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::helpers::Child;
+
+const GET: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// Sends a keep-alive request; whether a response started within `wait`.
+fn answered(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 12];
+    match stream.read(&mut buf) {
+        Ok(n) => n > 0 && buf.starts_with(b"HTTP/1.1 200"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_worker_at_max_connections_serves_the_next_client_once_one_closes() {
+    let data = TempDir::new().unwrap();
+    let child = Child::start(
+        data.path(),
+        &[
+            ("TROUPE__SERVER__WORKERS", "1"),
+            ("TROUPE__SERVER__MAX_CONNECTIONS", "1"),
+        ],
+    )
+    .await;
+    let addr = child.address.trim_start_matches("http://").to_owned();
+    // The readiness probe's connection may linger briefly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = tokio::task::spawn_blocking(move || {
+        let mut first = TcpStream::connect(&addr).unwrap();
+        first.write_all(GET).unwrap();
+        assert!(
+            answered(&mut first, Duration::from_secs(5)),
+            "the first client is served"
+        );
+        let mut second = TcpStream::connect(&addr).unwrap();
+        second.write_all(GET).unwrap();
+        let early = answered(&mut second, Duration::from_millis(500));
+        drop(first);
+        let later = answered(&mut second, Duration::from_secs(5));
+        (early, later)
+    });
+    let (early, later) = first.await.unwrap();
+    assert!(
+        !early,
+        "a second connection was served past max_connections = 1"
+    );
+    assert!(
+        later,
+        "the second client was not served once the first closed"
+    );
+}
