@@ -8,7 +8,8 @@
 # at least the deposits answered 2xx. It may grow by more: requests still
 # in flight when wrk stops are applied but not counted.
 #
-#   scripts/overload.sh            Env: BIN (built when unset), DUR (10), CONNS, PORT
+#   scripts/overload.sh   Env: BIN (built when unset), DUR (10), CONNS, PORT,
+#                         ENVS (settings for the server, e.g. "TROUPE__RUNTIME__MAILBOX_CAPACITY=4096")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
@@ -24,7 +25,8 @@ DATA=$(mktemp -d)
 PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"; }
 trap cleanup EXIT
-env TROUPE__LOG__FILTER=warn TROUPE__SERVER__WORKERS=1 \
+# shellcheck disable=SC2086
+env TROUPE__LOG__FILTER=warn TROUPE__SERVER__WORKERS=1 ${ENVS:-} \
   taskset -c 0 "$BIN" --port "$PORT" --data-dir "$DATA" >/dev/null 2>&1 &
 PID=$!
 for _ in $(seq 100); do curl -fs "$BASE/readyz" >/dev/null && break; sleep 0.1; done
