@@ -9,7 +9,7 @@
 #
 # BREAKDOWN=1 also splits the count by where it runs (inclusive costs, per
 # request): actix actors (shards, activations), the HTTP dispatcher, the
-# store writer thread and within it fjall's memtable and journal appends
+# store writer thread and within it fjall's memtable inserts
 # and its compare-and-set reads; the rest is fjall's background threads,
 # timers and the runtime. KEEP=DIR keeps the profile.
 #
@@ -44,6 +44,6 @@ if [ -n "${BREAKDOWN:-}" ]; then
   part "actix actors" 'context_impl.rs:<actix::context_impl::ContextFut<A,C> as core::future::future::Future>::poll \['
   part "HTTP dispatcher" 'h1::dispatcher::Dispatcher<T,S,B,X,U> as core::future::future::Future>::poll \['
   part "store writer" 'embedded::Writer::run \['
-  part "  of which memtable and journal appends" 'lsm_tree::tree::Tree::append_entry \['
+  part "  of which memtable inserts" 'lsm_tree::tree::Tree::append_entry \['
   part "fjall point reads (writer and actors)" 'fjall::keyspace::Keyspace::get \['
 fi

@@ -47,7 +47,7 @@ for config in "$@"; do
     if [[ $word == *=* ]]; then envs+=("$word"); else label+=("$word"); fi
   done
   DATA=$(mktemp -d)
-  env TROUPE__LOG__FILTER=warn TROUPE__SERVER__WORKERS=1 "${envs[@]}" \
+  env TROUPE__LOG__FILTER=warn TROUPE__SERVER__WORKERS=1 ${envs[@]+"${envs[@]}"} \
     "$BIN" --port "$PORT" --data-dir "$DATA" >/dev/null 2>&1 &
   PID=$!
   for _ in $(seq 300); do curl -fs "$BASE/readyz" >/dev/null && break; sleep 0.1; done

@@ -4,9 +4,9 @@
 # core 0 and wrk to core 1 (as ../shared/peers/compare.sh). Prints goodput
 # (2xx per second) per row and its ratio to the 64-connection row, the
 # answers that were not 2xx by status (from /metrics), and whether
-# anything acknowledged was lost: the account's balance must have grown by
-# at least the deposits answered 2xx. It may grow by more: requests still
-# in flight when wrk stops are applied but not counted.
+# anything acknowledged was lost, as a net check: the account's balance
+# must have grown by at least the deposits answered 2xx. It may grow by
+# more: requests still in flight when wrk stops are applied, not counted.
 #
 #   scripts/overload.sh   Env: BIN (built when unset), DUR (10), CONNS, PORT,
 #                         ENVS (settings for the server, e.g. "TROUPE__RUNTIME__MAILBOX_CAPACITY=4096")
@@ -20,7 +20,8 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet --bin troupe
   BIN=target/release/troupe
 fi
-ulimit -n 65536 2>/dev/null || true
+ulimit -n 65536 2>/dev/null || [ "$(ulimit -n)" -gt 4200 ] \
+  || echo "warning: open files limited to $(ulimit -n): the 2,000-connection row may measure socket errors" >&2
 DATA=$(mktemp -d)
 PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"; }

@@ -109,7 +109,12 @@ impl Engine {
             .map(|item| {
                 let k = item.key().map_err(|e| unavailable("read pending", e))?;
                 String::from_utf8(k.to_vec())
-                    .map_err(|_| StoreError::Corrupt("a pending actor is not UTF-8".into()))
+                    .map_err(|_| {
+                        StoreError::Corrupt(
+                            "a pending actor's name is not UTF-8; restore the data directory from a backup"
+                                .into(),
+                        )
+                    })
             })
             .collect()
     }
@@ -392,8 +397,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn pending(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|e| Ok(e.pending_actors()?.into_iter().collect()))
-            .await
+        self.read(|e| {
+            let mut actors: Vec<String> = e.pending_actors()?.into_iter().collect();
+            // In key order, as the keyspace holds them.
+            actors.sort_unstable();
+            Ok(actors)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

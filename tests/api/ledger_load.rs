@@ -3,7 +3,7 @@
 //! created or destroyed, whatever failed in between.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,8 +26,21 @@ pub type Started = Vec<(String, Option<&'static str>)>;
 pub struct Load {
     pub acked: Arc<Mutex<Vec<Acked>>>,
     pub started: Arc<Mutex<Started>>,
+    /// Transfers answered with a status that is neither an outcome (201,
+    /// 422) nor a server error: they count as answered, never completed.
+    others: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How long a load client waits after a `429` or a `5xx` before its next
+/// request: shorter than the `Retry-After` a real client would honour, so
+/// the load goes on through short faults, but no spin of requests into an
+/// outage.
+const BACK_OFF: Duration = Duration::from_millis(20);
+
+fn backs_off(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 pub async fn fund(client: &Client, base: &str) {
@@ -60,11 +73,13 @@ impl Load {
     pub fn start_round(client: &Client, base: &str, workers: u64, round: u64) -> Self {
         let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
         let started: Arc<Mutex<Started>> = Arc::default();
+        let others: Arc<AtomicUsize> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..workers)
             .map(|worker| {
                 let (client, base) = (client.clone(), base.to_owned());
                 let (acked, started, stop) = (acked.clone(), started.clone(), stop.clone());
+                let others = others.clone();
                 tokio::spawn(async move {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(round * 1000 + worker);
                     for n in 0.. {
@@ -85,10 +100,13 @@ impl Load {
                                 Ok(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => Some("failed"),
                                 _ => None,
                             };
-                            if matches!(&sent, Ok(r) if r.status().is_server_error()) {
-                                // As a client honouring Retry-After would: an
-                                // outage is not met with a spin of requests.
-                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            if let Ok(r) = &sent {
+                                if told.is_none() && !r.status().is_server_error() {
+                                    others.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if backs_off(r.status()) {
+                                    tokio::time::sleep(BACK_OFF).await;
+                                }
                             }
                             started.lock().unwrap().push((id, told));
                             sent.is_ok()
@@ -103,6 +121,7 @@ impl Load {
         Self {
             acked,
             started,
+            others,
             stop,
             tasks,
         }
@@ -148,7 +167,8 @@ impl Load {
             .iter()
             .filter(|(_, t)| *t == Some("completed"))
             .count();
-        let answered = started.iter().filter(|(_, t)| t.is_some()).count();
+        let answered = started.iter().filter(|(_, t)| t.is_some()).count()
+            + self.others.load(Ordering::Relaxed);
         // Runs with faults (a kill, a Redis outage) leave some without an
         // answer, as many as the clients manage to send while it lasts, so
         // the share is taken of the transfers answered: a quarter of them
@@ -178,8 +198,8 @@ async fn deposit(
         .send()
         .await;
     let Ok(r) = sent else { return false };
-    if r.status().is_server_error() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if backs_off(r.status()) {
+        tokio::time::sleep(BACK_OFF).await;
     }
     if r.status() == StatusCode::OK {
         let Ok(body) = r.json::<Value>().await else {

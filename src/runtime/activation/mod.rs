@@ -110,7 +110,7 @@ struct Parked<C> {
 /// What an activation remembers of recent keyed lookups, as the bytes
 /// the store holds: a few hundred bytes an entry where the decoded JSON
 /// took several times that (every map entry its own allocation), for a
-/// parse of about a microsecond on a hit.
+/// parse of those bytes on a hit.
 struct Caches {
     idempotency: LruCache<String, Box<[u8]>>,
     facts: LruCache<String, Box<[u8]>>,
@@ -256,8 +256,13 @@ impl<B: Behavior> Activation<B> {
         let Some(request) = incoming.idempotency.clone() else {
             return self.look_up_fact(incoming, ctx);
         };
-        if let Some(bytes) = self.cached(|c| &mut c.idempotency, &request.key) {
-            return match serde_json::from_slice::<IdempotencyRecord>(&bytes) {
+        let cached = self.caches.as_mut().and_then(|c| {
+            c.idempotency
+                .get(&request.key)
+                .map(|bytes| serde_json::from_slice::<IdempotencyRecord>(bytes))
+        });
+        if let Some(decoded) = cached {
+            return match decoded {
                 Ok(record) => self.replay(incoming.reply, &request, record),
                 Err(e) => self.respond(incoming.reply, unreadable("idempotency record", &e)),
             };
@@ -289,8 +294,13 @@ impl<B: Behavior> Activation<B> {
         let Some(key) = B::fact_key(&incoming.command) else {
             return self.process(incoming, None, ctx);
         };
-        if let Some(bytes) = self.cached(|c| &mut c.facts, &key) {
-            return match serde_json::from_slice::<Value>(&bytes) {
+        let cached = self.caches.as_mut().and_then(|c| {
+            c.facts
+                .get(&key)
+                .map(|bytes| serde_json::from_slice::<Value>(bytes))
+        });
+        if let Some(decoded) = cached {
+            return match decoded {
                 Ok(fact) => self.process(incoming, Some(fact), ctx),
                 Err(e) => self.respond(incoming.reply, unreadable(&format!("fact {key}"), &e)),
             };
@@ -314,16 +324,6 @@ impl<B: Behavior> Activation<B> {
             }
             act.settle_down(ctx);
         }));
-    }
-
-    /// The bytes a cache holds under `key` (a copy: the cache may change
-    /// while they are used).
-    fn cached(
-        &mut self,
-        cache: impl FnOnce(&mut Caches) -> &mut LruCache<String, Box<[u8]>>,
-        key: &str,
-    ) -> Option<Box<[u8]>> {
-        cache(self.caches.as_mut()?).get(key).cloned()
     }
 
     fn caches(&mut self) -> &mut Caches {
