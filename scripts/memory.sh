@@ -15,6 +15,7 @@
 # unset), DUR (90), PORT (18183).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 DUR=${DUR:-90}
 PORT=${PORT:-18183}
 BASE="http://127.0.0.1:$PORT"
@@ -50,10 +51,8 @@ for config in "$@"; do
   env TROUPE__LOG__FILTER=warn TROUPE__SERVER__WORKERS=1 ${envs[@]+"${envs[@]}"} \
     "$BIN" --port "$PORT" --data-dir "$DATA" >/dev/null 2>&1 &
   PID=$!
-  for _ in $(seq 300); do curl -fs "$BASE/readyz" >/dev/null && break; sleep 0.1; done
-  curl -fs "$BASE/readyz" >/dev/null || { echo "troupe did not start (${label[*]}): port $PORT in use?" >&2; exit 1; }
-  COUNT=10000 METHOD=PUT PREFIX=b- wrk -t1 -c32 -d6s -s "$WRK/sequential.lua" "$BASE" >/dev/null
-  COUNT=10000 METHOD=FUND PREFIX=b- wrk -t1 -c32 -d6s -s "$WRK/sequential.lua" "$BASE" >/dev/null
+  wait_ready "$BASE" || { echo "(configuration: ${label[*]})" >&2; exit 1; }
+  seed_accounts "$BASE"
   out=$(wrk -t1 -c64 -d"${DUR}s" -s "$WRK/transfer_many.lua" "$BASE/")
   sleep 1
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")

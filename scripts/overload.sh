@@ -12,6 +12,7 @@
 #                         ENVS (settings for the server, e.g. "TROUPE__RUNTIME__MAILBOX_CAPACITY=4096")
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 DUR=${DUR:-10}
 CONNS=${CONNS:-"256 2000"}
 PORT=${PORT:-18184}
@@ -30,8 +31,7 @@ trap cleanup EXIT
 env TROUPE__LOG__FILTER=warn TROUPE__SERVER__WORKERS=1 ${ENVS:-} \
   taskset -c 0 "$BIN" --port "$PORT" --data-dir "$DATA" >/dev/null 2>&1 &
 PID=$!
-for _ in $(seq 100); do curl -fs "$BASE/readyz" >/dev/null && break; sleep 0.1; done
-curl -fs "$BASE/readyz" >/dev/null || { echo "troupe did not start" >&2; exit 1; }
+wait_ready "$BASE"
 curl -fs -X PUT "$BASE/v1/accounts/hot" -H 'Content-Type: application/json' \
   -d '{"currency":"EUR"}' >/dev/null
 # The server's user + system CPU time so far, in clock ticks.

@@ -6,6 +6,7 @@
 # or memory shows. Knobs: WORKERS (1), CONNECTIONS (64), PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 DURATION=${DURATION:-600}
 SLICE=${SLICE:-30}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -25,12 +26,8 @@ data_kb() { du -sk "$DATA" 2>/dev/null | cut -f1 || true; }
 env TROUPE__LOG__FILTER=warn TROUPE__SERVER__WORKERS="${WORKERS:-1}" \
   "$BIN" --port "$PORT" --data-dir "$DATA" >/dev/null 2>&1 &
 PID=$!
-for _ in $(seq 100); do curl -fs "$BASE/readyz" >/dev/null && break; sleep 0.1; done
-curl -fs "$BASE/readyz" >/dev/null || { echo "troupe did not start" >&2; exit 1; }
-
-# 10,000 accounts, each funded with 1,000,000.
-COUNT=10000 METHOD=PUT PREFIX=b- wrk -t1 -c32 -d6s -s "$WRK/sequential.lua" "$BASE" >/dev/null
-COUNT=10000 METHOD=FUND PREFIX=b- wrk -t1 -c32 -d6s -s "$WRK/sequential.lua" "$BASE" >/dev/null
+wait_ready "$BASE"
+seed_accounts "$BASE"
 
 echo "nproc: $(nproc); workers: ${WORKERS:-1}; $CONNECTIONS connections; command: scripts/soak.sh"
 echo
