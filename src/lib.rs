@@ -2,6 +2,7 @@
 //! a ledger. See README.md for the architecture.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod background;
 pub mod http;
 pub mod reload;

@@ -45,6 +45,51 @@ struct Cli {
 enum Command {
     /// Print the effective settings and the layer each came from.
     Config,
+    /// API keys (auth.keys_file).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random token once, and the [[key]] block holding its
+    /// digest to add to the keys file.
+    New {
+        /// The key's name, in logs and metrics.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: ledger:read, ledger:write, actors:send, ops:read.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Only ids starting with this prefix.
+        #[arg(long)]
+        ids: Option<String>,
+    },
+}
+
+/// `troupe keys new`: the token on stdout's first line, then the block.
+fn new_key(name: &str, scopes: &[String], ids: Option<&str>) -> anyhow::Result<()> {
+    for scope in scopes {
+        if troupe::auth::Scope::parse(scope).is_none() {
+            anyhow::bail!(
+                "unknown scope {scope:?}: use ledger:read, ledger:write, actors:send or ops:read"
+            );
+        }
+    }
+    let token = troupe::auth::new_token();
+    let quoted: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+    println!("token (shown once, keep it secret): {token}");
+    println!();
+    println!("[[key]]");
+    println!("name = {name:?}");
+    println!("sha256 = {:?}", troupe::auth::digest_hex(&token));
+    println!("scopes = [{}]", quoted.join(", "));
+    if let Some(ids) = ids {
+        println!("ids = {ids:?}");
+    }
+    Ok(())
 }
 
 impl Cli {
@@ -74,6 +119,12 @@ impl Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Keys {
+        command: KeysCommand::New { name, scopes, ids },
+    }) = &cli.command
+    {
+        return new_key(name, scopes, ids.as_deref());
+    }
     // The remote layer is read before anything else: it may set any key,
     // the log filter and the listening port included.
     let (settings, sources, remote) = tokio::runtime::Builder::new_current_thread()

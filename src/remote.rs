@@ -23,12 +23,13 @@ use crate::settings::{Settings, SettingsError, Sources};
 
 /// Settings etcd may not set (a key equal to one, or under one ending in
 /// `.`): the store (where acknowledged writes go, how long retries are
-/// recognised), the remote layer itself, the listening address and the
-/// trace collector.
-pub const HOST_ONLY: [&str; 4] = [
+/// recognised), the remote layer itself, the listening address, the
+/// trace collector and who may call the API.
+pub const HOST_ONLY: [&str; 5] = [
     "store.",
     "remote.",
     "server.bind",
+    "auth.",
     "telemetry.otlp.endpoint",
 ];
 

@@ -1,6 +1,7 @@
 //! The composition root: the only place that names a concrete store.
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
+use crate::auth::{Auth, KeyRing};
 use crate::background::Background;
 use crate::http::{self, context, HttpLimits};
 use crate::reload::Reloader;
@@ -27,6 +29,8 @@ pub struct Application {
     background: Background,
     /// Keeps the config directory watched while the server runs.
     _watcher: Option<notify::RecommendedWatcher>,
+    /// Keeps the keys file watched.
+    _keys_watcher: Option<notify::RecommendedWatcher>,
 }
 
 /// Wraps the store the application opened (a test's fault injector).
@@ -59,6 +63,7 @@ impl Application {
     /// # Errors
     /// When the store cannot be opened or the address cannot be bound.
     pub async fn build_with(settings: Settings, mut controls: Controls) -> anyhow::Result<Self> {
+        let keys = load_keys(&settings)?;
         let store: Arc<dyn Store> = match settings.store.backend {
             StoreBackend::Redis => Arc::new(
                 RedisStore::new(&settings.redis_options(), &settings.store_options())
@@ -87,6 +92,21 @@ impl Application {
         let metrics = Metrics::new();
         let store = metrics.instrument(store);
         let background = Background::new();
+        let auth = Arc::new(Auth::new(
+            settings.auth.enabled,
+            keys,
+            metrics.auth_denied.clone(),
+        ));
+        let keys_watcher = match settings.auth.keys_file.trim() {
+            "" => None,
+            path => match auth.watch(&background, PathBuf::from(path)) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(file = path, error.message = %e, "cannot watch the keys file; keys are not reloaded");
+                    None
+                }
+            },
+        };
         spawn_sweeper(
             &background,
             store.clone(),
@@ -113,6 +133,7 @@ impl Application {
             web::Data::new(metrics.clone()),
             web::Data::new(limits),
             web::Data::from(current.clone()),
+            web::Data::from(auth),
         );
         let http_metrics_on = settings.telemetry.http_metrics;
         let server = HttpServer::new(move || {
@@ -123,6 +144,8 @@ impl Application {
                 .app_data(data.1.clone())
                 .app_data(data.2.clone())
                 .app_data(data.3.clone())
+                .app_data(data.4.clone())
+                .wrap(middleware::from_fn(crate::auth::check))
                 .wrap(middleware::from_fn(context::request_ids))
                 .wrap(middleware::Condition::new(
                     http_metrics_on,
@@ -174,6 +197,7 @@ impl Application {
             settings,
             background,
             _watcher: watcher,
+            _keys_watcher: keys_watcher,
         })
     }
 
@@ -297,4 +321,23 @@ fn spawn_sweeper(background: &Background, store: Arc<dyn Store>, every: Duration
             store.sweep().await;
         }
     });
+}
+
+/// The API keys in force at start: a keys file that cannot be read stops
+/// start-up, and so does authentication turned on with no key at all.
+fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
+    let ring = match settings.auth.keys_file.trim() {
+        "" => KeyRing::default(),
+        path => KeyRing::load(Path::new(path))
+            .map_err(anyhow::Error::msg)
+            .context("reading auth.keys_file")?,
+    };
+    if settings.auth.enabled && ring.is_empty() {
+        anyhow::bail!(
+            "auth.enabled is true but no API key is configured: run `troupe keys new --name NAME \
+             --scopes ledger:read,ledger:write`, put the [[key]] block it prints in a file, and \
+             point auth.keys_file (TROUPE__AUTH__KEYS_FILE) at it"
+        );
+    }
+    Ok(ring)
 }

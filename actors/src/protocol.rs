@@ -45,6 +45,10 @@ pub enum ErrorCode {
     Unavailable,
     DeadlineExceeded,
     Internal,
+    /// No, malformed or unknown credentials (`401`).
+    Unauthorized,
+    /// Credentials without the scope or the ids a request needs (`403`).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -67,6 +71,8 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Internal => "internal",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
         }
     }
 

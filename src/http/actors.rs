@@ -2,7 +2,7 @@
 //! kind, by name, with a JSON payload; the REST routes are translations
 //! onto the same messages, so both paths behave identically.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use troupe_actors::{kinds, ErrorCode, Kind};
 
@@ -11,6 +11,7 @@ use super::context::RequestMeta;
 use super::error::ApiError;
 use super::openapi::{ActorReply, ErrorBody};
 use super::{method_not_allowed, parse_id, send, Shape};
+use crate::auth::{Auth, Denial, Grant};
 use crate::runtime::Runtime;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -61,10 +62,23 @@ pub async fn message(
     meta: RequestMeta,
     path: web::Path<(String, String, String)>,
     body: JsonBody,
+    req: HttpRequest,
+    grant: Option<web::ReqData<Grant>>,
+    auth: Option<web::Data<Auth>>,
 ) -> Result<HttpResponse, ApiError> {
     let (kind, id, message) = path.into_inner();
     let kind = known_kind(&meta, &kind)?;
     let id = parse_id(&meta, id)?;
+    if let (Some(grant), Some(auth)) = (grant, auth) {
+        // The actor's id was checked with the path; a transfer's accounts
+        // are in its body.
+        if grant.ids.is_some() && kind == Kind::Transfer {
+            let accounts = ["from", "to"].map(|f| body.0.get(f).and_then(|v| v.as_str()));
+            if !accounts.iter().all(|a| a.is_none_or(|a| grant.permits(a))) {
+                return Err(auth.deny(&req, &grant.key, Denial::Ids));
+            }
+        }
+    }
     send(&rt, &meta, kind, id, &message, body.0, Shape::Wrapped).await
 }
 

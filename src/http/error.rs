@@ -84,6 +84,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
     }
 }
 
@@ -106,6 +108,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self.code, ErrorCode::Overloaded | ErrorCode::Unavailable) {
             response.insert_header((header::RETRY_AFTER, self.retry_after_s.to_string()));
+        }
+        if self.code == ErrorCode::Unauthorized {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"troupe\""));
         }
         if self.replayed {
             response.insert_header((super::IDEMPOTENT_REPLAYED, "true"));

@@ -47,9 +47,73 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ErrorBody,
         ErrorDetail,
         ActorReply
-    ))
+    )),
+    modifiers(&BearerKeys)
 )]
 pub struct ApiDoc;
+
+/// API keys (`crate::auth`): the bearer scheme, required by every
+/// operation but health (and this document), with the `401` and `403`
+/// such an operation can answer when `auth.enabled`.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{Ref, ResponseBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key: `troupe keys new` makes one (auth.keys_file)",
+                    ))
+                    .build(),
+            ),
+        );
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/healthz" || path == "/readyz" {
+                continue;
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation.security =
+                    Some(vec![SecurityRequirement::new::<_, _, &str>("bearer", [])]);
+                let responses = &mut operation.responses.responses;
+                responses.entry("401".into()).or_insert_with(|| {
+                    error("No, malformed or unknown API key (`WWW-Authenticate: Bearer`)").into()
+                });
+                responses.entry("403".into()).or_insert_with(|| {
+                    error("The key lacks this route's scope, or the id is outside its prefix")
+                        .into()
+                });
+            }
+        }
+    }
+}
 
 async fn document() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())

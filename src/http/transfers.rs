@@ -1,7 +1,7 @@
 //! `/v1/transfers`: thin translations onto the transfer actor's messages,
 //! built as typed commands.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 use troupe_actors::transfer::{Command, StartPayload, TransferView};
 use troupe_actors::{ActorId, AnyCommand, ErrorCode};
@@ -11,6 +11,7 @@ use super::context::RequestMeta;
 use super::error::ApiError;
 use super::openapi::{ErrorBody, TransferRequest};
 use super::{deliver, method_not_allowed, parse_id, typed, Shape};
+use crate::auth::{Auth, Denial, Grant};
 use crate::runtime::Runtime;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -41,6 +42,9 @@ pub async fn start(
     rt: web::Data<Runtime>,
     meta: RequestMeta,
     body: JsonBody,
+    req: HttpRequest,
+    grant: Option<web::ReqData<Grant>>,
+    auth: Option<web::Data<Auth>>,
 ) -> Result<HttpResponse, ApiError> {
     let mut payload = body.0;
     let Value::Object(fields) = &mut payload else {
@@ -61,6 +65,13 @@ pub async fn start(
     // separate idempotency record would only be a second, weaker binding,
     // so none is sent.
     let StartPayload { from, to, amount } = typed(&meta, payload)?;
+    // A key limited to an id prefix moves money only between its own
+    // accounts, under a transfer id of its own.
+    if let (Some(grant), Some(auth)) = (grant, auth) {
+        if ![&id, &from, &to].iter().all(|i| grant.permits(i.as_str())) {
+            return Err(auth.deny(&req, &grant.key, Denial::Ids));
+        }
+    }
     let command = AnyCommand::Transfer(Command::Start { from, to, amount });
     deliver(&rt, &meta, id, command, None, Shape::Resource).await
 }

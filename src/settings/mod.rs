@@ -28,9 +28,21 @@ pub struct Settings {
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub remote: RemoteSettings,
+    pub auth: AuthSettings,
     /// The environment the settings were loaded for (`--env`).
     #[serde(skip)]
     pub environment: String,
+}
+
+/// Who may call the API (`crate::auth`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Every route but health and the OpenAPI document needs a key.
+    pub enabled: bool,
+    /// The TOML file of keys (`[[key]]`: name, sha256, scopes, ids);
+    /// empty for none. Reloaded when it changes.
+    pub keys_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

@@ -40,6 +40,8 @@ pub struct Metrics {
     spans: IntCounterVec,
     /// Configuration reloads by result: applied or rejected.
     pub config_reloads: IntCounterVec,
+    /// Requests refused by authentication or authorisation.
+    pub auth_denied: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -107,6 +109,7 @@ impl Metrics {
             reports_dropped: counter(&r, "troupe_metrics_reports_dropped_total", "Runtime reports dropped because the metrics actor's mailbox was full.", &[]).with_label_values::<&str>(&[]),
             spans: counter(&r, "troupe_trace_spans_total", "Spans by export stage: ended, exported, failed (ended - exported - failed = dropped or queued).", &["stage"]),
             config_reloads: counter(&r, "troupe_config_reloads_total", "Configuration reloads by result (applied, rejected).", &["result"]),
+            auth_denied: counter(&r, "troupe_auth_denied_total", "Requests refused by key name (none when no key matched) and reason (missing, malformed, unknown_key, scope, ids).", &["key", "reason"]),
             registry: r,
         }
     }

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod actors;
+mod auth;
 mod concurrency;
 mod config;
 mod connections;

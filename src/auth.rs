@@ -1,0 +1,491 @@
+//! Who may do what: bearer API keys with scopes and id prefixes.
+//!
+//! A key is a random token the client sends as `Authorization: Bearer
+//! <token>`; troupe keeps only its SHA-256, in a TOML file (`auth.keys_file`)
+//! that is read at start and again whenever it changes:
+//!
+//! ```toml
+//! [[key]]
+//! name = "payments"                       # in logs and metrics, never the secret
+//! sha256 = "<hex sha-256 of the token>"
+//! scopes = ["ledger:read", "ledger:write"]
+//! ids = "pay-"                            # optional: only ids starting with this
+//! ```
+//!
+//! Every request but the open ones (`/healthz`, `/readyz`, `/openapi.json`)
+//! needs a key when `auth.enabled`; the route decides the scope:
+//! `ledger:read` (GET accounts, entries, transfers), `ledger:write` (the
+//! other ledger routes), `actors:send` (`/v1/actors/...`), `ops:read`
+//! (`/metrics`, `/config`). No or malformed credentials, or a token no key
+//! has, answer `401` with `WWW-Authenticate: Bearer`; a key without the
+//! scope, or an id outside its prefix, `403`. A transfer needs the prefix
+//! on its own id and on both accounts (checked where its body is read).
+//! Each refusal is counted by key name and reason and logged once, without
+//! the token. The token's digest is compared with every key's in constant
+//! time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, Method};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use prometheus::IntCounterVec;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use troupe_actors::ErrorCode;
+
+use crate::http::ApiError;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    LedgerRead,
+    LedgerWrite,
+    ActorsSend,
+    OpsRead,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [
+        Self::LedgerRead,
+        Self::LedgerWrite,
+        Self::ActorsSend,
+        Self::OpsRead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LedgerRead => "ledger:read",
+            Self::LedgerWrite => "ledger:write",
+            Self::ActorsSend => "actors:send",
+            Self::OpsRead => "ops:read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    name: String,
+    sha256: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    ids: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    key: Vec<KeyEntry>,
+}
+
+/// One key as troupe holds it: its name, the token's digest, its grants.
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub name: String,
+    digest: [u8; 32],
+    scopes: Vec<Scope>,
+    /// Only ids starting with this, when set.
+    pub ids: Option<String>,
+}
+
+/// Every key of the keys file.
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    keys: Vec<Key>,
+}
+
+impl KeyRing {
+    /// Reads and checks a keys file.
+    ///
+    /// # Errors
+    /// An unreadable file, bad TOML, a digest that is not 64 hex digits,
+    /// an unknown scope, a duplicate name or digest: the message says which.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// # Errors
+    /// As [`KeyRing::load`].
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: KeysFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut keys: Vec<Key> = Vec::with_capacity(file.key.len());
+        for entry in file.key {
+            let name = entry.name.trim().to_owned();
+            if name.is_empty() {
+                return Err("a key has an empty name".into());
+            }
+            let digest = parse_digest(&entry.sha256)
+                .ok_or_else(|| format!("key {name}: sha256 must be 64 hex digits"))?;
+            let scopes = entry
+                .scopes
+                .iter()
+                .map(|s| {
+                    Scope::parse(s).ok_or_else(|| {
+                        format!(
+                            "key {name}: unknown scope {s:?} (known: {})",
+                            Scope::ALL.map(Scope::as_str).join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if keys.iter().any(|k| k.name == name) {
+                return Err(format!("two keys are named {name}"));
+            }
+            if keys.iter().any(|k| k.digest == digest) {
+                return Err(format!("key {name} has the digest of another key"));
+            }
+            keys.push(Key {
+                name,
+                digest,
+                scopes,
+                ids: entry.ids.filter(|p| !p.is_empty()),
+            });
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key whose token this is: every key's digest is compared, in
+    /// constant time, whatever matched before.
+    fn find(&self, token: &str) -> Option<&Key> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.digest.ct_eq(&digest)) {
+                found = Some(key);
+            }
+        }
+        found
+    }
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The hex SHA-256 of a token, as the keys file holds it.
+pub fn digest_hex(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fresh random token: `trp_` and 64 hex digits (256 bits from the
+/// operating system's generator).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("trp_{hex}")
+}
+
+/// What the request was granted, for handlers that check ids in bodies.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub key: String,
+    pub ids: Option<String>,
+}
+
+impl Grant {
+    pub fn permits(&self, id: &str) -> bool {
+        self.ids
+            .as_deref()
+            .is_none_or(|prefix| id.starts_with(prefix))
+    }
+}
+
+/// The authenticator every worker shares.
+pub struct Auth {
+    enabled: bool,
+    ring: ArcSwap<KeyRing>,
+    denied: IntCounterVec,
+}
+
+/// Why a request was refused, as counted.
+#[derive(Debug, Clone, Copy)]
+pub enum Denial {
+    Missing,
+    Malformed,
+    UnknownKey,
+    Scope,
+    Ids,
+}
+
+impl Denial {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::Scope => "scope",
+            Self::Ids => "ids",
+        }
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Open,
+    /// A valid key, any scope (a path no route has: it answers 404).
+    Key,
+    Scope(Scope),
+}
+
+impl Auth {
+    pub fn new(enabled: bool, ring: KeyRing, denied: IntCounterVec) -> Self {
+        Self {
+            enabled,
+            ring: ArcSwap::from_pointee(ring),
+            denied,
+        }
+    }
+
+    /// Counts and logs a refusal, and builds its answer.
+    pub fn deny(&self, req: &actix_web::HttpRequest, key: &str, why: Denial) -> ApiError {
+        self.denied.with_label_values(&[key, why.as_str()]).inc();
+        tracing::info!(auth.key = key, auth.reason = why.as_str(), http.target = %req.path(), "request refused");
+        let (code, message) = match why {
+            Denial::Missing => (
+                ErrorCode::Unauthorized,
+                "this route needs an API key: Authorization: Bearer <token>".to_owned(),
+            ),
+            Denial::Malformed => (
+                ErrorCode::Unauthorized,
+                "the Authorization header must be: Bearer <token>".to_owned(),
+            ),
+            Denial::UnknownKey => (ErrorCode::Unauthorized, "unknown API key".to_owned()),
+            Denial::Scope => (
+                ErrorCode::Forbidden,
+                format!("key {key} lacks the scope this route needs"),
+            ),
+            Denial::Ids => (
+                ErrorCode::Forbidden,
+                format!("key {key} may not act on this id"),
+            ),
+        };
+        ApiError::for_request(req, code, message)
+    }
+
+    fn replace(&self, ring: KeyRing) {
+        self.ring.store(Arc::new(ring));
+    }
+
+    /// Re-reads the keys file whenever its directory changes; a file that
+    /// does not parse leaves the keys in force (and logs why).
+    ///
+    /// # Errors
+    /// When the directory cannot be watched.
+    pub fn watch(
+        self: &Arc<Self>,
+        background: &crate::background::Background,
+        path: PathBuf,
+    ) -> notify::Result<notify::RecommendedWatcher> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.try_send(());
+                }
+            })?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."))
+            .to_path_buf();
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        let auth = self.clone();
+        background.spawn(async move {
+            while rx.recv().await.is_some() {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while rx.try_recv().is_ok() {}
+                match KeyRing::load(&path) {
+                    Ok(ring) => {
+                        tracing::info!(keys = ring.len(), "API keys reloaded");
+                        auth.replace(ring);
+                    }
+                    Err(e) => {
+                        tracing::error!(error.message = %e, "API keys not reloaded; the previous keys stay in force");
+                    }
+                }
+            }
+        });
+        Ok(watcher)
+    }
+}
+
+/// The scope a request needs, from its method and path.
+fn need(method: &Method, path: &str) -> Need {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["healthz"] | ["readyz"] | ["openapi.json"] => Need::Open,
+        ["metrics"] | ["config"] => Need::Scope(Scope::OpsRead),
+        ["v1", "actors", ..] => Need::Scope(Scope::ActorsSend),
+        ["v1", "accounts" | "transfers", ..] => {
+            if method == Method::GET || method == Method::HEAD {
+                Need::Scope(Scope::LedgerRead)
+            } else {
+                Need::Scope(Scope::LedgerWrite)
+            }
+        }
+        _ => Need::Key,
+    }
+}
+
+/// The id in a request's path that a key's prefix must cover: an
+/// account's, a transfer's, an actor's.
+fn path_id(path: &str) -> Option<&str> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "accounts" | "transfers", id, ..] => Some(id),
+        ["v1", "actors", _kind, id, ..] => Some(id),
+        _ => None,
+    }
+}
+
+/// The middleware: authenticates, authorises by route, and leaves the
+/// [`Grant`] in the request's extensions.
+pub async fn check(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let Some(auth) = req.app_data::<web::Data<Auth>>().cloned() else {
+        return next.call(req).await;
+    };
+    if !auth.enabled {
+        return next.call(req).await;
+    }
+    let need = need(req.method(), req.path());
+    if need == Need::Open {
+        return next.call(req).await;
+    }
+    let token = match req.headers().get(header::AUTHORIZATION) {
+        None => return Err(auth.deny(req.request(), "none", Denial::Missing).into()),
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            Some(token) => token.to_owned(),
+            None => return Err(auth.deny(req.request(), "none", Denial::Malformed).into()),
+        },
+    };
+    let ring = auth.ring.load();
+    let Some(key) = ring.find(&token) else {
+        return Err(auth.deny(req.request(), "none", Denial::UnknownKey).into());
+    };
+    if let Need::Scope(scope) = need {
+        if !key.scopes.contains(&scope) {
+            return Err(auth.deny(req.request(), &key.name, Denial::Scope).into());
+        }
+    }
+    let grant = Grant {
+        key: key.name.clone(),
+        ids: key.ids.clone(),
+    };
+    if let Some(id) = path_id(req.path()) {
+        // The path as sent: a percent-encoded id is checked as decoded.
+        let id = percent_decoded(id);
+        if !grant.permits(&id) {
+            return Err(auth.deny(req.request(), &key.name, Denial::Ids).into());
+        }
+    }
+    req.extensions_mut().insert(grant);
+    next.call(req).await
+}
+
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_need_their_scopes() {
+        assert_eq!(need(&Method::GET, "/healthz"), Need::Open);
+        assert_eq!(need(&Method::GET, "/openapi.json"), Need::Open);
+        assert_eq!(need(&Method::GET, "/metrics"), Need::Scope(Scope::OpsRead));
+        assert_eq!(
+            need(&Method::GET, "/v1/accounts/a/entries"),
+            Need::Scope(Scope::LedgerRead)
+        );
+        assert_eq!(
+            need(&Method::PUT, "/v1/accounts/a"),
+            Need::Scope(Scope::LedgerWrite)
+        );
+        assert_eq!(
+            need(&Method::POST, "/v1/actors/account/a/get"),
+            Need::Scope(Scope::ActorsSend)
+        );
+        assert_eq!(need(&Method::GET, "/elsewhere"), Need::Key);
+        assert_eq!(path_id("/v1/accounts/pay-1/deposits"), Some("pay-1"));
+        assert_eq!(path_id("/v1/actors/account/pay-2/deposit"), Some("pay-2"));
+        assert_eq!(path_id("/v1/transfers"), None);
+    }
+
+    #[test]
+    fn a_keys_file_is_checked() {
+        let digest = digest_hex("t");
+        let ok =
+            format!("[[key]]\nname = \"a\"\nsha256 = \"{digest}\"\nscopes = [\"ledger:read\"]\n");
+        let ring = KeyRing::parse(&ok).unwrap();
+        assert_eq!(ring.find("t").map(|k| k.name.as_str()), Some("a"));
+        assert!(ring.find("u").is_none());
+        assert!(KeyRing::parse(&ok.replace("ledger:read", "ledger:all")).is_err());
+        assert!(KeyRing::parse(&ok.replace(&digest, "abc")).is_err());
+        assert!(KeyRing::parse(&format!("{ok}{}", ok.replace("\"a\"", "\"b\""))).is_err());
+        assert!(percent_decoded("pay%2D1") == "pay-1");
+    }
+}
