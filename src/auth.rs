@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
@@ -143,6 +143,14 @@ impl KeyRing {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            if name == "none" {
+                return Err("a key may not be named none (the metrics' label for no key)".into());
+            }
+            if entry.ids.as_deref() == Some("") {
+                return Err(format!(
+                    "key {name}: ids is empty; leave it out for a key without a prefix"
+                ));
+            }
             if keys.iter().any(|k| k.name == name) {
                 return Err(format!("two keys are named {name}"));
             }
@@ -153,7 +161,7 @@ impl KeyRing {
                 name,
                 digest,
                 scopes,
-                ids: entry.ids.filter(|p| !p.is_empty()),
+                ids: entry.ids,
             });
         }
         Ok(Self { keys })
@@ -258,9 +266,9 @@ impl Denial {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
     Open,
-    /// A valid key, any scope (a path no route has: it answers 404).
-    Key,
     Scope(Scope),
+    /// A path no route has: answered 404 before any credentials.
+    Unknown,
 }
 
 impl Auth {
@@ -275,7 +283,15 @@ impl Auth {
     /// Counts and logs a refusal, and builds its answer.
     pub fn deny(&self, req: &actix_web::HttpRequest, key: &str, why: Denial) -> ApiError {
         self.denied.with_label_values(&[key, why.as_str()]).inc();
-        tracing::info!(auth.key = key, auth.reason = why.as_str(), http.target = %req.path(), "request refused");
+        match why {
+            // Anyone can send these: a line each would let them fill the logs.
+            Denial::Missing | Denial::Malformed | Denial::UnknownKey => {
+                tracing::debug!(auth.key = key, auth.reason = why.as_str(), http.target = %req.path(), "request refused");
+            }
+            Denial::Scope | Denial::Ids => {
+                tracing::info!(auth.key = key, auth.reason = why.as_str(), http.target = %req.path(), "request refused");
+            }
+        }
         let (code, message) = match why {
             Denial::Missing => (
                 ErrorCode::Unauthorized,
@@ -335,6 +351,11 @@ impl Auth {
                         tracing::info!(keys = ring.len(), "API keys reloaded");
                         auth.replace(ring);
                     }
+                    // Deleting the file revokes every key.
+                    Err(_) if !path.exists() => {
+                        tracing::warn!(file = %path.display(), "the keys file is gone: no API key is accepted");
+                        auth.replace(KeyRing::default());
+                    }
                     Err(e) => {
                         tracing::error!(error.message = %e, "API keys not reloaded; the previous keys stay in force");
                     }
@@ -345,7 +366,10 @@ impl Auth {
     }
 }
 
-/// The scope a request needs, from its method and path.
+/// The scope a request needs, from its method and the path as the router
+/// sees it ([`router_path`]). A path no route has is refused outright,
+/// never let through: the list here and the routes must agree, and a
+/// route missing from it answers 404 rather than open.
 fn need(method: &Method, path: &str) -> Need {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
@@ -359,75 +383,30 @@ fn need(method: &Method, path: &str) -> Need {
                 Need::Scope(Scope::LedgerWrite)
             }
         }
-        _ => Need::Key,
+        _ => Need::Unknown,
     }
 }
 
-/// The id in a request's path that a key's prefix must cover: an
-/// account's, a transfer's, an actor's.
-fn path_id(path: &str) -> Option<&str> {
+/// The id in a router path that a key's prefix must cover: an account's,
+/// a transfer's, an actor's; decoded as the handler's extractor decodes it.
+fn path_id(path: &str) -> Option<String> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["v1", "accounts" | "transfers", id, ..] => Some(id),
-        ["v1", "actors", _kind, id, ..] => Some(id),
+        ["v1", "accounts" | "transfers", id, ..] => Some(decode(id, &[])),
+        ["v1", "actors", _kind, id, ..] => Some(decode(id, &[])),
         _ => None,
     }
 }
 
-/// The middleware: authenticates, authorises by route, and leaves the
-/// [`Grant`] in the request's extensions.
-pub async fn check(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let Some(auth) = req.app_data::<web::Data<Auth>>().cloned() else {
-        return next.call(req).await;
-    };
-    if !auth.enabled {
-        return next.call(req).await;
-    }
-    let need = need(req.method(), req.path());
-    if need == Need::Open {
-        return next.call(req).await;
-    }
-    let token = match req.headers().get(header::AUTHORIZATION) {
-        None => return Err(auth.deny(req.request(), "none", Denial::Missing).into()),
-        Some(value) => match value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
-            Some(token) => token.to_owned(),
-            None => return Err(auth.deny(req.request(), "none", Denial::Malformed).into()),
-        },
-    };
-    let ring = auth.ring.load();
-    let Some(key) = ring.find(&token) else {
-        return Err(auth.deny(req.request(), "none", Denial::UnknownKey).into());
-    };
-    if let Need::Scope(scope) = need {
-        if !key.scopes.contains(&scope) {
-            return Err(auth.deny(req.request(), &key.name, Denial::Scope).into());
-        }
-    }
-    let grant = Grant {
-        key: key.name.clone(),
-        ids: key.ids.clone(),
-    };
-    if let Some(id) = path_id(req.path()) {
-        // The path as sent: a percent-encoded id is checked as decoded.
-        let id = percent_decoded(id);
-        if !grant.permits(&id) {
-            return Err(auth.deny(req.request(), &key.name, Denial::Ids).into());
-        }
-    }
-    req.extensions_mut().insert(grant);
-    next.call(req).await
+/// The path as actix's router matches it: every `%XX` decoded except `/`,
+/// `%` and `+` (actix-router's `Url`), so `/v1/%61ccounts/x` is classified
+/// as the `/v1/accounts/{id}` it is routed to.
+fn router_path(path: &str) -> String {
+    decode(path, b"/%+")
 }
 
-fn percent_decoded(s: &str) -> String {
+/// Percent-decodes `s`, leaving the bytes in `kept` encoded.
+fn decode(s: &str, kept: &[u8]) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -437,15 +416,101 @@ fn percent_decoded(s: &str) -> String {
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
             {
-                out.push(b);
-                i += 3;
-                continue;
+                if !kept.contains(&b) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
             }
         }
         out.push(bytes[i]);
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme's
+/// name in any case).
+fn bearer(value: &header::HeaderValue) -> Option<&str> {
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Decides a request: the grant it goes on with, or the refusal.
+fn decide(auth: &Auth, req: &ServiceRequest) -> Result<Option<Grant>, ApiError> {
+    if !auth.enabled {
+        return Ok(None);
+    }
+    let path = router_path(req.path());
+    let need = need(req.method(), &path);
+    match need {
+        Need::Open => return Ok(None),
+        Need::Unknown => {
+            return Err(ApiError::for_request(
+                req.request(),
+                ErrorCode::NotFound,
+                format!("no route for {} {}", req.method(), req.path()),
+            ))
+        }
+        Need::Scope(_) => {}
+    }
+    let token = match req.headers().get(header::AUTHORIZATION) {
+        None => return Err(auth.deny(req.request(), "none", Denial::Missing)),
+        Some(value) => match bearer(value) {
+            Some(token) => token,
+            None => return Err(auth.deny(req.request(), "none", Denial::Malformed)),
+        },
+    };
+    let ring = auth.ring.load();
+    let Some(key) = ring.find(token) else {
+        return Err(auth.deny(req.request(), "none", Denial::UnknownKey));
+    };
+    if let Need::Scope(scope) = need {
+        if !key.scopes.contains(&scope) {
+            return Err(auth.deny(req.request(), &key.name, Denial::Scope));
+        }
+    }
+    let grant = Grant {
+        key: key.name.clone(),
+        ids: key.ids.clone(),
+    };
+    if let Some(id) = path_id(&path) {
+        if !grant.permits(&id) {
+            return Err(auth.deny(req.request(), &key.name, Denial::Ids));
+        }
+    }
+    Ok(Some(grant))
+}
+
+/// The middleware: authenticates, authorises by route, and leaves the
+/// [`Grant`] in the request's extensions. Refusals are answers, not
+/// errors, so the middlewares around it (request ids) still see them.
+pub async fn check(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(auth) = req.app_data::<web::Data<Auth>>().cloned() else {
+        // Installed without its keys: refuse rather than run open.
+        let error = ApiError::for_request(
+            req.request(),
+            ErrorCode::Internal,
+            "authentication is not configured",
+        );
+        return Ok(req.error_response(error).map_into_right_body());
+    };
+    match decide(&auth, &req) {
+        Ok(grant) => {
+            if let Some(grant) = grant {
+                req.extensions_mut().insert(grant);
+            }
+            next.call(req)
+                .await
+                .map(ServiceResponse::map_into_left_body)
+        }
+        Err(error) => Ok(req.error_response(error).map_into_right_body()),
+    }
 }
 
 #[cfg(test)]
@@ -469,10 +534,23 @@ mod tests {
             need(&Method::POST, "/v1/actors/account/a/get"),
             Need::Scope(Scope::ActorsSend)
         );
-        assert_eq!(need(&Method::GET, "/elsewhere"), Need::Key);
-        assert_eq!(path_id("/v1/accounts/pay-1/deposits"), Some("pay-1"));
-        assert_eq!(path_id("/v1/actors/account/pay-2/deposit"), Some("pay-2"));
+        assert_eq!(need(&Method::GET, "/elsewhere"), Need::Unknown);
+        assert_eq!(
+            path_id("/v1/accounts/pay-1/deposits").as_deref(),
+            Some("pay-1")
+        );
+        assert_eq!(
+            path_id("/v1/actors/account/pay-2/deposit").as_deref(),
+            Some("pay-2")
+        );
         assert_eq!(path_id("/v1/transfers"), None);
+        // As the router decodes: a route's name in escapes is still that route.
+        assert_eq!(router_path("/v1/%61ccounts/x"), "/v1/accounts/x");
+        assert_eq!(router_path("/v1/accounts/a%2Fb"), "/v1/accounts/a%2Fb");
+        assert_eq!(
+            path_id(&router_path("/v1/accounts/%70ay-1")).as_deref(),
+            Some("pay-1")
+        );
     }
 
     #[test]
@@ -486,6 +564,11 @@ mod tests {
         assert!(KeyRing::parse(&ok.replace("ledger:read", "ledger:all")).is_err());
         assert!(KeyRing::parse(&ok.replace(&digest, "abc")).is_err());
         assert!(KeyRing::parse(&format!("{ok}{}", ok.replace("\"a\"", "\"b\""))).is_err());
-        assert!(percent_decoded("pay%2D1") == "pay-1");
+        assert_eq!(decode("pay%2D1", &[]), "pay-1");
+        assert!(KeyRing::parse(&ok.replace("scopes", "ids = \"\"\nscopes")).is_err());
+        let h = |v: &str| header::HeaderValue::from_str(v).unwrap();
+        assert_eq!(bearer(&h("bearer abc")), Some("abc"));
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&h("Bearer ")), None);
     }
 }

@@ -79,15 +79,16 @@ fn new_key(name: &str, scopes: &[String], ids: Option<&str>) -> anyhow::Result<(
         }
     }
     let token = troupe::auth::new_token();
-    let quoted: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+    let toml = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let quoted: Vec<String> = scopes.iter().map(|s| toml(s)).collect();
     println!("token (shown once, keep it secret): {token}");
     println!();
     println!("[[key]]");
-    println!("name = {name:?}");
-    println!("sha256 = {:?}", troupe::auth::digest_hex(&token));
+    println!("name = {}", toml(name));
+    println!("sha256 = {}", toml(&troupe::auth::digest_hex(&token)));
     println!("scopes = [{}]", quoted.join(", "));
     if let Some(ids) = ids {
-        println!("ids = {ids:?}");
+        println!("ids = {}", toml(ids));
     }
     Ok(())
 }

@@ -98,6 +98,7 @@ impl Application {
             metrics.auth_denied.clone(),
         ));
         let keys_watcher = match settings.auth.keys_file.trim() {
+            _ if !settings.auth.enabled => None,
             "" => None,
             path => match auth.watch(&background, PathBuf::from(path)) {
                 Ok(w) => Some(w),
@@ -326,18 +327,25 @@ fn spawn_sweeper(background: &Background, store: Arc<dyn Store>, every: Duration
 /// The API keys in force at start: a keys file that cannot be read stops
 /// start-up, and so does authentication turned on with no key at all.
 fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
+    if !settings.auth.enabled {
+        if settings.environment == "production" {
+            tracing::warn!("auth.enabled is false in production: every route is open to anyone who can reach the port");
+        }
+        return Ok(KeyRing::default());
+    }
     let ring = match settings.auth.keys_file.trim() {
         "" => KeyRing::default(),
         path => KeyRing::load(Path::new(path))
             .map_err(anyhow::Error::msg)
             .context("reading auth.keys_file")?,
     };
-    if settings.auth.enabled && ring.is_empty() {
+    if ring.is_empty() {
         anyhow::bail!(
             "auth.enabled is true but no API key is configured: run `troupe keys new --name NAME \
              --scopes ledger:read,ledger:write`, put the [[key]] block it prints in a file, and \
              point auth.keys_file (TROUPE__AUTH__KEYS_FILE) at it"
         );
     }
+    tracing::info!(keys = ring.len(), "API keys loaded");
     Ok(ring)
 }

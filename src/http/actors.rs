@@ -10,7 +10,7 @@ use super::body::JsonBody;
 use super::context::RequestMeta;
 use super::error::ApiError;
 use super::openapi::{ActorReply, ErrorBody};
-use super::{method_not_allowed, parse_id, send, Shape};
+use super::{deliver_transfer_read, method_not_allowed, parse_id, send, Reader, Shape};
 use crate::auth::{Auth, Denial, Grant};
 use crate::runtime::Runtime;
 
@@ -45,10 +45,21 @@ pub async fn state(
     rt: web::Data<Runtime>,
     meta: RequestMeta,
     path: web::Path<(String, String)>,
+    req: HttpRequest,
+    grant: Option<web::ReqData<Grant>>,
+    auth: Option<web::Data<Auth>>,
 ) -> Result<HttpResponse, ApiError> {
     let (kind, id) = path.into_inner();
     let kind = known_kind(&meta, &kind)?;
     let id = parse_id(&meta, id)?;
+    if kind == Kind::Transfer {
+        let reader = Reader {
+            grant,
+            auth,
+            req: &req,
+        };
+        return deliver_transfer_read(&rt, &meta, id, Shape::Wrapped, reader).await;
+    }
     send(&rt, &meta, kind, id, "get", json!({}), Shape::Wrapped).await
 }
 

@@ -21,6 +21,7 @@ use troupe_actors::{ActorId, Address, AnyCommand, ErrorCode, Kind, Status};
 pub use context::RequestIds;
 pub use error::ApiError;
 
+use crate::auth::{Auth, Denial, Grant};
 use crate::runtime::{Answer, IdempotencyRequest, Runtime};
 use context::RequestMeta;
 
@@ -132,6 +133,54 @@ async fn deliver(
     let answer = runtime
         .ask(address, command, meta.deadline, idempotency)
         .await;
+    respond(answer, meta, shape)
+}
+
+/// Who asks, for reads whose answer must be within the caller's ids: a
+/// transfer read by a key limited to a prefix must be between accounts
+/// within it, not only carry an id within it.
+struct Reader<'a> {
+    grant: Option<web::ReqData<Grant>>,
+    auth: Option<web::Data<Auth>>,
+    req: &'a HttpRequest,
+}
+
+/// As [`deliver`] for reading a transfer: with a key limited to a prefix,
+/// both of its accounts must be within it.
+async fn deliver_transfer_read(
+    runtime: &Runtime,
+    meta: &RequestMeta,
+    id: ActorId,
+    shape: Shape,
+    reader: Reader<'_>,
+) -> Result<HttpResponse, ApiError> {
+    let command = AnyCommand::Transfer(troupe_actors::transfer::Command::Get);
+    let (Some(grant), Some(auth)) = (reader.grant, reader.auth) else {
+        return deliver(runtime, meta, id, command, None, shape).await;
+    };
+    if grant.ids.is_none() {
+        return deliver(runtime, meta, id, command, None, shape).await;
+    }
+    let answer = runtime
+        .ask(
+            Address::new(Kind::Transfer, id),
+            command,
+            meta.deadline,
+            None,
+        )
+        .await;
+    if let Ok(reply) = &answer.outcome {
+        let within = ["from", "to"].iter().all(|field| {
+            reply
+                .body
+                .get(field)
+                .and_then(Value::as_str)
+                .is_some_and(|account| grant.permits(account))
+        });
+        if !within {
+            return Err(auth.deny(reader.req, &grant.key, Denial::Ids));
+        }
+    }
     respond(answer, meta, shape)
 }
 

@@ -10,7 +10,7 @@ use super::body::JsonBody;
 use super::context::RequestMeta;
 use super::error::ApiError;
 use super::openapi::{ErrorBody, TransferRequest};
-use super::{deliver, method_not_allowed, parse_id, typed, Shape};
+use super::{deliver, deliver_transfer_read, method_not_allowed, parse_id, typed, Reader, Shape};
 use crate::auth::{Auth, Denial, Grant};
 use crate::runtime::Runtime;
 
@@ -92,8 +92,15 @@ pub async fn get(
     rt: web::Data<Runtime>,
     meta: RequestMeta,
     id: web::Path<String>,
+    req: HttpRequest,
+    grant: Option<web::ReqData<Grant>>,
+    auth: Option<web::Data<Auth>>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&meta, id.into_inner())?;
-    let command = AnyCommand::Transfer(Command::Get);
-    deliver(&rt, &meta, id, command, None, Shape::Resource).await
+    let reader = Reader {
+        grant,
+        auth,
+        req: &req,
+    };
+    deliver_transfer_read(&rt, &meta, id, Shape::Resource, reader).await
 }

@@ -184,7 +184,59 @@ async fn every_route_needs_its_scope_and_nothing_else_will_do() {
             "{what} with {scope}: {status}"
         );
     }
-    // A malformed header is not a token.
+    // A route's name in percent-escapes is still that route, as the
+    // router sees it: no other key reaches it that way.
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/%61ccounts/a/withdrawals",
+            Some(json!({"amount": 1})),
+        ),
+        (Method::PUT, "/v1/%61ccounts/x", Some(json!({}))),
+        (
+            Method::POST,
+            "/v1/%74ransfers",
+            Some(json!({"id": "t9", "from": "a", "to": "b", "amount": 1})),
+        ),
+        (
+            Method::POST,
+            "/v1/%61ctors/account/a/withdraw",
+            Some(json!({"amount": 1})),
+        ),
+    ] {
+        let r = call(
+            &app,
+            method.clone(),
+            path,
+            body,
+            Some(&token_for("ops:read")),
+        )
+        .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::FORBIDDEN,
+            "{method} {path} with only ops:read"
+        );
+    }
+    let r = call(
+        &app,
+        Method::GET,
+        "/%6detrics",
+        None,
+        Some(&token_for("ledger:read")),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "/metrics spelt in escapes"
+    );
+    // A path no route has is refused before any credentials, never let through.
+    for token in [None, Some("t-all")] {
+        let r = call(&app, Method::GET, "/v2/accounts/a", None, token).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    // A malformed header is not a token; the scheme's name is any case.
     let basic = app
         .client
         .get(app.url("/v1/accounts/a"))
@@ -193,6 +245,18 @@ async fn every_route_needs_its_scope_and_nothing_else_will_do() {
         .await
         .unwrap();
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        basic.headers().contains_key("x-request-id"),
+        "refusals carry the request id"
+    );
+    let lower = app
+        .client
+        .get(app.url("/v1/accounts/a"))
+        .header("Authorization", "bearer t-all")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), StatusCode::OK, "account a was opened above");
     // Health and the API's description stay open.
     for path in ["/healthz", "/readyz", "/openapi.json"] {
         assert_eq!(
@@ -257,7 +321,19 @@ async fn a_key_limited_to_a_prefix_moves_money_only_between_its_own_accounts() {
         .await;
         assert_eq!(r.status(), StatusCode::OK);
     }
-    // Percent-encoding does not hide an id from the prefix check.
+    // Ids are checked as the handler decodes them.
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            "/v1/accounts/%70ay-1",
+            None,
+            Some("t-pay")
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
     assert_eq!(
         call(
             &app,
@@ -339,6 +415,31 @@ async fn a_key_limited_to_a_prefix_moves_money_only_between_its_own_accounts() {
         StatusCode::CREATED
     );
     assert_eq!((balance("pay-1").await, balance("pay-2").await), (93, 7));
+    let read = |path: &'static str, token: &'static str| {
+        let app = &app;
+        async move {
+            call(app, Method::GET, path, None, Some(token))
+                .await
+                .status()
+        }
+    };
+    assert_eq!(read("/v1/transfers/pay-t5", "t-pay").await, StatusCode::OK);
+    // A transfer under a prefixed id between others' accounts stays theirs.
+    assert_eq!(put("other-2", "t-all").await, StatusCode::CREATED);
+    let theirs = json!({"id": "pay-theirs", "from": "other", "to": "other-2", "amount": 1});
+    let made = call(
+        &app,
+        Method::POST,
+        "/v1/transfers",
+        Some(theirs),
+        Some("t-all"),
+    )
+    .await;
+    assert_eq!(made.status(), StatusCode::CREATED);
+    for path in ["/v1/transfers/pay-theirs", "/v1/actors/transfer/pay-theirs"] {
+        assert_eq!(read(path, "t-pay").await, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(read(path, "t-all").await, StatusCode::OK, "{path}");
+    }
 }
 
 #[actix_rt::test]
@@ -382,6 +483,20 @@ async fn a_revoked_key_stops_working_without_a_restart() {
             .status(),
         StatusCode::NOT_FOUND
     );
+    // Deleting the file revokes every key.
+    std::fs::remove_file(keys_dir.path().join("keys.toml")).unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        let status = call(&app, Method::GET, "/v1/accounts/a", None, Some("t-fresh"))
+            .await
+            .status();
+        if status == StatusCode::UNAUTHORIZED {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "a deleted keys file left its keys working");
 }
 
 /// The OpenAPI document declares the bearer scheme on every operation but
@@ -454,6 +569,18 @@ async fn production_refuses_to_start_without_keys() {
         );
         assert!(printed.contains(expected), "{expected:?} not in: {printed}");
     }
+    // Turned off on purpose (the compose demo), it starts, and says so.
+    let env = [
+        ("TROUPE_ENV", "production"),
+        ("TROUPE__AUTH__ENABLED", "false"),
+    ];
+    let child = Child::start(data.path(), &env).await;
+    child
+        .wait_log(0, Duration::from_secs(10), |l| {
+            l.to_string()
+                .contains("auth.enabled is false in production")
+        })
+        .await;
 }
 
 /// No token, valid or not, appears in any log line of a run that uses
