@@ -412,10 +412,10 @@ fn decode(s: &str, kept: &[u8]) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            if let Some(b) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
+            // Two hex digits exactly (`from_str_radix` would take a `+`).
+            let digit = |j: usize| bytes.get(j).and_then(|b| char::from(*b).to_digit(16));
+            if let (Some(high), Some(low)) = (digit(i + 1), digit(i + 2)) {
+                let b = (high * 16 + low) as u8;
                 if !kept.contains(&b) {
                     out.push(b);
                     i += 3;
@@ -565,6 +565,11 @@ mod tests {
         assert!(KeyRing::parse(&ok.replace(&digest, "abc")).is_err());
         assert!(KeyRing::parse(&format!("{ok}{}", ok.replace("\"a\"", "\"b\""))).is_err());
         assert_eq!(decode("pay%2D1", &[]), "pay-1");
+        assert_eq!(
+            decode("%+1x%zz%", &[]),
+            "%+1x%zz%",
+            "only two hex digits are an escape"
+        );
         assert!(KeyRing::parse(&ok.replace("scopes", "ids = \"\"\nscopes")).is_err());
         let h = |v: &str| header::HeaderValue::from_str(v).unwrap();
         assert_eq!(bearer(&h("bearer abc")), Some("abc"));

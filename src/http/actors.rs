@@ -80,7 +80,7 @@ pub async fn message(
     let (kind, id, message) = path.into_inner();
     let kind = known_kind(&meta, &kind)?;
     let id = parse_id(&meta, id)?;
-    if let (Some(grant), Some(auth)) = (grant, auth) {
+    if let (Some(grant), Some(auth)) = (&grant, &auth) {
         // The actor's id was checked with the path; a transfer's accounts
         // are in its body.
         if grant.ids.is_some() && kind == Kind::Transfer {
@@ -89,6 +89,15 @@ pub async fn message(
                 return Err(auth.deny(&req, &grant.key, Denial::Ids));
             }
         }
+    }
+    // Reading a transfer as a message is reading it: its accounts too.
+    if kind == Kind::Transfer && message == "get" {
+        let reader = Reader {
+            grant,
+            auth,
+            req: &req,
+        };
+        return deliver_transfer_read(&rt, &meta, id, Shape::Wrapped, reader).await;
     }
     send(&rt, &meta, kind, id, &message, body.0, Shape::Wrapped).await
 }

@@ -440,6 +440,11 @@ async fn a_key_limited_to_a_prefix_moves_money_only_between_its_own_accounts() {
         assert_eq!(read(path, "t-pay").await, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(read(path, "t-all").await, StatusCode::OK, "{path}");
     }
+    let as_message = "/v1/actors/transfer/pay-theirs/get";
+    for (token, expected) in [("t-pay", StatusCode::FORBIDDEN), ("t-all", StatusCode::OK)] {
+        let r = call(&app, Method::POST, as_message, Some(json!({})), Some(token)).await;
+        assert_eq!(r.status(), expected, "{as_message} with {token}");
+    }
 }
 
 #[actix_rt::test]
