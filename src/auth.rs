@@ -237,7 +237,17 @@ impl Grant {
 pub struct Auth {
     enabled: bool,
     ring: ArcSwap<KeyRing>,
-    denied: IntCounterVec,
+    metrics: AuthMetrics,
+}
+
+/// What the authenticator reports in `/metrics`.
+pub struct AuthMetrics {
+    /// Refusals by key name and reason.
+    pub denied: IntCounterVec,
+    /// Keys in force.
+    pub keys: prometheus::IntGauge,
+    /// Reloads of the keys file by result.
+    pub reloads: IntCounterVec,
 }
 
 /// Why a request was refused, as counted.
@@ -272,17 +282,23 @@ enum Need {
 }
 
 impl Auth {
-    pub fn new(enabled: bool, ring: KeyRing, denied: IntCounterVec) -> Self {
+    pub fn new(enabled: bool, ring: KeyRing, metrics: AuthMetrics) -> Self {
+        metrics
+            .keys
+            .set(i64::try_from(ring.len()).unwrap_or(i64::MAX));
         Self {
             enabled,
             ring: ArcSwap::from_pointee(ring),
-            denied,
+            metrics,
         }
     }
 
     /// Counts and logs a refusal, and builds its answer.
     pub fn deny(&self, req: &actix_web::HttpRequest, key: &str, why: Denial) -> ApiError {
-        self.denied.with_label_values(&[key, why.as_str()]).inc();
+        self.metrics
+            .denied
+            .with_label_values(&[key, why.as_str()])
+            .inc();
         match why {
             // Anyone can send these: a line each would let them fill the logs.
             Denial::Missing | Denial::Malformed | Denial::UnknownKey => {
@@ -314,7 +330,11 @@ impl Auth {
         ApiError::for_request(req, code, message)
     }
 
-    fn replace(&self, ring: KeyRing) {
+    fn replace(&self, ring: KeyRing, result: &str) {
+        self.metrics
+            .keys
+            .set(i64::try_from(ring.len()).unwrap_or(i64::MAX));
+        self.metrics.reloads.with_label_values(&[result]).inc();
         self.ring.store(Arc::new(ring));
     }
 
@@ -349,15 +369,16 @@ impl Auth {
                 match KeyRing::load(&path) {
                     Ok(ring) => {
                         tracing::info!(keys = ring.len(), "API keys reloaded");
-                        auth.replace(ring);
+                        auth.replace(ring, "applied");
                     }
                     // Deleting the file revokes every key.
                     Err(_) if !path.exists() => {
                         tracing::warn!(file = %path.display(), "the keys file is gone: no API key is accepted");
-                        auth.replace(KeyRing::default());
+                        auth.replace(KeyRing::default(), "gone");
                     }
                     Err(e) => {
                         tracing::error!(error.message = %e, "API keys not reloaded; the previous keys stay in force");
+                        auth.metrics.reloads.with_label_values(&["rejected"]).inc();
                     }
                 }
             }

@@ -95,7 +95,11 @@ impl Application {
         let auth = Arc::new(Auth::new(
             settings.auth.enabled,
             keys,
-            metrics.auth_denied.clone(),
+            crate::auth::AuthMetrics {
+                denied: metrics.auth_denied.clone(),
+                keys: metrics.auth_keys.clone(),
+                reloads: metrics.auth_reloads.clone(),
+            },
         ));
         let keys_watcher = match settings.auth.keys_file.trim() {
             _ if !settings.auth.enabled => None,

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Requests refused by authentication or authorisation.
     pub auth_denied: IntCounterVec,
+    /// API keys in force, and reloads of the keys file by result.
+    pub auth_keys: IntGauge,
+    pub auth_reloads: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -109,6 +112,8 @@ impl Metrics {
             reports_dropped: counter(&r, "troupe_metrics_reports_dropped_total", "Runtime reports dropped because the metrics actor's mailbox was full.", &[]).with_label_values::<&str>(&[]),
             spans: counter(&r, "troupe_trace_spans_total", "Spans by export stage: ended, exported, failed (ended - exported - failed = dropped or queued).", &["stage"]),
             config_reloads: counter(&r, "troupe_config_reloads_total", "Configuration reloads by result (applied, rejected).", &["result"]),
+            auth_keys: gauge(&r, "troupe_auth_keys", "API keys in force (auth.keys_file).", &[]).with_label_values::<&str>(&[]),
+            auth_reloads: counter(&r, "troupe_auth_key_reloads_total", "Reloads of the keys file by result: applied, rejected (the keys in force stay), gone (every key revoked).", &["result"]),
             auth_denied: counter(&r, "troupe_auth_denied_total", "Requests refused by key name (none when no key matched) and reason (missing, malformed, unknown_key, scope, ids).", &["key", "reason"]),
             registry: r,
         }

@@ -488,6 +488,24 @@ async fn a_revoked_key_stops_working_without_a_restart() {
             .status(),
         StatusCode::NOT_FOUND
     );
+    // Reloads are counted by result, and the keys in force shown: the
+    // four single-scope keys, "pay" and "fresh".
+    let metrics = call(&app, Method::GET, "/metrics", None, Some("t-ops-read"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for (series, value) in [
+        ("troupe_auth_keys ", 6.0),
+        ("troupe_auth_key_reloads_total{result=\"applied\"} ", 1.0),
+        ("troupe_auth_key_reloads_total{result=\"rejected\"} ", 1.0),
+    ] {
+        let found = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(found.is_some_and(|n| n >= value), "{series}: {found:?}");
+    }
     // Deleting the file revokes every key.
     std::fs::remove_file(keys_dir.path().join("keys.toml")).unwrap();
     let mut gone = false;
