@@ -23,6 +23,8 @@ use tracing_actix_web::TracingLogger;
 
 pub struct Application {
     port: u16,
+    /// The operations listener's port (`server.ops_bind`).
+    ops_port: Option<u16>,
     server: Server,
     runtime: Runtime,
     settings: Settings,
@@ -127,6 +129,17 @@ impl Application {
                 format!("binding {}:{}", settings.server.bind, settings.server.port)
             })?;
         let port = listener.local_addr()?.port();
+        let ops_listener = match settings.server.ops_bind.trim() {
+            "" => None,
+            address => Some(
+                TcpListener::bind(address)
+                    .with_context(|| format!("binding server.ops_bind {address}"))?,
+            ),
+        };
+        let ops_port = match &ops_listener {
+            Some(l) => Some(l.local_addr()?.port()),
+            None => None,
+        };
 
         let limits = HttpLimits {
             max_body_bytes: settings.server.max_body_bytes,
@@ -139,6 +152,7 @@ impl Application {
             web::Data::new(limits),
             web::Data::from(current.clone()),
             web::Data::from(auth),
+            web::Data::new(http::ops::OpsPort(ops_port)),
         );
         let http_metrics_on = settings.telemetry.http_metrics;
         let server = HttpServer::new(move || {
@@ -150,7 +164,9 @@ impl Application {
                 .app_data(data.2.clone())
                 .app_data(data.3.clone())
                 .app_data(data.4.clone())
+                .app_data(data.5.clone())
                 .wrap(middleware::from_fn(crate::auth::check))
+                .wrap(middleware::from_fn(http::ops::split))
                 .wrap(middleware::from_fn(context::request_ids))
                 .wrap(middleware::Condition::new(
                     http_metrics_on,
@@ -167,8 +183,18 @@ impl Application {
         .h1_allow_half_closed(false)
         .disable_signals()
         .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
-        .listen(listener)?
+        .listen(listener)?;
+        let server = match ops_listener {
+            Some(ops) => server.listen(ops)?,
+            None => server,
+        }
         .run();
+        if let Some(ops) = ops_port {
+            tracing::info!(
+                port = ops,
+                "operations listener: /metrics, /config and health"
+            );
+        }
 
         spawn_resume(&background, runtime.clone());
         let watcher = match controls.sources {
@@ -197,6 +223,7 @@ impl Application {
         };
         Ok(Self {
             port,
+            ops_port,
             server,
             runtime,
             settings,
@@ -208,6 +235,10 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn ops_port(&self) -> Option<u16> {
+        self.ops_port
     }
 
     pub fn runtime(&self) -> &Runtime {

@@ -8,7 +8,7 @@ mod body;
 pub mod context;
 mod error;
 mod openapi;
-mod ops;
+pub mod ops;
 mod transfers;
 
 use actix_web::http::header::HeaderName;

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::ContentType;
+use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 use troupe_actors::ErrorCode;
@@ -11,6 +14,36 @@ use super::context::RequestMeta;
 use super::error::ApiError;
 use crate::runtime::Runtime;
 use crate::telemetry::Metrics;
+
+/// The port of the operations listener (`server.ops_bind`), if any.
+#[derive(Debug, Clone, Copy)]
+pub struct OpsPort(pub Option<u16>);
+
+/// With an operations listener, keeps `/metrics` and `/config` to it and
+/// everything but them and health off it: each answers `404` on the other.
+pub async fn split(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let ops = req.app_data::<web::Data<OpsPort>>().and_then(|p| p.0);
+    if let Some(ops) = ops {
+        let path = req.path();
+        let operations = path == "/metrics" || path == "/config";
+        let health = path == "/healthz" || path == "/readyz";
+        let on_ops = req.app_config().local_addr().port() == ops;
+        if (on_ops && !operations && !health) || (!on_ops && operations) {
+            let error = ApiError::for_request(
+                req.request(),
+                ErrorCode::NotFound,
+                format!("no route for {} {} on this port", req.method(), path),
+            );
+            return Ok(req.error_response(error).map_into_right_body());
+        }
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))

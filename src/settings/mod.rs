@@ -95,6 +95,10 @@ pub struct ServerSettings {
     pub workers: usize,
     pub max_body_bytes: usize,
     pub max_connections: usize,
+    /// `host:port` of a second listener for `/metrics`, `/config` and
+    /// health, which then leave the main one (health stays on both);
+    /// empty for none.
+    pub ops_bind: String,
     pub drain_delay_ms: u64,
     pub shutdown_grace_ms: u64,
     pub retry_after_s: u64,

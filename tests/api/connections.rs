@@ -1,6 +1,8 @@
-//! `server.max_connections` bounds the connections a worker serves (and
-//! the buffers they hold): past it, a new client waits in the listen
-//! backlog until a connection closes, and is then served.
+//! Listeners: `server.max_connections` bounds the connections a worker
+//! serves (and the buffers they hold): past it, a new client waits in the
+//! listen backlog until a connection closes, and is then served.
+//! `server.ops_bind` moves `/metrics` and `/config` to a listener of their
+//! own.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::helpers::Child;
+use crate::helpers::{spawn_app_with, Child};
 
 const GET: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
 
@@ -59,4 +61,58 @@ async fn a_worker_at_max_connections_serves_the_next_client_once_one_closes() {
         later,
         "the second client was not served once the first closed"
     );
+}
+
+#[actix_rt::test]
+async fn an_operations_listener_takes_metrics_and_config_off_the_main_port() {
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| {
+        s.server.ops_bind = "127.0.0.1:0".into();
+    })
+    .await;
+    let ops = app.ops_address.clone().expect("an operations listener");
+    let status = |base: String, path: &'static str| {
+        let client = app.client.clone();
+        async move {
+            client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let main = app.address.clone();
+    for path in ["/metrics", "/config"] {
+        assert_eq!(
+            status(ops.clone(), path).await,
+            200,
+            "{path} on the operations port"
+        );
+        assert_eq!(
+            status(main.clone(), path).await,
+            404,
+            "{path} on the main port"
+        );
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            status(ops.clone(), path).await,
+            200,
+            "{path} on the operations port"
+        );
+        assert_eq!(
+            status(main.clone(), path).await,
+            200,
+            "{path} on the main port"
+        );
+    }
+    for path in ["/v1/accounts/a", "/openapi.json", "/v1/actors"] {
+        assert_eq!(
+            status(ops.clone(), path).await,
+            404,
+            "{path} on the operations port"
+        );
+    }
+    assert_eq!(status(main.clone(), "/openapi.json").await, 200);
 }

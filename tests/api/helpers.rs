@@ -68,6 +68,8 @@ pub fn test_settings(dir: &Path) -> Settings {
 
 pub struct TestApp {
     pub address: String,
+    /// The operations listener (`server.ops_bind`), when configured.
+    pub ops_address: Option<String>,
     pub client: Client,
     pub dir: TempDir,
     pub app_runtime: troupe::runtime::Runtime,
@@ -150,12 +152,14 @@ async fn spawn_app_controlled(
         .await
         .expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let ops_address = app.ops_port().map(|p| format!("http://127.0.0.1:{p}"));
     let handle = app.server_handle();
     let app_runtime = app.runtime().clone();
     let background = app.background().clone();
     let task = actix_rt::spawn(app.run_until_stopped());
     TestApp {
         address,
+        ops_address,
         client: Client::new(),
         dir,
         app_runtime,
