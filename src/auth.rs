@@ -422,7 +422,7 @@ fn path_id(path: &str) -> Option<String> {
 /// The path as actix's router matches it: every `%XX` decoded except `/`,
 /// `%` and `+` (actix-router's `Url`), so `/v1/%61ccounts/x` is classified
 /// as the `/v1/accounts/{id}` it is routed to.
-fn router_path(path: &str) -> String {
+pub(crate) fn router_path(path: &str) -> String {
     decode(path, b"/%+")
 }
 

@@ -27,7 +27,8 @@ pub async fn split(
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let ops = req.app_data::<web::Data<OpsPort>>().and_then(|p| p.0);
     if let Some(ops) = ops {
-        let path = req.path();
+        // As the router will match it: `/%6detrics` is `/metrics`.
+        let path = crate::auth::router_path(req.path());
         let operations = path == "/metrics" || path == "/config";
         let health = path == "/healthz" || path == "/readyz";
         let on_ops = req.app_config().local_addr().port() == ops;
@@ -35,7 +36,7 @@ pub async fn split(
             let error = ApiError::for_request(
                 req.request(),
                 ErrorCode::NotFound,
-                format!("no route for {} {} on this port", req.method(), path),
+                format!("no route for {} {} on this port", req.method(), req.path()),
             );
             return Ok(req.error_response(error).map_into_right_body());
         }

@@ -83,7 +83,7 @@ async fn an_operations_listener_takes_metrics_and_config_off_the_main_port() {
         }
     };
     let main = app.address.clone();
-    for path in ["/metrics", "/config"] {
+    for path in ["/metrics", "/config", "/%6detrics", "/%63onfig"] {
         assert_eq!(
             status(ops.clone(), path).await,
             200,
