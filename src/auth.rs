@@ -41,6 +41,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use troupe_actors::ErrorCode;
 
+use crate::http::ops::{HEALTH, OPERATIONS};
 use crate::http::ApiError;
 
 /// What a key may do.
@@ -392,10 +393,14 @@ impl Auth {
 /// never let through: the list here and the routes must agree, and a
 /// route missing from it answers 404 rather than open.
 fn need(method: &Method, path: &str) -> Need {
+    if HEALTH.contains(&path) || path == "/openapi.json" {
+        return Need::Open;
+    }
+    if OPERATIONS.contains(&path) {
+        return Need::Scope(Scope::OpsRead);
+    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["healthz"] | ["readyz"] | ["openapi.json"] => Need::Open,
-        ["metrics"] | ["config"] => Need::Scope(Scope::OpsRead),
         ["v1", "actors", ..] => Need::Scope(Scope::ActorsSend),
         ["v1", "accounts" | "transfers", ..] => {
             if method == Method::GET || method == Method::HEAD {

@@ -87,7 +87,7 @@ impl utoipa::Modify for BearerKeys {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if path == "/healthz" || path == "/readyz" {
+            if super::ops::HEALTH.contains(&path.as_str()) {
                 continue;
             }
             for operation in [

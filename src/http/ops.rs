@@ -15,6 +15,12 @@ use super::error::ApiError;
 use crate::runtime::Runtime;
 use crate::telemetry::Metrics;
 
+/// Health: open to anyone, on every listener.
+pub const HEALTH: [&str; 2] = ["/healthz", "/readyz"];
+/// The operators' routes: `ops:read`, on the operations listener when
+/// there is one.
+pub const OPERATIONS: [&str; 2] = ["/metrics", "/config"];
+
 /// The port of the operations listener (`server.ops_bind`), if any.
 #[derive(Debug, Clone, Copy)]
 pub struct OpsPort(pub Option<u16>);
@@ -29,8 +35,8 @@ pub async fn split(
     if let Some(ops) = ops {
         // As the router will match it: `/%6detrics` is `/metrics`.
         let path = crate::auth::router_path(req.path());
-        let operations = path == "/metrics" || path == "/config";
-        let health = path == "/healthz" || path == "/readyz";
+        let operations = OPERATIONS.contains(&path.as_str());
+        let health = HEALTH.contains(&path.as_str());
         let on_ops = req.app_config().local_addr().port() == ops;
         if (on_ops && !operations && !health) || (!on_ops && operations) {
             let error = ApiError::for_request(
@@ -47,10 +53,12 @@ pub async fn split(
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/config", web::get().to(config));
+    let [live, ready] = HEALTH;
+    let [metrics_path, config_path] = OPERATIONS;
+    cfg.route(live, web::get().to(healthz))
+        .route(ready, web::get().to(readyz))
+        .route(metrics_path, web::get().to(metrics))
+        .route(config_path, web::get().to(config));
 }
 
 /// The process is alive.

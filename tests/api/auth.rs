@@ -77,6 +77,16 @@ async fn call(
     request.send().await.expect("request")
 }
 
+/// `GET /v1/accounts/a` with this `Authorization` header, as sent.
+async fn with_authorization(app: &TestApp, value: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/v1/accounts/a"))
+        .header("Authorization", value)
+        .send()
+        .await
+        .expect("request")
+}
+
 async fn code_of(response: reqwest::Response) -> String {
     let body: Value = response.json().await.expect("a JSON error body");
     body["error"]["code"]
@@ -227,25 +237,13 @@ async fn every_route_needs_its_scope_and_nothing_else_will_do() {
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
     // A malformed header is not a token; the scheme's name is any case.
-    let basic = app
-        .client
-        .get(app.url("/v1/accounts/a"))
-        .header("Authorization", "Basic dDp0")
-        .send()
-        .await
-        .unwrap();
+    let basic = with_authorization(&app, "Basic dDp0").await;
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
     assert!(
         basic.headers().contains_key("x-request-id"),
         "refusals carry the request id"
     );
-    let lower = app
-        .client
-        .get(app.url("/v1/accounts/a"))
-        .header("Authorization", "bearer t-all")
-        .send()
-        .await
-        .unwrap();
+    let lower = with_authorization(&app, "bearer t-all").await;
     assert_eq!(lower.status(), StatusCode::OK, "account a was opened above");
     // Health and the API's description stay open.
     for path in ["/healthz", "/readyz", "/openapi.json"] {
