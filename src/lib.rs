@@ -12,4 +12,6 @@ pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upgrade;
+pub mod watch;

@@ -13,12 +13,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
 use prometheus::IntCounterVec;
-use tokio::sync::mpsc;
 
 use crate::runtime::Runtime;
 use crate::settings::{Settings, Sources};
@@ -26,8 +23,6 @@ use crate::telemetry::{set_sampling_ratio, FilterSetter};
 
 /// Keys applied while running; a key matches by prefix.
 const RELOADABLE: [&str; 3] = ["log.filter", "telemetry.otlp.sampling_ratio", "runtime."];
-/// Changes arriving this close together are read once.
-const DEBOUNCE: Duration = Duration::from_millis(150);
 
 fn reloadable(key: &str) -> bool {
     RELOADABLE
@@ -143,23 +138,10 @@ impl Reloader {
         background: &crate::background::Background,
         dir: PathBuf,
     ) -> notify::Result<notify::RecommendedWatcher> {
-        let (tx, mut rx) = mpsc::channel::<()>(1);
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    // A full channel already holds a pending reload.
-                    let _ = tx.try_send(());
-                }
-            })?;
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         let reloader = self.clone();
-        background.spawn(async move {
-            while rx.recv().await.is_some() {
-                tokio::time::sleep(DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
-                reloader.reload("file");
-            }
-        });
+        let watcher = crate::watch::dirs(background, [dir.clone()], move || {
+            reloader.reload("file");
+        })?;
         tracing::info!(dir = %dir.display(), "watching the configuration");
         Ok(watcher)
     }

@@ -23,12 +23,13 @@ use crate::settings::{Settings, SettingsError, Sources};
 
 /// Settings etcd may not set (a key equal to one, or under one ending in
 /// `.`): the store (where acknowledged writes go, how long retries are
-/// recognised), the remote layer itself, the listening address, the
-/// trace collector and who may call the API.
-pub const HOST_ONLY: [&str; 5] = [
+/// recognised), the remote layer itself, the listening address and its
+/// certificate, the trace collector and who may call the API.
+pub const HOST_ONLY: [&str; 6] = [
     "store.",
     "remote.",
     "server.bind",
+    "server.tls.",
     "auth.",
     "telemetry.otlp.endpoint",
 ];
@@ -362,6 +363,30 @@ mod enabled {
             );
             assert_eq!(setting_key("/troupe/prod/", "/troupe/prod/"), None);
             assert_eq!(setting_key("/troupe/prod/", "/other/x"), None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settable_remotely;
+
+    #[test]
+    fn etcd_cannot_set_whom_the_service_trusts() {
+        for key in [
+            "auth.enabled",
+            "auth.keys_file",
+            "auth.jwt.issuer",
+            "auth.jwt.public_key_file",
+            "server.tls.cert_file",
+            "server.bind",
+            "store.path",
+            "telemetry.otlp.endpoint",
+        ] {
+            assert!(!settable_remotely(key), "{key}");
+        }
+        for key in ["log.filter", "runtime.mailbox_capacity", "server.port"] {
+            assert!(settable_remotely(key), "{key}");
         }
     }
 }

@@ -11,7 +11,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
-use crate::auth::{Auth, KeyRing};
+use crate::auth::{Auth, Jwt, KeyRing};
 use crate::background::Background;
 use crate::http::{self, context, HttpLimits};
 use crate::reload::Reloader;
@@ -31,8 +31,8 @@ pub struct Application {
     background: Background,
     /// Keeps the config directory watched while the server runs.
     _watcher: Option<notify::RecommendedWatcher>,
-    /// Keeps the keys file watched.
-    _keys_watcher: Option<notify::RecommendedWatcher>,
+    /// Keep the keys file, the JWT key and the TLS files watched.
+    _watchers: Vec<notify::RecommendedWatcher>,
 }
 
 /// Wraps the store the application opened (a test's fault injector).
@@ -65,7 +65,14 @@ impl Application {
     /// # Errors
     /// When the store cannot be opened or the address cannot be bound.
     pub async fn build_with(settings: Settings, mut controls: Controls) -> anyhow::Result<Self> {
-        let keys = load_keys(&settings)?;
+        let (keys, jwt) = load_credentials(&settings)?;
+        let certificates = match settings.server.tls.is_enabled() {
+            true => Some(Arc::new(
+                crate::tls::Certificates::load(&settings.server.tls)
+                    .context("loading the TLS certificate")?,
+            )),
+            false => None,
+        };
         let store: Arc<dyn Store> = match settings.store.backend {
             StoreBackend::Redis => Arc::new(
                 RedisStore::new(&settings.redis_options(), &settings.store_options())
@@ -97,23 +104,32 @@ impl Application {
         let auth = Arc::new(Auth::new(
             settings.auth.enabled,
             keys,
+            jwt,
             crate::auth::AuthMetrics {
                 denied: metrics.auth_denied.clone(),
                 keys: metrics.auth_keys.clone(),
                 reloads: metrics.auth_reloads.clone(),
             },
         ));
-        let keys_watcher = match settings.auth.keys_file.trim() {
-            _ if !settings.auth.enabled => None,
-            "" => None,
-            path => match auth.watch(&background, PathBuf::from(path)) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!(file = path, error.message = %e, "cannot watch the keys file; keys are not reloaded");
-                    None
+        let mut watchers = Vec::new();
+        if settings.auth.enabled {
+            let path = settings.auth.keys_file.trim();
+            if !path.is_empty() {
+                match auth.watch_keys(&background, PathBuf::from(path)) {
+                    Ok(w) => watchers.push(w),
+                    Err(e) => {
+                        tracing::warn!(file = path, error.message = %e, "cannot watch the keys file; keys are not reloaded");
+                    }
                 }
-            },
-        };
+            }
+            match auth.watch_jwt_key(&background) {
+                Some(Ok(w)) => watchers.push(w),
+                Some(Err(e)) => {
+                    tracing::warn!(error.message = %e, "cannot watch the JWT public key file; it is not reloaded");
+                }
+                None => {}
+            }
+        }
         spawn_sweeper(
             &background,
             store.clone(),
@@ -138,6 +154,19 @@ impl Application {
         };
         let ops_port = match &ops_listener {
             Some(l) => Some(l.local_addr()?.port()),
+            None => None,
+        };
+
+        let tls = match &certificates {
+            Some(certificates) => {
+                match certificates.watch(&background, metrics.tls_reloads.clone()) {
+                    Ok(w) => watchers.push(w),
+                    Err(e) => {
+                        tracing::warn!(error.message = %e, "cannot watch the TLS files; the certificate is not reloaded");
+                    }
+                }
+                Some(certificates.server_config()?)
+            }
             None => None,
         };
 
@@ -182,13 +211,19 @@ impl Application {
         // dropped, and with it the work still queued for it.
         .h1_allow_half_closed(false)
         .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
-        .listen(listener)?;
-        let server = match ops_listener {
-            Some(ops) => server.listen(ops)?,
-            None => server,
+        .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000));
+        // TLS on every listener: the operations one carries keys too.
+        let mut server = match &tls {
+            Some(config) => server.listen_rustls_0_23(listener, config.clone())?,
+            None => server.listen(listener)?,
+        };
+        if let Some(ops) = ops_listener {
+            server = match &tls {
+                Some(config) => server.listen_rustls_0_23(ops, config.clone())?,
+                None => server.listen(ops)?,
+            };
         }
-        .run();
+        let server = server.run();
         if let Some(ops) = ops_port {
             tracing::info!(
                 port = ops,
@@ -229,7 +264,7 @@ impl Application {
             settings,
             background,
             _watcher: watcher,
-            _keys_watcher: keys_watcher,
+            _watchers: watchers,
         })
     }
 
@@ -359,14 +394,15 @@ fn spawn_sweeper(background: &Background, store: Arc<dyn Store>, every: Duration
     });
 }
 
-/// The API keys in force at start: a keys file that cannot be read stops
-/// start-up, and so does authentication turned on with no key at all.
-fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
+/// The API keys and the JWT verifier in force at start: a keys file or a
+/// JWT key that cannot be read stops start-up, and so does authentication
+/// turned on with neither a key nor a JWT key.
+fn load_credentials(settings: &Settings) -> anyhow::Result<(KeyRing, Option<Jwt>)> {
     if !settings.auth.enabled {
         if settings.environment == "production" {
             tracing::warn!("auth.enabled is false in production: every route is open to anyone who can reach the port");
         }
-        return Ok(KeyRing::default());
+        return Ok((KeyRing::default(), None));
     }
     let ring = match settings.auth.keys_file.trim() {
         "" => KeyRing::default(),
@@ -374,13 +410,17 @@ fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
             .map_err(anyhow::Error::msg)
             .context("reading auth.keys_file")?,
     };
-    if ring.is_empty() {
+    let jwt = Jwt::from_settings(&settings.auth.jwt)
+        .map_err(anyhow::Error::msg)
+        .context("configuring auth.jwt")?;
+    if ring.is_empty() && jwt.is_none() {
         anyhow::bail!(
             "auth.enabled is true but no API key is configured: run `troupe keys new --name NAME \
              --scopes ledger:read,ledger:write`, put the [[key]] block it prints in a file, and \
-             point auth.keys_file (TROUPE__AUTH__KEYS_FILE) at it"
+             point auth.keys_file (TROUPE__AUTH__KEYS_FILE) at it (or configure auth.jwt for an \
+             identity provider's tokens)"
         );
     }
-    tracing::info!(keys = ring.len(), "API keys loaded");
-    Ok(ring)
+    tracing::info!(keys = ring.len(), jwt = jwt.is_some(), "credentials loaded");
+    Ok((ring, jwt))
 }

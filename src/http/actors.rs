@@ -86,7 +86,7 @@ pub async fn message(
         if grant.ids.is_some() && kind == Kind::Transfer {
             let accounts = ["from", "to"].map(|f| body.0.get(f).and_then(|v| v.as_str()));
             if !accounts.iter().all(|a| a.is_none_or(|a| grant.permits(a))) {
-                return Err(auth.deny(&req, &grant.key, Denial::Ids));
+                return Err(auth.deny(&req, Some(grant), Denial::Ids));
             }
         }
     }

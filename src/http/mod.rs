@@ -178,7 +178,7 @@ async fn deliver_transfer_read(
                 .is_some_and(|account| grant.permits(account))
         });
         if !within {
-            return Err(auth.deny(reader.req, &grant.key, Denial::Ids));
+            return Err(auth.deny(reader.req, Some(&grant), Denial::Ids));
         }
     }
     respond(answer, meta, shape)

@@ -70,7 +70,8 @@ impl utoipa::Modify for BearerKeys {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "An API key: `troupe keys new` makes one (auth.keys_file)",
+                        "An API key (`troupe keys new` makes one: auth.keys_file), or a JWT from \
+                         the identity provider auth.jwt names, with the operation's scope",
                     ))
                     .build(),
             ),

@@ -69,7 +69,7 @@ pub async fn start(
     // accounts, under a transfer id of its own.
     if let (Some(grant), Some(auth)) = (grant, auth) {
         if ![&id, &from, &to].iter().all(|i| grant.permits(i.as_str())) {
-            return Err(auth.deny(&req, &grant.key, Denial::Ids));
+            return Err(auth.deny(&req, Some(&grant), Denial::Ids));
         }
     }
     let command = AnyCommand::Transfer(Command::Start { from, to, amount });

@@ -43,6 +43,37 @@ pub struct AuthSettings {
     /// The TOML file of keys (`[[key]]`: name, sha256, scopes, ids);
     /// empty for none. Reloaded when it changes.
     pub keys_file: String,
+    /// Tokens from an identity provider, beside (or instead of) keys.
+    pub jwt: JwtSettings,
+}
+
+/// JWTs from an identity provider (`crate::auth::jwt`): on when a secret
+/// or a public key file is set.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` every token must carry (one of, when it is a list).
+    pub audience: String,
+    /// HS256's shared secret, at least 32 bytes (better from
+    /// `TROUPE__AUTH__JWT__HS256_SECRET` than from a file).
+    pub hs256_secret: String,
+    /// An RSA (RS256/384/512) or EC (ES256/384) public key in PEM;
+    /// reloaded when it changes.
+    pub public_key_file: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+    /// A claim holding the token's id prefix (as a key's `ids`); tokens
+    /// without it are refused. Empty: tokens are not limited by id.
+    pub ids_claim: String,
+}
+
+impl JwtSettings {
+    /// Whether a key is configured, and so tokens are accepted.
+    pub fn is_configured(&self) -> bool {
+        !self.hs256_secret.is_empty() || !self.public_key_file.trim().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -99,9 +130,26 @@ pub struct ServerSettings {
     /// health, which then leave the main one (health stays on both);
     /// empty for none.
     pub ops_bind: String,
+    pub tls: TlsSettings,
     pub drain_delay_ms: u64,
     pub shutdown_grace_ms: u64,
     pub retry_after_s: u64,
+}
+
+/// TLS on every listener (`crate::tls`): on when both files are set.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain in PEM, the server's own first.
+    pub cert_file: String,
+    /// Its private key in PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+}
+
+impl TlsSettings {
+    pub fn is_enabled(&self) -> bool {
+        !self.cert_file.trim().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -378,6 +426,32 @@ impl Settings {
                 value: self.runtime.max_timeout_ms.to_string(),
                 layer: String::new(),
                 reason: "must not be below runtime.default_timeout_ms",
+            });
+        }
+        let tls = &self.server.tls;
+        if tls.cert_file.trim().is_empty() != tls.key_file.trim().is_empty() {
+            return Err(SettingsError::Invalid {
+                key: "server.tls.key_file",
+                value: tls.key_file.clone(),
+                layer: String::new(),
+                reason: "server.tls.cert_file and server.tls.key_file are set together",
+            });
+        }
+        let jwt = &self.auth.jwt;
+        if jwt.is_configured() && (jwt.issuer.trim().is_empty() || jwt.audience.trim().is_empty()) {
+            return Err(SettingsError::Invalid {
+                key: "auth.jwt.audience",
+                value: jwt.audience.clone(),
+                layer: String::new(),
+                reason: "auth.jwt needs an issuer and an audience when it has a key",
+            });
+        }
+        if !jwt.hs256_secret.is_empty() && !jwt.public_key_file.trim().is_empty() {
+            return Err(SettingsError::Invalid {
+                key: "auth.jwt.public_key_file",
+                value: jwt.public_key_file.clone(),
+                layer: String::new(),
+                reason: "set auth.jwt.hs256_secret or auth.jwt.public_key_file, not both",
             });
         }
         if self.server.bind.parse::<std::net::IpAddr>().is_err() && self.server.bind != "localhost"

@@ -45,6 +45,8 @@ pub struct Metrics {
     /// API keys in force, and reloads of the keys file by result.
     pub auth_keys: IntGauge,
     pub auth_reloads: IntCounterVec,
+    /// Reloads of the TLS certificate by result.
+    pub tls_reloads: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -113,8 +115,9 @@ impl Metrics {
             spans: counter(&r, "troupe_trace_spans_total", "Spans by export stage: ended, exported, failed (ended - exported - failed = dropped or queued).", &["stage"]),
             config_reloads: counter(&r, "troupe_config_reloads_total", "Configuration reloads by result (applied, rejected).", &["result"]),
             auth_keys: gauge(&r, "troupe_auth_keys", "API keys in force (auth.keys_file).", &[]).with_label_values::<&str>(&[]),
-            auth_reloads: counter(&r, "troupe_auth_key_reloads_total", "Reloads of the keys file by result: applied, rejected (the keys in force stay), gone (every key revoked).", &["result"]),
-            auth_denied: counter(&r, "troupe_auth_denied_total", "Requests refused by key name (none when no key matched) and reason (missing, malformed, unknown_key, scope, ids).", &["key", "reason"]),
+            auth_reloads: counter(&r, "troupe_auth_key_reloads_total", "Reloads of the keys file by result: applied, rejected (the keys in force stay), gone (every key revoked); of the JWT public key: jwt_applied, jwt_rejected.", &["result"]),
+            tls_reloads: counter(&r, "troupe_tls_reloads_total", "Reloads of the TLS certificate and key by result: applied, rejected (the pair in force stays).", &["result"]),
+            auth_denied: counter(&r, "troupe_auth_denied_total", "Requests refused by key name (none when no key matched) and reason (missing, malformed, unknown_key, jwt_expired, jwt_not_yet_valid, jwt_issuer, jwt_audience, jwt_signature, jwt_invalid, scope, ids); jwt for an identity provider's token.", &["key", "reason"]),
             registry: r,
         }
     }

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::helpers::{config_dir, spawn_app_with, Child, TestApp};
+use crate::jwt;
 
 /// A `[[key]]` block for `token`.
 fn key(name: &str, token: &str, scopes: &[&str], ids: Option<&str>) -> String {
@@ -605,11 +606,22 @@ async fn no_token_reaches_the_logs() {
             ("TROUPE__AUTH__ENABLED", "true"),
             ("TROUPE__AUTH__KEYS_FILE", &path.display().to_string()),
             ("TROUPE__LOG__FILTER", "trace"),
+            ("TROUPE__AUTH__JWT__ISSUER", jwt::ISSUER),
+            ("TROUPE__AUTH__JWT__AUDIENCE", jwt::AUDIENCE),
+            ("TROUPE__AUTH__JWT__HS256_SECRET", jwt::SECRET),
         ],
     )
     .await;
     let client = reqwest::Client::new();
-    for token in ["t-all", "t-pay", "t-ops-read", "t-secret-nobody-has"] {
+    let valid = jwt::hs256(&jwt::claims("ledger:read"));
+    let mut expired = jwt::claims("ledger:read ops:read");
+    expired["exp"] = json!(jwt::now() - 3600);
+    let expired = jwt::hs256(&expired);
+    let jwts = [valid.as_str(), expired.as_str()];
+    for token in ["t-all", "t-pay", "t-ops-read", "t-secret-nobody-has"]
+        .into_iter()
+        .chain(jwts)
+    {
         for path in ["/v1/accounts/a", "/v1/accounts/other", "/metrics"] {
             let _ = client
                 .get(format!("{}{path}", child.address))
@@ -645,4 +657,14 @@ async fn no_token_reaches_the_logs() {
     ] {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
     }
+    // A JWT's signature is what makes it a credential; the HS256 secret
+    // signs them all.
+    for token in jwts {
+        let signature = token.rsplit('.').next().unwrap_or(token);
+        assert!(!logs.contains(signature), "a JWT appears in the logs");
+    }
+    assert!(
+        !logs.contains(jwt::SECRET),
+        "the JWT secret appears in the logs"
+    );
 }
