@@ -116,7 +116,10 @@ impl Reloader {
         self.reloads.with_label_values(&["applied"]).inc();
         let describe = |keys: &[&String]| -> String {
             keys.iter()
-                .map(|k| format!("{k}={}", after.get(*k).map_or("", String::as_str)))
+                .map(|k| {
+                    let value = after.get(*k).map_or("", String::as_str);
+                    format!("{k}={}", crate::settings::redact(k, value))
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };

@@ -152,14 +152,19 @@ impl Application {
                     .with_context(|| format!("binding server.ops_bind {address}"))?,
             ),
         };
-        let ops_port = match &ops_listener {
-            Some(l) => Some(l.local_addr()?.port()),
+        let ops_address = match &ops_listener {
+            Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        let ops_port = ops_address.map(|a| a.port());
 
         let tls = match &certificates {
             Some(certificates) => {
-                match certificates.watch(&background, metrics.tls_reloads.clone()) {
+                let tls_metrics = crate::tls::TlsMetrics {
+                    reloads: metrics.tls_reloads.clone(),
+                    expiry: metrics.tls_expiry.clone(),
+                };
+                match certificates.watch(&background, tls_metrics) {
                     Ok(w) => watchers.push(w),
                     Err(e) => {
                         tracing::warn!(error.message = %e, "cannot watch the TLS files; the certificate is not reloaded");
@@ -181,7 +186,7 @@ impl Application {
             web::Data::new(limits),
             web::Data::from(current.clone()),
             web::Data::from(auth),
-            web::Data::new(http::ops::OpsPort(ops_port)),
+            web::Data::new(http::ops::OpsAddress(ops_address)),
         );
         let http_metrics_on = settings.telemetry.http_metrics;
         let server = HttpServer::new(move || {
@@ -401,6 +406,8 @@ fn load_credentials(settings: &Settings) -> anyhow::Result<(KeyRing, Option<Jwt>
     if !settings.auth.enabled {
         if settings.environment == "production" {
             tracing::warn!("auth.enabled is false in production: every route is open to anyone who can reach the port");
+        } else if !settings.auth.keys_file.trim().is_empty() || settings.auth.jwt.is_configured() {
+            tracing::warn!("auth.keys_file or auth.jwt is set but auth.enabled is false: no credentials are checked");
         }
         return Ok((KeyRing::default(), None));
     }

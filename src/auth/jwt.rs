@@ -6,11 +6,16 @@
 //! `exp` (both with `leeway_s` of skew; `exp`, `iss` and `aud` must be
 //! present). The algorithms accepted follow from the key, never from the
 //! token's header, so an RSA public key cannot be replayed as an HMAC
-//! secret. Scopes come from the standard `scope` claim (space-separated;
-//! scopes troupe does not know, such as `openid`, are ignored); with
-//! `ids_claim` set, that claim is the token's id prefix, as a key's `ids`.
-//! The public key file is re-read when it changes (key rotation); a file
-//! that does not parse keeps the key in force.
+//! secret. Scopes come from the standard `scope` claim (space-separated)
+//! and from `scp` (Okta's list, Entra ID's string), joined; scopes troupe
+//! does not know, such as `openid`, are ignored. With `ids_claim` set,
+//! that claim is the token's id prefix, as a key's `ids`.
+//!
+//! The public key file may hold several keys (PEM blocks one after the
+//! other): a token passes if one of them verifies it, so a provider's key
+//! rotation is done in two edits (add the new key, later remove the old
+//! one) with no token refused between. The file is re-read when it
+//! changes; a file that does not parse keeps the keys in force.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,10 +28,7 @@ use serde_json::{Map, Value};
 use super::Scope;
 use crate::settings::JwtSettings;
 
-/// An HS256 secret shorter than the hash (RFC 7518, 3.2) is refused.
-const MIN_SECRET_BYTES: usize = 32;
-
-/// The key and the checks a token must pass; replaced whole on a reload.
+/// One key and the checks a token must pass with it.
 struct Verifier {
     key: DecodingKey,
     validation: Validation,
@@ -34,7 +36,8 @@ struct Verifier {
 
 /// Verifies the identity provider's tokens.
 pub struct Jwt {
-    verifier: ArcSwap<Verifier>,
+    /// Every key in force; replaced whole on a reload.
+    verifiers: ArcSwap<Vec<Verifier>>,
     settings: JwtSettings,
 }
 
@@ -82,9 +85,9 @@ impl Jwt {
                     .into(),
             );
         }
-        let verifier = build(settings)?;
+        let verifiers = build(settings)?;
         Ok(Some(Self {
-            verifier: ArcSwap::from_pointee(verifier),
+            verifiers: ArcSwap::from_pointee(verifiers),
             settings: settings.clone(),
         }))
     }
@@ -102,7 +105,7 @@ impl Jwt {
     /// # Errors
     /// As [`Jwt::from_settings`].
     pub fn reload(&self) -> Result<(), String> {
-        self.verifier.store(Arc::new(build(&self.settings)?));
+        self.verifiers.store(Arc::new(build(&self.settings)?));
         Ok(())
     }
 
@@ -111,33 +114,28 @@ impl Jwt {
     /// # Errors
     /// The [`Rejection`] that applies first.
     pub fn verify(&self, token: &str) -> Result<Claims, Rejection> {
-        let verifier = self.verifier.load();
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &verifier.key, &verifier.validation)
-                .map_err(|e| match e.kind() {
-                    ErrorKind::ExpiredSignature => Rejection::Expired,
-                    ErrorKind::ImmatureSignature => Rejection::NotYetValid,
-                    ErrorKind::InvalidIssuer => Rejection::Issuer,
-                    ErrorKind::InvalidAudience => Rejection::Audience,
-                    ErrorKind::InvalidSignature => Rejection::Signature,
-                    _ => Rejection::Invalid,
-                })?;
-        let claims = data.claims;
+        let claims = self.decode(token)?;
         let subject = claims
             .get("sub")
             .and_then(Value::as_str)
             .unwrap_or("unknown")
             .to_owned();
-        let scopes = match claims.get("scope") {
-            None => Vec::new(),
-            Some(Value::String(s)) => s.split_whitespace().filter_map(Scope::parse).collect(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(Value::as_str)
-                .filter_map(Scope::parse)
-                .collect(),
-            Some(_) => return Err(Rejection::Invalid),
-        };
+        let mut scopes = Vec::new();
+        for claim in ["scope", "scp"] {
+            match claims.get(claim) {
+                None => {}
+                Some(Value::String(s)) => {
+                    scopes.extend(s.split_whitespace().filter_map(Scope::parse))
+                }
+                Some(Value::Array(items)) => scopes.extend(
+                    items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .filter_map(Scope::parse),
+                ),
+                Some(_) => return Err(Rejection::Invalid),
+            }
+        }
         let ids = match self.settings.ids_claim.trim() {
             "" => None,
             // A token without its prefix would be unrestricted: refused.
@@ -152,27 +150,66 @@ impl Jwt {
             ids,
         })
     }
+
+    /// The claims of a token one of the keys verifies. A key that does
+    /// not verify the signature (or is of another family than the
+    /// token's algorithm) passes the token to the next; any other failure
+    /// is the token's, since the signature is checked before the claims.
+    fn decode(&self, token: &str) -> Result<Map<String, Value>, Rejection> {
+        let mut rejection = Rejection::Invalid;
+        for verifier in self.verifiers.load().iter() {
+            let decoded = jsonwebtoken::decode::<Map<String, Value>>(
+                token,
+                &verifier.key,
+                &verifier.validation,
+            );
+            match decoded {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => match e.kind() {
+                    ErrorKind::InvalidSignature => rejection = Rejection::Signature,
+                    ErrorKind::InvalidAlgorithm => {}
+                    ErrorKind::ExpiredSignature => return Err(Rejection::Expired),
+                    ErrorKind::ImmatureSignature => return Err(Rejection::NotYetValid),
+                    ErrorKind::InvalidIssuer => return Err(Rejection::Issuer),
+                    ErrorKind::InvalidAudience => return Err(Rejection::Audience),
+                    _ => return Err(Rejection::Invalid),
+                },
+            }
+        }
+        Err(rejection)
+    }
 }
 
-/// The key and the validation the settings describe.
-fn build(settings: &JwtSettings) -> Result<Verifier, String> {
-    let (key, algorithms) = match (
+/// The keys and the validation the settings describe.
+fn build(settings: &JwtSettings) -> Result<Vec<Verifier>, String> {
+    let keys = match (
         settings.hs256_secret.as_str(),
         settings.public_key_file.trim(),
     ) {
         (secret, "") => {
-            if secret.len() < MIN_SECRET_BYTES {
+            if secret.len() < JwtSettings::MIN_SECRET_BYTES {
                 return Err(format!(
-                    "auth.jwt.hs256_secret must be at least {MIN_SECRET_BYTES} bytes"
+                    "auth.jwt.hs256_secret must be at least {} bytes",
+                    JwtSettings::MIN_SECRET_BYTES
                 ));
             }
             let key = DecodingKey::from_secret(secret.as_bytes())
                 .map_err(|e| format!("auth.jwt.hs256_secret: {e}"))?;
-            (key, vec![Algorithm::HS256])
+            vec![(key, vec![Algorithm::HS256])]
         }
-        ("", path) => public_key(Path::new(path))?,
+        ("", path) => public_keys(Path::new(path))?,
         _ => return Err("auth.jwt: set hs256_secret or public_key_file, not both".into()),
     };
+    Ok(keys
+        .into_iter()
+        .map(|(key, algorithms)| Verifier {
+            key,
+            validation: validation(settings, algorithms),
+        })
+        .collect())
+}
+
+fn validation(settings: &JwtSettings, algorithms: Vec<Algorithm>) -> Validation {
     let mut validation = Validation::new(algorithms[0]);
     validation.algorithms = algorithms;
     validation.leeway = settings.leeway_s;
@@ -180,24 +217,58 @@ fn build(settings: &JwtSettings) -> Result<Verifier, String> {
     validation.set_issuer(&[settings.issuer.trim()]);
     validation.set_audience(&[settings.audience.trim()]);
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-    Ok(Verifier { key, validation })
+    validation
 }
 
-/// An RSA or EC public key in PEM, and the algorithms it verifies.
-fn public_key(path: &Path) -> Result<(DecodingKey, Vec<Algorithm>), String> {
-    let pem = std::fs::read(path)
-        .map_err(|e| format!("auth.jwt.public_key_file {}: {e}", path.display()))?;
-    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-        return Ok((
-            key,
-            vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
-        ));
+/// Every RSA or EC public key of a PEM file, each with the algorithms it
+/// verifies. A block that is no such key refuses the whole file.
+fn public_keys(path: &Path) -> Result<Vec<(DecodingKey, Vec<Algorithm>)>, String> {
+    let failed = |what: String| format!("auth.jwt.public_key_file {}: {what}", path.display());
+    let text = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+    let blocks = pem::parse_many(&text).map_err(|e| failed(e.to_string()))?;
+    if blocks.is_empty() {
+        return Err(failed("no PEM block".into()));
     }
-    if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-        return Ok((key, vec![Algorithm::ES256, Algorithm::ES384]));
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, block)| {
+            let one = pem::encode(block);
+            if let Ok(key) = DecodingKey::from_rsa_pem(one.as_bytes()) {
+                return Ok((
+                    key,
+                    vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
+                ));
+            }
+            if let Ok(key) = DecodingKey::from_ec_pem(one.as_bytes()) {
+                return Ok((key, vec![Algorithm::ES256, Algorithm::ES384]));
+            }
+            Err(failed(format!(
+                "block {} ({}) is not an RSA or EC public key",
+                i + 1,
+                block.tag()
+            )))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_bundle_is_read() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let ec = rcgen::KeyPair::generate().unwrap();
+        let path = dir.path().join("idp.pem");
+        let bundle = format!("{}{}", rsa.public_key_pem(), ec.public_key_pem());
+        std::fs::write(&path, &bundle).unwrap();
+        let keys = public_keys(&path).unwrap();
+        assert_eq!(keys.len(), 2, "{bundle}");
+        assert_eq!(keys[0].1[0], Algorithm::RS256);
+        assert_eq!(keys[1].1[0], Algorithm::ES256);
+        std::fs::write(&path, format!("{bundle}{}", ec.serialize_pem())).unwrap();
+        assert!(public_keys(&path).is_err(), "a private key is refused");
     }
-    Err(format!(
-        "auth.jwt.public_key_file {}: not an RSA or EC public key in PEM",
-        path.display()
-    ))
 }

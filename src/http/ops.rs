@@ -21,9 +21,11 @@ pub const HEALTH: [&str; 2] = ["/healthz", "/readyz"];
 /// there is one.
 pub const OPERATIONS: [&str; 2] = ["/metrics", "/config"];
 
-/// The port of the operations listener (`server.ops_bind`), if any.
+/// The address of the operations listener (`server.ops_bind`), if any:
+/// the whole address, since it may share the main listener's port on
+/// another interface.
 #[derive(Debug, Clone, Copy)]
-pub struct OpsPort(pub Option<u16>);
+pub struct OpsAddress(pub Option<std::net::SocketAddr>);
 
 /// With an operations listener, keeps `/metrics` and `/config` to it and
 /// everything but them and health off it: each answers `404` on the other.
@@ -31,13 +33,13 @@ pub async fn split(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let ops = req.app_data::<web::Data<OpsPort>>().and_then(|p| p.0);
+    let ops = req.app_data::<web::Data<OpsAddress>>().and_then(|a| a.0);
     if let Some(ops) = ops {
         // As the router will match it: `/%6detrics` is `/metrics`.
         let path = crate::auth::router_path(req.path());
         let operations = OPERATIONS.contains(&path.as_str());
         let health = HEALTH.contains(&path.as_str());
-        let on_ops = req.app_config().local_addr().port() == ops;
+        let on_ops = req.app_config().local_addr() == ops;
         if (on_ops && !operations && !health) || (!on_ops && operations) {
             let error = ApiError::for_request(
                 req.request(),

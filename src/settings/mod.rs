@@ -70,6 +70,11 @@ pub struct JwtSettings {
 }
 
 impl JwtSettings {
+    /// An HS256 secret shorter than the hash is refused (RFC 7518, 3.2).
+    pub const MIN_SECRET_BYTES: usize = 32;
+    /// Clock skew, not a longer token life.
+    pub const MAX_LEEWAY_S: u64 = 300;
+
     /// Whether a key is configured, and so tokens are accepted.
     pub fn is_configured(&self) -> bool {
         !self.hs256_secret.is_empty() || !self.public_key_file.trim().is_empty()
@@ -437,23 +442,7 @@ impl Settings {
                 reason: "server.tls.cert_file and server.tls.key_file are set together",
             });
         }
-        let jwt = &self.auth.jwt;
-        if jwt.is_configured() && (jwt.issuer.trim().is_empty() || jwt.audience.trim().is_empty()) {
-            return Err(SettingsError::Invalid {
-                key: "auth.jwt.audience",
-                value: jwt.audience.clone(),
-                layer: String::new(),
-                reason: "auth.jwt needs an issuer and an audience when it has a key",
-            });
-        }
-        if !jwt.hs256_secret.is_empty() && !jwt.public_key_file.trim().is_empty() {
-            return Err(SettingsError::Invalid {
-                key: "auth.jwt.public_key_file",
-                value: jwt.public_key_file.clone(),
-                layer: String::new(),
-                reason: "set auth.jwt.hs256_secret or auth.jwt.public_key_file, not both",
-            });
-        }
+        self.validate_jwt()?;
         if self.server.bind.parse::<std::net::IpAddr>().is_err() && self.server.bind != "localhost"
         {
             return Err(SettingsError::Invalid {
@@ -462,6 +451,60 @@ impl Settings {
                 layer: String::new(),
                 reason: "must be an IP address",
             });
+        }
+        Ok(())
+    }
+
+    /// `auth.jwt`: a key with an issuer and an audience, one key only, a
+    /// secret as long as the hash, a small leeway, no half configuration.
+    fn validate_jwt(&self) -> Result<(), SettingsError> {
+        let jwt = &self.auth.jwt;
+        let invalid = |key: &'static str, value: String, reason: &'static str| {
+            Err(SettingsError::Invalid {
+                key,
+                value,
+                layer: String::new(),
+                reason,
+            })
+        };
+        let named = !jwt.issuer.trim().is_empty() || !jwt.audience.trim().is_empty();
+        if !jwt.is_configured() {
+            if named {
+                return invalid(
+                    "auth.jwt.issuer",
+                    jwt.issuer.clone(),
+                    "auth.jwt names an issuer or audience but no key: set hs256_secret or public_key_file",
+                );
+            }
+            return Ok(());
+        }
+        if jwt.issuer.trim().is_empty() || jwt.audience.trim().is_empty() {
+            return invalid(
+                "auth.jwt.audience",
+                jwt.audience.clone(),
+                "auth.jwt needs an issuer and an audience when it has a key",
+            );
+        }
+        if !jwt.hs256_secret.is_empty() && !jwt.public_key_file.trim().is_empty() {
+            return invalid(
+                "auth.jwt.public_key_file",
+                jwt.public_key_file.clone(),
+                "set auth.jwt.hs256_secret or auth.jwt.public_key_file, not both",
+            );
+        }
+        if !jwt.hs256_secret.is_empty() && jwt.hs256_secret.len() < JwtSettings::MIN_SECRET_BYTES {
+            return invalid(
+                "auth.jwt.hs256_secret",
+                "***".into(),
+                "must be at least 32 bytes (RFC 7518: as long as the hash)",
+            );
+        }
+        if jwt.leeway_s > JwtSettings::MAX_LEEWAY_S {
+            return invalid(
+                "auth.jwt.leeway_s",
+                jwt.leeway_s.to_string(),
+                "must be at most 300 (clock skew, not a longer token life)",
+            );
         }
         Ok(())
     }

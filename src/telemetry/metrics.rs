@@ -45,8 +45,9 @@ pub struct Metrics {
     /// API keys in force, and reloads of the keys file by result.
     pub auth_keys: IntGauge,
     pub auth_reloads: IntCounterVec,
-    /// Reloads of the TLS certificate by result.
+    /// Reloads of the TLS certificate by result, and when it expires.
     pub tls_reloads: IntCounterVec,
+    pub tls_expiry: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -116,6 +117,7 @@ impl Metrics {
             config_reloads: counter(&r, "troupe_config_reloads_total", "Configuration reloads by result (applied, rejected).", &["result"]),
             auth_keys: gauge(&r, "troupe_auth_keys", "API keys in force (auth.keys_file).", &[]).with_label_values::<&str>(&[]),
             auth_reloads: counter(&r, "troupe_auth_key_reloads_total", "Reloads of the keys file by result: applied, rejected (the keys in force stay), gone (every key revoked); of the JWT public key: jwt_applied, jwt_rejected.", &["result"]),
+            tls_expiry: gauge(&r, "troupe_tls_certificate_expiry_timestamp_seconds", "When the TLS certificate in force expires (Unix seconds); absent without TLS.", &[]).with_label_values::<&str>(&[]),
             tls_reloads: counter(&r, "troupe_tls_reloads_total", "Reloads of the TLS certificate and key by result: applied, rejected (the pair in force stays).", &["result"]),
             auth_denied: counter(&r, "troupe_auth_denied_total", "Requests refused by key name (none when no key matched) and reason (missing, malformed, unknown_key, jwt_expired, jwt_not_yet_valid, jwt_issuer, jwt_audience, jwt_signature, jwt_invalid, scope, ids); jwt for an identity provider's token.", &["key", "reason"]),
             registry: r,

@@ -387,24 +387,70 @@ async fn a_reloaded_log_filter_changes_what_the_binary_logs() {
     );
 }
 
-/// A password in a URL never leaves the process: not through `GET /config`,
-/// not through `troupe config`.
+const JWT_SECRET: &str = "hunter3-hunter3-hunter3-hunter3-hunter3";
+
+/// A password in a URL and the JWT secret never leave the process: not
+/// through `GET /config`, not through `troupe config`.
 #[actix_rt::test]
 async fn passwords_are_redacted_in_config_output() {
     let url = "redis://user:hunter2@127.0.0.1:6390/0";
     let app = crate::helpers::spawn_app_with(TempDir::new().unwrap(), |s| {
         s.store.redis.url = url.into();
+        s.auth.jwt.hs256_secret = JWT_SECRET.into();
     })
     .await;
     let shown = app.get("/config").await.text().await.unwrap();
     assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains(JWT_SECRET), "{shown}");
     assert!(shown.contains("store.redis.url"), "{shown}");
+    assert!(shown.contains("auth.jwt.hs256_secret"), "{shown}");
 
-    let (status, text) = crate::helpers::troupe_config(&[("TROUPE__STORE__REDIS__URL", url)]).await;
+    let (status, text) = crate::helpers::troupe_config(&[
+        ("TROUPE__STORE__REDIS__URL", url),
+        ("TROUPE__AUTH__JWT__HS256_SECRET", JWT_SECRET),
+        ("TROUPE__AUTH__JWT__ISSUER", "https://id.example.com/"),
+        ("TROUPE__AUTH__JWT__AUDIENCE", "troupe"),
+    ])
+    .await;
     assert!(status.success());
     assert!(
         text.lines().any(|l| l.starts_with("store.redis.url = ")),
         "{text}"
     );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("auth.jwt.hs256_secret = ***")),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"), "{text}");
+    assert!(!text.contains(JWT_SECRET), "{text}");
+}
+
+/// A reload that changes secrets logs which keys need a restart, never
+/// their values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_logs_changed_secrets_redacted() {
+    let config = crate::helpers::config_dir_copy();
+    let data = TempDir::new().unwrap();
+    let child = crate::helpers::Child::start_in(data.path(), config.path(), &[]).await;
+    write(
+        config.path(),
+        "local.toml",
+        &format!(
+            "[store.redis]\nurl = \"redis://user:hunter2@127.0.0.1:6390/0\"\n\n\
+             [auth.jwt]\nissuer = \"https://id.example.com/\"\naudience = \"troupe\"\n\
+             hs256_secret = \"{JWT_SECRET}\"\n"
+        ),
+    );
+    let (_, line) = child
+        .wait_log(0, Duration::from_secs(10), |l| {
+            l["fields"]["message"] == "configuration changes need a restart; not applied"
+        })
+        .await;
+    let changed = line["fields"]["changed"].as_str().unwrap_or_default();
+    assert!(changed.contains("auth.jwt.hs256_secret=***"), "{line}");
+    assert!(changed.contains("store.redis.url="), "{line}");
+    let output = child.output();
+    assert!(!output.contains("hunter2"), "the Redis password was logged");
+    assert!(!output.contains(JWT_SECRET), "the JWT secret was logged");
 }

@@ -108,3 +108,23 @@ async fn an_operations_listener_takes_metrics_and_config_off_the_main_port() {
         );
     }
 }
+
+/// The operations listener on the main port's number, another loopback
+/// address: the split goes by the whole address, not the port.
+#[actix_rt::test]
+async fn an_operations_listener_on_the_same_port_of_another_address_is_still_apart() {
+    let port = crate::helpers::free_port();
+    let app = spawn_app_with(TempDir::new().unwrap(), move |s| {
+        s.server.port = port;
+        s.server.ops_bind = format!("127.0.0.2:{port}");
+    })
+    .await;
+    let status =
+        |host: &str, path: &str| app.client.get(format!("http://{host}:{port}{path}")).send();
+    let on_main = status("127.0.0.1", "/metrics").await.unwrap().status();
+    let on_ops = status("127.0.0.2", "/metrics").await.unwrap().status();
+    assert_eq!(on_main.as_u16(), 404, "/metrics on the main address");
+    assert_eq!(on_ops.as_u16(), 200, "/metrics on the operations address");
+    let ledger = status("127.0.0.2", "/v1/actors").await.unwrap().status();
+    assert_eq!(ledger.as_u16(), 404, "the API on the operations address");
+}

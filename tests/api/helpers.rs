@@ -37,6 +37,14 @@ pub fn config_dir_copy() -> TempDir {
 /// `troupe config` through the binary with `env`: its exit status and
 /// what it printed on stdout.
 pub async fn troupe_config(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let (status, stdout, _) = troupe_config_printing(env).await;
+    (status, stdout)
+}
+
+/// As [`troupe_config`], with what it printed on stderr too.
+pub async fn troupe_config_printing(
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String) {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"));
     command.arg("--config-dir").arg(config_dir()).arg("config");
     for (k, v) in env {
@@ -46,6 +54,7 @@ pub async fn troupe_config(env: &[(&str, &str)]) -> (std::process::ExitStatus, S
     (
         printed.status,
         String::from_utf8_lossy(&printed.stdout).into_owned(),
+        String::from_utf8_lossy(&printed.stderr).into_owned(),
     )
 }
 

@@ -243,9 +243,25 @@ async fn tokens_that_do_not_verify_are_refused_each_for_its_reason_and_change_no
             }),
             "jwt_invalid",
         ),
+        (
+            "no iss",
+            with(&|c| {
+                c.remove("iss");
+            }),
+            "jwt_invalid",
+        ),
+        (
+            "a scope claim that is a number",
+            with(&|c| {
+                c.insert("scope".into(), json!(7));
+            }),
+            "jwt_invalid",
+        ),
         ("not base64", "a.b.c".into(), "jwt_invalid"),
     ];
-    for (what, token, _) in &cases {
+    let ops = hs256(&claims("ops:read"));
+    for (what, token, reason) in &cases {
+        let before = denied(&app, &ops, reason).await;
         let r = put_account(&app, "victim", token).await;
         assert!(
             r.headers()
@@ -258,7 +274,22 @@ async fn tokens_that_do_not_verify_are_refused_each_for_its_reason_and_change_no
             !body.to_string().contains(token.as_str()),
             "{what}: the answer echoes no token"
         );
+        assert_eq!(
+            denied(&app, &ops, reason).await,
+            before + 1,
+            "{what}: counted as {reason}"
+        );
     }
+    // An audience list holding ours passes; Okta's `scp` list grants too.
+    let listed = with(&|c| {
+        c.insert("aud".into(), json!(["another-service", AUDIENCE]));
+        c.remove("scope");
+        c.insert("scp".into(), json!(["ledger:read"]));
+    });
+    assert_eq!(
+        get(&app, "/v1/accounts/victim", &listed).await.status(),
+        StatusCode::NOT_FOUND
+    );
     // Within the leeway, an expired clock skew still passes.
     let skewed = with(&|c| {
         c.insert("exp".into(), json!(now() - 5));
@@ -268,12 +299,16 @@ async fn tokens_that_do_not_verify_are_refused_each_for_its_reason_and_change_no
         StatusCode::NOT_FOUND,
         "no refused request opened the account"
     );
-    let ops = hs256(&claims("ops:read"));
-    let metrics = get(&app, "/metrics", &ops).await.text().await.unwrap();
-    for (what, _, reason) in &cases {
-        let series = format!(r#"troupe_auth_denied_total{{key="none",reason="{reason}"}}"#);
-        assert!(metrics.contains(&series), "{what}: {series} not counted");
-    }
+}
+
+/// Refusals counted without a key for `reason`.
+async fn denied(app: &TestApp, ops: &str, reason: &str) -> u64 {
+    let metrics = get(app, "/metrics", ops).await.text().await.unwrap();
+    let series = format!(r#"troupe_auth_denied_total{{key="none",reason="{reason}"}} "#);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
 }
 
 fn base64url(text: &str) -> String {
@@ -318,16 +353,17 @@ async fn rsa_and_ec_public_keys_verify_and_a_rotated_key_takes_over_without_a_re
     )
     .await;
 
-    // Rotation: the identity provider's new key replaces the file.
+    // Rotation, first edit: the provider's new key joins the old one;
+    // tokens of both pass.
+    write(keys.path(), "idp.pem", &format!("{rsa_public}{ec_public}"));
+    let added = wait_for(|| async { put_account(&app, "b", &es256).await.status() == 201 }).await;
+    assert!(added, "the added EC key was never used");
+    assert_eq!(get(&app, "/v1/accounts/a", &rs256).await.status(), 200);
+    // Second edit: the old key leaves; its tokens are refused.
     write(keys.path(), "idp.pem", &ec_public);
-    let reloaded =
-        wait_for(|| async { put_account(&app, "b", &es256).await.status() == 201 }).await;
-    assert!(reloaded, "the rotated EC key was never used");
-    assert_eq!(
-        get(&app, "/v1/accounts/a", &rs256).await.status(),
-        StatusCode::UNAUTHORIZED,
-        "tokens of the retired key are refused"
-    );
+    let retired =
+        wait_for(|| async { get(&app, "/v1/accounts/a", &rs256).await.status() == 401 }).await;
+    assert!(retired, "tokens of the retired key still pass");
 
     // A broken key file keeps the key in force.
     write(keys.path(), "idp.pem", "not a key");
@@ -442,10 +478,10 @@ async fn a_jwt_configuration_that_cannot_verify_safely_stops_start_up() {
         public_key_file: "/nonexistent/idp.pem".into(),
         ..jwt_settings()
     };
-    for (what, jwt) in [
-        ("a short secret", short),
-        ("no audience", no_audience),
-        ("a missing key file", missing),
+    for (what, jwt, says) in [
+        ("a short secret", short, "at least 32 bytes"),
+        ("no audience", no_audience, "issuer and audience"),
+        ("a missing key file", missing, "/nonexistent/idp.pem"),
     ] {
         let dir = TempDir::new().unwrap();
         let mut settings = crate::helpers::test_settings(dir.path());
@@ -454,16 +490,49 @@ async fn a_jwt_configuration_that_cannot_verify_safely_stops_start_up() {
         let built = troupe::startup::Application::build(settings).await;
         let error = built.err().map(|e| format!("{e:#}"));
         assert!(
-            error.as_deref().is_some_and(|e| e.contains("auth.jwt")),
+            error.as_deref().is_some_and(|e| e.contains(says)),
             "{what}: {error:?}"
         );
     }
-    // Through the configuration layers, a key without an audience is
-    // refused before anything starts.
-    let (status, _) = crate::helpers::troupe_config(&[
-        ("TROUPE__AUTH__JWT__HS256_SECRET", SECRET),
-        ("TROUPE__AUTH__JWT__ISSUER", ISSUER),
-    ])
-    .await;
-    assert!(!status.success());
+    // Through the configuration layers each is refused before anything
+    // starts, naming the key (and never printing the secret).
+    for (what, env, key) in [
+        (
+            "no audience",
+            vec![
+                ("TROUPE__AUTH__JWT__HS256_SECRET", SECRET),
+                ("TROUPE__AUTH__JWT__ISSUER", ISSUER),
+            ],
+            "auth.jwt.audience",
+        ),
+        (
+            "a short secret",
+            vec![
+                ("TROUPE__AUTH__JWT__HS256_SECRET", "short-secret-value"),
+                ("TROUPE__AUTH__JWT__ISSUER", ISSUER),
+                ("TROUPE__AUTH__JWT__AUDIENCE", AUDIENCE),
+            ],
+            "auth.jwt.hs256_secret",
+        ),
+        (
+            "a leeway of a day",
+            vec![
+                ("TROUPE__AUTH__JWT__HS256_SECRET", SECRET),
+                ("TROUPE__AUTH__JWT__ISSUER", ISSUER),
+                ("TROUPE__AUTH__JWT__AUDIENCE", AUDIENCE),
+                ("TROUPE__AUTH__JWT__LEEWAY_S", "86400"),
+            ],
+            "auth.jwt.leeway_s",
+        ),
+        (
+            "an issuer without a key",
+            vec![("TROUPE__AUTH__JWT__ISSUER", ISSUER)],
+            "auth.jwt.issuer",
+        ),
+    ] {
+        let (status, _, stderr) = crate::helpers::troupe_config_printing(&env).await;
+        assert!(!status.success(), "{what}");
+        assert!(stderr.contains(key), "{what}: {stderr}");
+        assert!(!stderr.contains("short-secret-value"), "{what}: {stderr}");
+    }
 }

@@ -40,8 +40,17 @@ impl Authority {
 
     /// A server certificate and its private key, in PEM.
     fn server(&self) -> (String, String) {
+        self.server_until(None)
+    }
+
+    /// As [`Authority::server`], expiring at the start of `year`.
+    fn server_until(&self, year: Option<i32>) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec![HOST.to_owned()]).unwrap();
+        let mut params = CertificateParams::new(vec![HOST.to_owned()]).unwrap();
+        if let Some(year) = year {
+            params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
@@ -176,37 +185,67 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
         "new connections get the new certificate"
     );
 
-    // A certificate with another certificate's key: refused, counted, and
-    // the renewed pair stays in force.
+    let expiry = metric(
+        &trusts_new,
+        port,
+        "troupe_tls_certificate_expiry_timestamp_seconds",
+    )
+    .await;
+    assert!(
+        expiry > 4e9,
+        "rcgen's certificates last until 4096: {expiry}"
+    );
+
+    // A certificate with another certificate's key, then an expired one
+    // (a renewal rolled back): each refused and counted, and the renewed
+    // pair stays in force.
     let (cert, _) = new.server();
     let (_, other_key) = new.server();
-    install(files.path(), &(cert, other_key));
-    let mut counted = false;
-    for _ in 0..100 {
-        let metrics = trusts_new
-            .get(https(port, "/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains(r#"troupe_tls_reloads_total{result="rejected"}"#) {
-            counted = true;
-            break;
+    for (what, pair, rejected) in [
+        ("a mismatched pair", (cert, other_key), 1.0),
+        ("an expired certificate", new.server_until(Some(2020)), 2.0),
+    ] {
+        install(files.path(), &pair);
+        let mut counted = false;
+        for _ in 0..100 {
+            let series = r#"troupe_tls_reloads_total{result="rejected"}"#;
+            if metric(&trusts_new, port, series).await == rejected {
+                counted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(counted, "{what}: the rejected reload is counted");
+        // A fresh client: no session to resume, so it checks what is served.
+        let fresh = client_trusting(&new, port);
+        let served = fresh.get(https(port, "/healthz")).send().await;
+        assert!(served.is_ok(), "{what}: {served:?}");
+        assert_eq!(
+            metric(
+                &fresh,
+                port,
+                "troupe_tls_certificate_expiry_timestamp_seconds"
+            )
+            .await,
+            expiry,
+            "{what}: the expiry shown is the one in force"
+        );
     }
-    assert!(counted, "the rejected reload is counted");
-    assert_eq!(
-        trusts_new
-            .get(https(port, "/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+}
+
+/// A series of `/metrics` over HTTPS, 0 when absent.
+async fn metric(client: &Client, port: u16, series: &str) -> f64 {
+    let text = client
+        .get(https(port, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }
 
 #[actix_rt::test]
@@ -264,4 +303,34 @@ async fn a_certificate_that_does_not_load_stops_start_up() {
     let (status, _) =
         crate::helpers::troupe_config(&[("TROUPE__SERVER__TLS__CERT_FILE", "/etc/tls.crt")]).await;
     assert!(!status.success());
+}
+
+/// An expired certificate at start is served (with a warning) rather than
+/// keeping the service down: clients refuse it, the expiry gauge says why.
+#[actix_rt::test]
+async fn an_expired_certificate_at_start_is_served_and_shown_expired() {
+    let files = TempDir::new().unwrap();
+    let authority = Authority::new("test CA");
+    let app = tls_app(&files, &authority.server_until(Some(2020)), false).await;
+    let port = port_of(&app.address);
+    assert!(
+        client_trusting(&authority, port)
+            .get(https(port, "/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "a client checking dates refuses it"
+    );
+    let lenient = Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve(HOST, ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap();
+    let expiry = metric(
+        &lenient,
+        port,
+        "troupe_tls_certificate_expiry_timestamp_seconds",
+    )
+    .await;
+    assert_eq!(expiry, 1_577_836_800.0, "2020-01-01");
 }
