@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod background;
+pub mod client;
 pub mod http;
 pub mod reload;
 pub mod remote;

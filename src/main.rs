@@ -50,6 +50,39 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Actors of a running server, through its API.
+    Actors {
+        #[command(subcommand)]
+        command: ActorsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ActorsCommand {
+    /// Print every id of a kind, one per line, ascending.
+    List {
+        /// The kind: account or transfer.
+        #[arg(long)]
+        kind: String,
+        /// Only ids starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// The server's base URL.
+        #[arg(long, env = "TROUPE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A bearer token with actors:send, when auth is on.
+        #[arg(long, env = "TROUPE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// PEM of the authority that signed a private server certificate.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Seconds each request may take.
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+        /// Ids per request.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +158,33 @@ fn main() -> anyhow::Result<()> {
     }) = &cli.command
     {
         return new_key(name, scopes, ids.as_deref());
+    }
+    if let Some(Command::Actors {
+        command:
+            ActorsCommand::List {
+                kind,
+                prefix,
+                url,
+                token,
+                ca_file,
+                timeout_s,
+                page_size,
+            },
+    }) = &cli.command
+    {
+        let target = troupe::client::Target {
+            url: url.clone(),
+            token: token.clone(),
+            ca_file: ca_file.clone(),
+            timeout: std::time::Duration::from_secs(*timeout_s),
+            page_size: *page_size,
+        };
+        let mut out = std::io::stdout().lock();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(target.list_actors(kind, prefix.as_deref(), &mut out))?;
+        return Ok(());
     }
     // The remote layer is read before anything else: it may set any key,
     // the log filter and the listening port included.

@@ -376,6 +376,17 @@ fn spawn_resume(background: &Background, runtime: Runtime) {
             runtime.set_draining();
             return;
         }
+        // Actors stored before the listing index existed join it (Redis;
+        // a no-op on the embedded store and once done).
+        let reindex = || async { runtime.store().reindex().await };
+        let retry = ExponentialBuilder::default()
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times();
+        match reindex.retry(retry).await {
+            Ok(0) => {}
+            Ok(indexed) => tracing::info!(indexed, "indexed the actors of an earlier version for listing"),
+            Err(e) => tracing::warn!(error.message = %e, "actors of an earlier version are not listed"),
+        }
         let resume = || async { runtime.resume_pending(&tasks).await };
         let notify = |e: &crate::store::StoreError, wait: Duration| {
             tracing::warn!(error.message = %e, ?wait, "cannot list unfinished actors yet; retrying");

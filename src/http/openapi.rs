@@ -27,6 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         super::transfers::start,
         super::transfers::get,
         super::actors::catalog,
+        super::actors::list,
         super::actors::state,
         super::actors::message,
         super::ops::healthz,
@@ -46,7 +47,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ErrorCode,
         ErrorBody,
         ErrorDetail,
-        ActorReply
+        ActorReply,
+        super::actors::ActorPage
     )),
     modifiers(&BearerKeys)
 )]

@@ -28,6 +28,7 @@
 //! (`troupe.redb`) is migrated on start (see `migrate`).
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -371,6 +372,48 @@ impl Store for EmbeddedStore {
                 .collect()
         })
         .await
+    }
+
+    async fn list(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        // A range scan of the state keyspace (`kind/id` keys, in byte
+        // order): from the later of `kind/prefix` and just past
+        // `kind/after`, while keys keep the prefix.
+        let head = format!("{kind}/{prefix}");
+        let start = match after {
+            Some(after) if format!("{kind}/{after}") >= head => {
+                Bound::Excluded(format!("{kind}/{after}"))
+            }
+            _ => Bound::Included(head.clone()),
+        };
+        let skip = kind.len() + 1;
+        self.read(move |e| {
+            e.state
+                .range::<String, _>((start, Bound::Unbounded))
+                .map(|item| item.key().map_err(|e| unavailable("list actors", e)))
+                .take_while(|key| {
+                    key.as_ref()
+                        .map_or(true, |k| k.starts_with(head.as_bytes()))
+                })
+                .take(limit)
+                .map(|key| {
+                    let key = key?;
+                    std::str::from_utf8(&key[skip..])
+                        .map(str::to_owned)
+                        .map_err(|_| StoreError::Corrupt("an actor's id is not UTF-8".into()))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn reindex(&self) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
     async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

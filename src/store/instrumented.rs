@@ -92,6 +92,23 @@ impl Store for InstrumentedStore {
         result
     }
 
+    async fn list(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.list(kind, prefix, after, limit).await;
+        self.observe("list", started, &result);
+        result
+    }
+
+    async fn reindex(&self) -> Result<u64, StoreError> {
+        self.inner.reindex().await
+    }
+
     async fn pending(&self) -> Result<Vec<String>, StoreError> {
         let started = Instant::now();
         let result = self.inner.pending().await;

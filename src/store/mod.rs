@@ -119,6 +119,30 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] when the store cannot answer.
     async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Ids of the actors of `kind` the store holds state for, ascending
+    /// (byte order), starting with `prefix`, after `after` (exclusive),
+    /// at most `limit`: a page of a listing, whether the actors are
+    /// active or passivated.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot answer.
+    async fn list(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Indexes for listing what an earlier version stored without them
+    /// (the Redis store's per-kind index; nothing for the embedded store,
+    /// whose listing is a range scan). Idempotent and safe beside
+    /// commits; returns how many actors it indexed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the store cannot answer.
+    async fn reindex(&self) -> Result<u64, StoreError>;
+
     /// Every actor whose last commit said it has work pending.
     ///
     /// # Errors

@@ -11,6 +11,8 @@
 //! | `troupe:{kind/id}:idem:{key}` | string, `EX` retention | JSON `{fingerprint, outcome}` |
 //! | `troupe:{kind/id}:facts` | hash | field = fact key, value = JSON fact; never expires |
 //! | `troupe:pending` | set | `kind/id` of actors with unfinished work |
+//! | `troupe:actors:{kind}` | sorted set | every id of the kind with state, all scores 0 (a lexicographic index for listing) |
+//! | `troupe:actors:indexed` | string | set once every actor stored before the index existed is in it |
 //!
 //! A commit is one Lua script (atomic, whatever the actor's batch holds):
 //! it checks the version, then writes the state, the entries, the
@@ -44,19 +46,22 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 
-/// Compare-and-set commit. KEYS: state, entries, pending, facts,
-/// idempotency keys...; ARGV: expected version, new version, has state
-/// (1/0), state, pending (1/0), actor, retention seconds, entry count, fact
-/// count, (seq, entry)..., (fact key, fact)..., idempotency values in KEYS
-/// order. Returns -1 when applied, else the version found.
+/// Compare-and-set commit. KEYS: state, entries, pending, facts, the
+/// kind's index, idempotency keys...; ARGV: expected version, new
+/// version, has state (1/0), state, pending (1/0), actor, retention
+/// seconds, entry count, fact count, the actor's id (its index member),
+/// (seq, entry)..., (fact key, fact)..., idempotency values in KEYS order.
+/// Returns -1 when applied, else the version found. An actor's first
+/// state joins its kind's index.
 const COMMIT: &str = r"
 local found = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if found ~= tonumber(ARGV[1]) then return found end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[4])
   if ARGV[5] == '1' then redis.call('SADD', KEYS[3], ARGV[6]) else redis.call('SREM', KEYS[3], ARGV[6]) end
+  if found == 0 then redis.call('ZADD', KEYS[5], 0, ARGV[10]) end
 end
-local i = 10
+local i = 11
 for _ = 1, tonumber(ARGV[8]) do
   redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -65,7 +70,7 @@ for _ = 1, tonumber(ARGV[9]) do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-for k = 5, #KEYS do
+for k = 6, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[7])
   i = i + 1
 end
@@ -205,6 +210,11 @@ impl Inner {
         format!("{}:pending", self.prefix)
     }
 
+    /// The index of a kind's ids, for listing.
+    fn index_key(&self, kind: &str) -> String {
+        format!("{}:actors:{kind}", self.prefix)
+    }
+
     /// Runs one operation on a pooled connection within the command timeout.
     async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
     where
@@ -237,7 +247,8 @@ impl Inner {
         call.key(self.key(&c.actor, "state"))
             .key(self.key(&c.actor, "entries"))
             .key(self.pending_key())
-            .key(self.key(&c.actor, "facts"));
+            .key(self.key(&c.actor, "facts"))
+            .key(self.index_key(kind_of(&c.actor)));
         for w in &c.idempotency {
             call.key(self.key(&c.actor, &format!("idem:{}", w.key)));
         }
@@ -249,7 +260,8 @@ impl Inner {
             .arg(&c.actor)
             .arg(self.retention_s)
             .arg(c.entries.len())
-            .arg(c.facts.len());
+            .arg(c.facts.len())
+            .arg(id_of(&c.actor));
         for (seq, entry) in &c.entries {
             call.arg(*seq).arg(entry.as_slice());
         }
@@ -347,6 +359,28 @@ impl Inner {
     }
 }
 
+/// `s` with the characters SCAN's MATCH reads as a pattern escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `kind` of an actor named `kind/id`.
+fn kind_of(actor: &str) -> &str {
+    actor.split_once('/').map_or(actor, |(kind, _)| kind)
+}
+
+/// `id` of an actor named `kind/id`.
+fn id_of(actor: &str) -> &str {
+    actor.split_once('/').map_or("", |(_, id)| id)
+}
+
 #[async_trait]
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
@@ -408,6 +442,107 @@ impl Store for RedisStore {
                     inner.command_timeout
                 )))
             })
+    }
+
+    async fn list(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        // A lexicographic range of the kind's index (every score is 0):
+        // from the later of `[prefix` and `(after`, to the last id with the
+        // prefix (ids are ASCII, so `\xff` sorts after every one of them).
+        let key = self.inner.index_key(kind);
+        let min = match after {
+            Some(after) if after >= prefix => format!("({after}"),
+            _ => format!("[{prefix}"),
+        };
+        let mut max = format!("[{prefix}").into_bytes();
+        max.push(0xff);
+        self.inner
+            .run("list", |mut c| async move {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(&min)
+                    .arg(&max)
+                    .arg("BYLEX")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    async fn reindex(&self) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let done = format!("{}:actors:indexed", inner.prefix);
+        let marked = done.clone();
+        let indexed: bool = inner
+            .run("reindex", |mut c| async move {
+                redis::cmd("EXISTS").arg(&marked).query_async(&mut c).await
+            })
+            .await?;
+        if indexed {
+            return Ok(0);
+        }
+        // SCAN, never KEYS: a page at a time, the server answering others
+        // between pages.
+        let pattern = format!("{}:{{*}}:state", glob_escape(&inner.prefix));
+        let mut cursor: u64 = 0;
+        let mut count = 0;
+        loop {
+            let pattern = pattern.clone();
+            let (next, keys): (u64, Vec<String>) = inner
+                .run("reindex", |mut c| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                let Some(actor) = key
+                    .strip_prefix(&format!("{}:{{", inner.prefix))
+                    .and_then(|rest| rest.strip_suffix("}:state"))
+                else {
+                    continue;
+                };
+                pipe.cmd("ZADD")
+                    .arg(inner.index_key(kind_of(actor)))
+                    .arg(0)
+                    .arg(id_of(actor))
+                    .ignore();
+                count += 1;
+            }
+            inner
+                .run("reindex", |mut c| async move {
+                    pipe.query_async::<()>(&mut c).await
+                })
+                .await?;
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        inner
+            .run("reindex", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&done)
+                    .arg(1)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(count)
     }
 
     async fn entries(

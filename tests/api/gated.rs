@@ -168,6 +168,20 @@ impl Store for GatedStore {
         self.lookups.pass(actor).await;
         self.inner.fact(actor, key).await
     }
+    async fn list(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.list(kind, prefix, after, limit).await
+    }
+
+    async fn reindex(&self) -> Result<u64, StoreError> {
+        self.inner.reindex().await
+    }
+
     async fn pending(&self) -> Result<Vec<String>, StoreError> {
         self.inner.pending().await
     }

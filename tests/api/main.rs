@@ -22,6 +22,7 @@ mod idempotency;
 mod journal;
 mod jwt;
 mod ledger_load;
+mod listing;
 mod metrics;
 mod migrate;
 mod otlp;

@@ -342,6 +342,67 @@ async fn a_closed_store_is_not_ready_and_accepts_nothing(s: Subject) {
     );
 }
 
+async fn actors_are_listed_by_kind_in_byte_order_a_page_at_a_time(s: Subject) {
+    let ids = [
+        "a", "a.1", "a:2", "a-3", "ab", "b", "pay-1", "pay-2", "pay-10", "Z",
+    ];
+    for id in ids {
+        s.store
+            .commit(commit(&format!("account/{id}"), 0, "s", &[]))
+            .await
+            .unwrap();
+    }
+    // A later commit lists the actor once; a commit without state (only
+    // idempotency records) lists nothing; other kinds stay apart.
+    s.store
+        .commit(commit("account/a", 1, "s2", &[]))
+        .await
+        .unwrap();
+    let mut stateless = commit("account/ghost", 0, "", &[]);
+    stateless.state = None;
+    stateless.idempotency.push(IdempotencyWrite {
+        key: "k".into(),
+        value: b"r".to_vec(),
+    });
+    s.store.commit(stateless).await.unwrap();
+    s.store
+        .commit(commit("transfer/t1", 0, "s", &[]))
+        .await
+        .unwrap();
+    let list = |prefix: &'static str, after: Option<&'static str>, limit: usize| {
+        let store = s.store.clone();
+        async move { store.list("account", prefix, after, limit).await.unwrap() }
+    };
+    let mut sorted: Vec<&str> = ids.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        ["Z", "a", "a-3", "a.1", "a:2", "ab", "b", "pay-1", "pay-10", "pay-2"]
+    );
+    assert_eq!(list("", None, 100).await, sorted);
+    assert_eq!(list("", None, 3).await, sorted[..3]);
+    assert_eq!(list("", Some("a-3"), 2).await, ["a.1", "a:2"]);
+    assert_eq!(list("", Some("pay-2"), 2).await, Vec::<String>::new());
+    assert_eq!(list("pay-", None, 100).await, ["pay-1", "pay-10", "pay-2"]);
+    assert_eq!(list("pay-", Some("pay-1"), 100).await, ["pay-10", "pay-2"]);
+    assert_eq!(
+        list("pay-", Some("a"), 1).await,
+        ["pay-1"],
+        "an after below the prefix starts at the prefix"
+    );
+    assert_eq!(list("pay-", Some("q"), 100).await, Vec::<String>::new());
+    assert_eq!(list("q", None, 100).await, Vec::<String>::new());
+    assert_eq!(list("a", None, 100).await, ["a", "a-3", "a.1", "a:2", "ab"]);
+    assert_eq!(
+        s.store.list("transfer", "", None, 100).await.unwrap(),
+        ["t1"]
+    );
+    assert_eq!(
+        s.store.list("nothing", "", None, 100).await.unwrap(),
+        Vec::<String>::new()
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded_store {
@@ -364,6 +425,7 @@ conformance!(
     pending_membership_follows_each_actors_last_commit,
     concurrent_commits_of_many_actors_all_land,
     a_closed_store_is_not_ready_and_accepts_nothing,
+    actors_are_listed_by_kind_in_byte_order_a_page_at_a_time,
 );
 
 /// Deployments sharing one Redis under different `store.redis.prefix`es
