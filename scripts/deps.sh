@@ -16,6 +16,11 @@ case "${1:-test}" in
     command -v strace >/dev/null 2>&1 || need+=(strace)
     # etcd-client compiles etcd's protobuf definitions.
     command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+    # The docs page is rendered in headless Chromium.
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    # The OpenAPI document is checked by a standard validator and a client
+    # is generated from it (both from PyPI, pinned).
+    command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
     ;;
   bench)
     command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
@@ -36,4 +41,11 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "${1:-test}" = test ]; then
+  python3 -c 'import openapi_spec_validator, openapi_python_client' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check \
+      'openapi-spec-validator==0.9.0' 'openapi-python-client==0.29.1' \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      'openapi-spec-validator==0.9.0' 'openapi-python-client==0.29.1'
 fi

@@ -5,6 +5,7 @@ use actix_web::http::{header, Method};
 
 use super::Scope;
 use crate::http::ops::{HEALTH, OPERATIONS};
+use crate::http::{DOCS, DOCUMENT};
 
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +21,11 @@ pub(super) enum Need {
 /// never let through: the list here and the routes must agree, and a
 /// route missing from it answers 404 rather than open.
 pub(super) fn need(method: &Method, path: &str) -> Need {
-    if HEALTH.contains(&path) || path == "/openapi.json" {
+    let docs = path == DOCS
+        || path
+            .strip_prefix(DOCS)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if HEALTH.contains(&path) || path == DOCUMENT || docs {
         return Need::Open;
     }
     if OPERATIONS.contains(&path) {
@@ -99,6 +104,9 @@ mod tests {
     fn routes_need_their_scopes() {
         assert_eq!(need(&Method::GET, "/healthz"), Need::Open);
         assert_eq!(need(&Method::GET, "/openapi.json"), Need::Open);
+        assert_eq!(need(&Method::GET, "/docs"), Need::Open);
+        assert_eq!(need(&Method::GET, "/docs/index.html"), Need::Open);
+        assert_eq!(need(&Method::GET, "/docsx"), Need::Unknown);
         assert_eq!(need(&Method::GET, "/metrics"), Need::Scope(Scope::OpsRead));
         assert_eq!(
             need(&Method::GET, "/v1/accounts/a/entries"),

@@ -55,7 +55,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Open an account; `200` when it already exists with the same settings.
-#[utoipa::path(put, path = "/v1/accounts/{id}", tag = "accounts",
+#[utoipa::path(put, path = "/v1/accounts/{id}", operation_id = "openAccount", tag = "accounts",
     request_body(content = Option<troupe_actors::account::OpenPayload>, content_type = "application/json"),
     responses(
         (status = 201, description = "Opened", body = AccountView),
@@ -76,7 +76,7 @@ pub async fn open(
     to_account(&rt, &meta, id.into_inner(), command, None).await
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts",
+#[utoipa::path(get, path = "/v1/accounts/{id}", operation_id = "getAccount", tag = "accounts",
     responses((status = 200, body = AccountView), (status = 404, body = ErrorBody)))]
 pub async fn get(
     rt: web::Data<Runtime>,
@@ -86,7 +86,7 @@ pub async fn get(
     to_account(&rt, &meta, id.into_inner(), Command::Get, None).await
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{id}/deposits", tag = "accounts",
+#[utoipa::path(post, path = "/v1/accounts/{id}/deposits", operation_id = "deposit", tag = "accounts",
     request_body = troupe_actors::account::AmountPayload,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same body")),
     responses((status = 200, body = Movement), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -102,10 +102,10 @@ pub async fn deposit(
     to_account(&rt, &meta, id.into_inner(), command, idempotency).await
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{id}/withdrawals", tag = "accounts",
+#[utoipa::path(post, path = "/v1/accounts/{id}/withdrawals", operation_id = "withdraw", tag = "accounts",
     request_body = troupe_actors::account::AmountPayload,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same body")),
-    responses((status = 200, body = Movement), (status = 422, description = "insufficient_funds", body = ErrorBody)))]
+    responses((status = 200, body = Movement), (status = 404, body = ErrorBody), (status = 422, description = "insufficient_funds, limit_exceeded, idempotency_key_reused", body = ErrorBody)))]
 pub async fn withdraw(
     rt: web::Data<Runtime>,
     meta: RequestMeta,
@@ -120,14 +120,18 @@ pub async fn withdraw(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EntriesQuery {
-    /// Only entries with a greater sequence number.
+    /// Only entries with a greater sequence number (the previous page's
+    /// `next`).
+    #[param(minimum = 0)]
     after: Option<u64>,
     /// 1 to 1000, 100 by default.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{id}/entries", tag = "accounts", params(EntriesQuery),
+#[utoipa::path(get, path = "/v1/accounts/{id}/entries", operation_id = "listEntries", tag = "accounts", params(EntriesQuery),
     responses((status = 200, body = EntriesPage), (status = 404, body = ErrorBody)))]
 pub async fn entries(
     rt: web::Data<Runtime>,

@@ -41,13 +41,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The kinds, each with its messages and their payload schemas.
-#[utoipa::path(get, path = "/v1/actors", tag = "actors", responses((status = 200, description = "{\"kinds\": [{\"kind\", \"messages\": [{\"name\", \"description\", \"payload\"}]}]}")))]
+#[utoipa::path(get, path = "/v1/actors", operation_id = "listActorKinds", tag = "actors", responses((status = 200, description = "{\"kinds\": [{\"kind\", \"messages\": [{\"name\", \"description\", \"payload\"}]}]}")))]
 pub async fn catalog() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "kinds": kinds::catalog() }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only ids starting with this (0 to 128 characters of `[A-Za-z0-9._:-]`).
     #[param(pattern = r"^[A-Za-z0-9._:-]{0,128}$")]
@@ -72,7 +73,7 @@ pub struct ActorPage {
 
 /// Every actor of the kind the store holds, active or passivated, a page
 /// at a time. A key limited to a prefix lists only its own ids.
-#[utoipa::path(get, path = "/v1/actors/{kind}", tag = "actors", params(ListQuery),
+#[utoipa::path(get, path = "/v1/actors/{kind}", operation_id = "listActors", tag = "actors", params(ListQuery),
     responses((status = 200, body = ActorPage), (status = 400, body = ErrorBody),
         (status = 404, description = "Unknown kind", body = ErrorBody)))]
 pub async fn list(
@@ -134,7 +135,7 @@ pub async fn list(
 }
 
 /// The actor's current state, read through its mailbox (its `get` message).
-#[utoipa::path(get, path = "/v1/actors/{kind}/{id}", tag = "actors",
+#[utoipa::path(get, path = "/v1/actors/{kind}/{id}", operation_id = "getActorState", tag = "actors",
     responses((status = 200, body = ActorReply), (status = 404, body = ErrorBody)))]
 pub async fn state(
     rt: web::Data<Runtime>,
@@ -159,10 +160,12 @@ pub async fn state(
 }
 
 /// Send `message` with the body as its payload.
-#[utoipa::path(post, path = "/v1/actors/{kind}/{id}/{message}", tag = "actors",
+#[utoipa::path(post, path = "/v1/actors/{kind}/{id}/{message}", operation_id = "sendActorMessage", tag = "actors",
     request_body(content = Option<serde_json::Value>, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = ActorReply), (status = 404, description = "Unknown kind or message", body = ErrorBody)))]
+    responses((status = 200, body = ActorReply), (status = 404, description = "Unknown kind or message, or no such actor", body = ErrorBody),
+        (status = 409, description = "already_exists (open with other settings)", body = ErrorBody),
+        (status = 422, description = "The message's business refusal (insufficient_funds, ...) or idempotency_key_reused", body = ErrorBody)))]
 pub async fn message(
     rt: web::Data<Runtime>,
     meta: RequestMeta,

@@ -20,6 +20,7 @@ use troupe_actors::{ActorId, Address, AnyCommand, ErrorCode, Kind, Status};
 
 pub use context::RequestIds;
 pub use error::ApiError;
+pub use openapi::{document_json, DOCS, DOCUMENT};
 
 use crate::auth::{Auth, Denial, Grant};
 use crate::runtime::{Answer, IdempotencyRequest, Runtime};

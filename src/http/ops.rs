@@ -64,13 +64,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "{\"status\": \"ok\"}")))]
+#[utoipa::path(get, path = "/healthz", operation_id = "liveness", tag = "operations", responses((status = 200, description = "{\"status\": \"ok\"}")))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// `200` when the store answers and the server is not draining.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", operation_id = "readiness", tag = "operations",
     responses((status = 200, description = "{\"status\": \"ready\"}"), (status = 503, body = super::openapi::ErrorBody)))]
 pub async fn readyz(rt: web::Data<Runtime>, meta: RequestMeta) -> Result<HttpResponse, ApiError> {
     if rt.is_draining() {
@@ -86,7 +86,7 @@ pub async fn readyz(rt: web::Data<Runtime>, meta: RequestMeta) -> Result<HttpRes
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(metrics: web::Data<Metrics>, rt: web::Data<Runtime>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType(
@@ -97,7 +97,7 @@ pub async fn metrics(metrics: web::Data<Metrics>, rt: web::Data<Runtime>) -> Htt
 
 /// The settings the server runs with now (after live reloads), secrets
 /// redacted.
-#[utoipa::path(get, path = "/config", tag = "operations", responses((status = 200, description = "{\"dotted.key\": \"value\"}")))]
+#[utoipa::path(get, path = "/config", operation_id = "getConfig", tag = "operations", responses((status = 200, description = "{\"dotted.key\": \"value\"}")))]
 pub async fn config(
     current: web::Data<arc_swap::ArcSwap<crate::settings::Settings>>,
 ) -> HttpResponse {

@@ -32,7 +32,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// The transfer's `id` is its idempotency key: the same id with the same
 /// body replays the outcome. Without an id, one is derived from the
 /// `Idempotency-Key` header when given, else generated.
-#[utoipa::path(post, path = "/v1/transfers", tag = "transfers", request_body = TransferRequest,
+#[utoipa::path(post, path = "/v1/transfers", operation_id = "startTransfer", tag = "transfers", request_body = TransferRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Used as the transfer's identity when the body has no id")),
     responses(
         (status = 201, description = "Completed", body = TransferView),
@@ -86,7 +86,7 @@ fn derived_id(key: Option<&str>) -> ActorId {
     ActorId::parse(uuid.to_string()).unwrap_or_else(|_| unreachable!("a UUID is a valid id"))
 }
 
-#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers",
+#[utoipa::path(get, path = "/v1/transfers/{id}", operation_id = "getTransfer", tag = "transfers",
     responses((status = 200, body = TransferView), (status = 404, body = ErrorBody)))]
 pub async fn get(
     rt: web::Data<Runtime>,

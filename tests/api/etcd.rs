@@ -317,3 +317,28 @@ async fn an_invalid_etcd_value_at_start_leaves_the_local_layers_in_force() {
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
     assert_eq!(app.app_runtime.options().mailbox_capacity, 1024);
 }
+
+/// The environment form with one endpoint (no comma) is a list of one,
+/// as README shows it: the binary reads etcd through it.
+#[actix_rt::test]
+async fn one_endpoint_in_the_environment_form_reaches_etcd() {
+    let data = TempDir::new().unwrap();
+    let etcd = Etcd::start(data.path()).await;
+    etcd.put("/troupe/one/server.drain_delay_ms", "555").await;
+    let (status, text) = crate::helpers::troupe_config(&[
+        ("TROUPE__REMOTE__ETCD__ENDPOINTS", &etcd.url()),
+        ("TROUPE__REMOTE__ETCD__PREFIX", "/troupe/one/"),
+    ])
+    .await;
+    assert!(status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "server.drain_delay_ms = 555    # etcd"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("remote.etcd.endpoints = [\"http://")),
+        "{text}"
+    );
+}

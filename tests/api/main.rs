@@ -25,6 +25,7 @@ mod ledger_load;
 mod listing;
 mod metrics;
 mod migrate;
+mod openapi;
 mod otlp;
 mod redis_faults;
 mod redis_server;

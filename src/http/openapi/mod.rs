@@ -1,15 +1,39 @@
 //! `/openapi.json`, generated from the handlers' annotations, the actors'
 //! typed views (the very types that serialise their replies) and the
-//! request and error shapes below.
+//! request and error shapes below; [`complete`] adds what every operation
+//! shares, and `/docs` renders it (Swagger UI, its assets built into the
+//! binary: the page needs no other host).
+
+mod complete;
+
+use std::sync::OnceLock;
 
 use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
 use troupe_actors::account::{AccountView, EntriesPage, Entry, EntryKind, Movement};
 use troupe_actors::transfer::{Status as TransferStatus, TransferView};
 use troupe_actors::ErrorCode;
 use utoipa::{OpenApi, ToSchema};
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+/// The document's path, and the docs page's.
+pub const DOCUMENT: &str = "/openapi.json";
+pub const DOCS: &str = "/docs";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(document));
+    cfg.route(DOCUMENT, web::get().to(document))
+        .route(DOCS, web::get().to(docs_slash))
+        .service(
+            SwaggerUi::new(format!("{DOCS}/{{_:.*}}"))
+                .config(Config::from(DOCUMENT).persist_authorization(true)),
+        );
+}
+
+/// `/docs` is `/docs/`: the page's assets are relative to it.
+async fn docs_slash() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header(("Location", format!("{DOCS}/")))
+        .finish()
 }
 
 #[derive(OpenApi)]
@@ -118,16 +142,63 @@ impl utoipa::Modify for BearerKeys {
     }
 }
 
+/// The whole document, built once.
+pub fn document_json() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+        complete::complete(&mut doc);
+        add_examples(&mut doc);
+        doc
+    })
+}
+
 async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    HttpResponse::Ok().json(document_json())
+}
+
+/// Examples of the bodies clients send and the error they get.
+fn add_examples(doc: &mut Value) {
+    let examples = [
+        (
+            "OpenPayload",
+            json!({"currency": "EUR", "overdraft_limit": 0}),
+        ),
+        ("AmountPayload", json!({"amount": 1000})),
+        (
+            "TransferRequest",
+            json!({"id": "t-1", "from": "alice", "to": "bob", "amount": 250}),
+        ),
+        (
+            "ErrorBody",
+            json!({"error": {
+                "code": "insufficient_funds",
+                "message": "balance 100 is below the 250 asked",
+                "request_id": "9b2f0c1e-8d44-4c5e-9a3e-2f6b8f0d7a11",
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+            }}),
+        ),
+        ("ActorPage", json!({"ids": ["alice", "bob"], "next": "bob"})),
+    ];
+    for (schema, example) in examples {
+        if let Some(s) = doc
+            .pointer_mut(&format!("/components/schemas/{schema}"))
+            .and_then(Value::as_object_mut)
+        {
+            s.insert("examples".into(), json!([example]));
+        }
+    }
 }
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct TransferRequest {
-    /// Optional; also the idempotency key.
+    /// Optional; also the idempotency key: one id names one transfer for good.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     id: Option<String>,
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     from: String,
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     to: String,
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_u64)]
     amount: u64,
@@ -136,7 +207,7 @@ pub struct TransferRequest {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct ErrorDetail {
-    code: String,
+    code: ErrorCode,
     message: String,
     request_id: String,
     trace_id: String,
