@@ -211,7 +211,41 @@ fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<Stri
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, LIST_KEYS};
+    use crate::settings::{Settings, Sources};
+
+    /// Every list setting takes the comma-separated environment form: a
+    /// list setting added without joining `LIST_KEYS` fails here.
+    #[test]
+    fn every_list_setting_has_the_environment_form() {
+        let sources = Sources {
+            environment: Some(Default::default()),
+            ..Sources::default()
+        };
+        let settings = Settings::load(&sources).unwrap();
+        // Flattened, a list is its JSON text.
+        let lists: Vec<String> = settings
+            .flattened()
+            .into_iter()
+            .filter(|(_, v)| v.starts_with('['))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(!lists.is_empty());
+        for key in lists {
+            assert!(LIST_KEYS.contains(&key.as_str()), "{key} is a list setting");
+        }
+        let mut environment = std::collections::HashMap::new();
+        environment.insert(
+            "TROUPE__REMOTE__ETCD__ENDPOINTS".to_owned(),
+            "http://a:2379".to_owned(),
+        );
+        let one = Settings::load(&Sources {
+            environment: Some(environment),
+            ..Sources::default()
+        })
+        .unwrap();
+        assert_eq!(one.remote.etcd.endpoints, ["http://a:2379"]);
+    }
 
     #[test]
     fn passwords_are_redacted() {
