@@ -69,6 +69,12 @@ impl Target {
         prefix: Option<&str>,
         out: &mut impl Write,
     ) -> anyhow::Result<u64> {
+        if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            anyhow::bail!("--kind {kind:?}: a kind is lower-case letters (account, transfer)");
+        }
+        if self.token.is_some() && self.url.starts_with("http://") && !is_loopback(&self.url) {
+            eprintln!("warning: sending the token over plain HTTP to {}", self.url);
+        }
         let client = self.client()?;
         let url = format!("{}/v1/actors/{kind}", self.url.trim_end_matches('/'));
         let mut after: Option<String> = None;
@@ -101,9 +107,25 @@ impl Target {
             }
             listed += page.ids.len() as u64;
             match page.next {
+                // Ids ascend: a `next` that does not would page forever.
+                Some(next) if after.as_ref().is_some_and(|a| next.as_str() <= a.as_str()) => {
+                    anyhow::bail!("GET {url}: the server's next ({next}) does not advance");
+                }
                 Some(next) => after = Some(next),
                 None => return Ok(listed),
             }
         }
     }
+}
+
+/// Whether `url`'s host is this machine.
+fn is_loopback(url: &str) -> bool {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or_default()
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }

@@ -70,14 +70,15 @@ enum ActorsCommand {
         /// The server's base URL.
         #[arg(long, env = "TROUPE_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
-        /// A bearer token with actors:send, when auth is on.
+        /// A bearer token with actors:send, when auth is on (better from
+        /// TROUPE_TOKEN: a flag shows in the process list).
         #[arg(long, env = "TROUPE_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// PEM of the authority that signed a private server certificate.
         #[arg(long)]
         ca_file: Option<PathBuf>,
         /// Seconds each request may take.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_s: u64,
         /// Ids per request.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]

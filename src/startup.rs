@@ -237,6 +237,7 @@ impl Application {
         }
 
         spawn_resume(&background, runtime.clone());
+        spawn_reindex(&background, runtime.store().clone());
         let watcher = match controls.sources {
             Some(sources) => {
                 let dir = sources
@@ -376,17 +377,6 @@ fn spawn_resume(background: &Background, runtime: Runtime) {
             runtime.set_draining();
             return;
         }
-        // Actors stored before the listing index existed join it (Redis;
-        // a no-op on the embedded store and once done).
-        let reindex = || async { runtime.store().reindex().await };
-        let retry = ExponentialBuilder::default()
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times();
-        match reindex.retry(retry).await {
-            Ok(0) => {}
-            Ok(indexed) => tracing::info!(indexed, "indexed the actors of an earlier version for listing"),
-            Err(e) => tracing::warn!(error.message = %e, "actors of an earlier version are not listed"),
-        }
         let resume = || async { runtime.resume_pending(&tasks).await };
         let notify = |e: &crate::store::StoreError, wait: Duration| {
             tracing::warn!(error.message = %e, ?wait, "cannot list unfinished actors yet; retrying");
@@ -394,6 +384,28 @@ fn spawn_resume(background: &Background, runtime: Runtime) {
         if let Ok(resumed) = resume.retry(backoff).notify(notify).await {
             if resumed > 0 {
                 tracing::info!(resumed, "resumed unfinished actors");
+            }
+        }
+    });
+}
+
+/// Indexes for listing the actors an earlier version stored (Redis; a
+/// no-op on the embedded store and once done), beside serving and never
+/// in the way of resuming unfinished work; retried until it is done (it
+/// is idempotent, and a retry scans from the start).
+fn spawn_reindex(background: &Background, store: Arc<dyn Store>) {
+    use backon::{ExponentialBuilder, Retryable};
+    background.spawn(async move {
+        let retry = ExponentialBuilder::default()
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times();
+        let reindex = || async { store.reindex().await };
+        let notify = |e: &crate::store::StoreError, wait: Duration| {
+            tracing::warn!(error.message = %e, ?wait, "cannot index earlier actors for listing yet; retrying");
+        };
+        if let Ok(indexed) = reindex.retry(retry).notify(notify).await {
+            if indexed > 0 {
+                tracing::info!(indexed, "indexed the actors of an earlier version for listing");
             }
         }
     });

@@ -124,7 +124,11 @@ pub async fn list(
             page + 1,
         )
         .await
-        .map_err(|e| meta.error(ErrorCode::Unavailable, e.to_string()))?;
+        .map_err(|e| match e {
+            // Not worth a retry: stored bytes that do not read.
+            crate::store::StoreError::Corrupt(_) => meta.error(ErrorCode::Internal, e.to_string()),
+            e => meta.error(ErrorCode::Unavailable, e.to_string()),
+        })?;
     let next = if ids.len() > page {
         ids.truncate(page);
         ids.last().cloned()

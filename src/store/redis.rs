@@ -1,8 +1,9 @@
 //! The Redis store, through a deadpool-redis connection pool, so several
 //! instances can share state.
 //!
-//! Layout (prefix `troupe` by default; the braces are a Redis Cluster hash
-//! tag keeping one actor's keys in one slot):
+//! Layout (prefix `troupe` by default; the braces mark one actor's keys).
+//! One primary, not Redis Cluster: a commit also writes the pending set
+//! and its kind's index, outside the actor's slot.
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
@@ -11,7 +12,7 @@
 //! | `troupe:{kind/id}:idem:{key}` | string, `EX` retention | JSON `{fingerprint, outcome}` |
 //! | `troupe:{kind/id}:facts` | hash | field = fact key, value = JSON fact; never expires |
 //! | `troupe:pending` | set | `kind/id` of actors with unfinished work |
-//! | `troupe:actors:{kind}` | sorted set | every id of the kind with state, all scores 0 (a lexicographic index for listing) |
+//! | `troupe:actors:<kind>` | sorted set | every id of the kind with state, all scores 0 (a lexicographic index for listing) |
 //! | `troupe:actors:indexed` | string | set once every actor stored before the index existed is in it |
 //!
 //! A commit is one Lua script (atomic, whatever the actor's batch holds):
@@ -43,6 +44,8 @@ use deadpool_redis::{Connection, Manager, Pool, Runtime};
 use redis::{AsyncCommands, Script, ScriptInvocation};
 use thread_local::ThreadLocal;
 use tokio::sync::{mpsc, oneshot};
+
+use troupe_actors::{ActorId, Kind};
 
 use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 
@@ -509,25 +512,33 @@ impl Store for RedisStore {
                 })
                 .await?;
             let mut pipe = redis::pipe();
+            let mut adds = 0;
             for key in &keys {
-                let Some(actor) = key
+                // The pattern also matches other keys of an actor whose
+                // names a client chose (an idempotency key `x}:state`):
+                // only a real kind and a valid id are an actor's state.
+                let Some((kind, id)) = key
                     .strip_prefix(&format!("{}:{{", inner.prefix))
                     .and_then(|rest| rest.strip_suffix("}:state"))
+                    .and_then(|actor| actor.split_once('/'))
+                    .filter(|(kind, id)| {
+                        Kind::parse(kind).is_some() && ActorId::parse(*id).is_ok()
+                    })
                 else {
                     continue;
                 };
-                pipe.cmd("ZADD")
-                    .arg(inner.index_key(kind_of(actor)))
-                    .arg(0)
-                    .arg(id_of(actor))
-                    .ignore();
-                count += 1;
+                pipe.cmd("ZADD").arg(inner.index_key(kind)).arg(0).arg(id);
+                adds += 1;
             }
-            inner
-                .run("reindex", |mut c| async move {
-                    pipe.query_async::<()>(&mut c).await
-                })
-                .await?;
+            if adds > 0 {
+                let added: Vec<u64> = inner
+                    .run(
+                        "reindex",
+                        |mut c| async move { pipe.query_async(&mut c).await },
+                    )
+                    .await?;
+                count += added.iter().sum::<u64>();
+            }
             cursor = next;
             if cursor == 0 {
                 break;

@@ -247,7 +247,13 @@ async fn every_route_needs_its_scope_and_nothing_else_will_do() {
     let lower = with_authorization(&app, "bearer t-all").await;
     assert_eq!(lower.status(), StatusCode::OK, "account a was opened above");
     // Health and the API's description stay open.
-    for path in ["/healthz", "/readyz", "/openapi.json"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/docs/",
+        "/docs/swagger-ui.css",
+    ] {
         assert_eq!(
             call(&app, Method::GET, path, None, None).await.status(),
             StatusCode::OK,

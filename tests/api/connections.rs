@@ -93,6 +93,7 @@ async fn an_operations_listener_takes_metrics_and_config_off_the_main_port() {
         ("/readyz", 200, 200),
         ("/v1/accounts/a", 404, 404),
         ("/openapi.json", 404, 200),
+        ("/docs/", 404, 200),
         ("/v1/actors", 404, 200),
     ];
     for (path, on_ops, on_main) in expected {

@@ -159,7 +159,9 @@ async fn bad_listing_requests_are_refused_in_the_error_shape() {
 }
 
 /// Actors a version without the index stored in Redis (their state hash
-/// only) are indexed at start-up, once, without `KEYS`.
+/// only) are indexed at start-up, once; keys a client named that the scan
+/// also matches (an idempotency record under the key `x}:state`) are not
+/// actors and stay out.
 #[actix_rt::test]
 async fn actors_stored_before_the_redis_index_are_listed_after_an_upgrade() {
     let redis = RedisServer::start();
@@ -178,6 +180,18 @@ async fn actors_stored_before_the_redis_index_are_listed_after_an_upgrade() {
             .arg(1)
             .arg("s")
             .arg(state)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    for junk in [
+        "troupe:{account/old-1}:idem:x}:state",
+        "troupe:{wallet/w}:state",
+        "troupe:{account/bad id}:state",
+    ] {
+        let _: () = ::redis::cmd("SET")
+            .arg(junk)
+            .arg("{}")
             .query_async(&mut c)
             .await
             .unwrap();
@@ -203,6 +217,20 @@ async fn actors_stored_before_the_redis_index_are_listed_after_an_upgrade() {
         .await
         .unwrap();
     assert!(marked, "the upgrade is done once");
+    let kinds: Vec<String> = ::redis::cmd("KEYS")
+        .arg("troupe:actors:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds.into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            "troupe:actors:account".to_owned(),
+            "troupe:actors:indexed".to_owned(),
+            "troupe:actors:transfer".to_owned()
+        ]),
+        "no index for a kind that does not exist"
+    );
 }
 
 #[actix_rt::test]
@@ -312,11 +340,15 @@ async fn troupe_actors_list_prints_every_id_of_a_running_server() {
     let mut prefixed = base("account");
     prefixed.extend(["--prefix".to_owned(), "acc-00".to_owned()]);
     let printed = run(prefixed).await;
-    let lines: BTreeSet<String> = String::from_utf8_lossy(&printed.stdout)
+    assert!(printed.status.success(), "{printed:?}");
+    let lines: Vec<String> = String::from_utf8_lossy(&printed.stdout)
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(lines.len(), 5);
+    assert_eq!(
+        lines,
+        ["acc-000", "acc-001", "acc-002", "acc-003", "acc-004"]
+    );
     // An unknown kind: the server's answer, on stderr, and a failure.
     let printed = run(base("wallet")).await;
     assert!(!printed.status.success());

@@ -344,7 +344,7 @@ async fn a_closed_store_is_not_ready_and_accepts_nothing(s: Subject) {
 
 async fn actors_are_listed_by_kind_in_byte_order_a_page_at_a_time(s: Subject) {
     let ids = [
-        "a", "a.1", "a:2", "a-3", "ab", "b", "pay-1", "pay-2", "pay-10", "Z",
+        "a", "a.1", "a:2", "a-3", "a_4", "ab", "b", "pay-1", "pay-2", "pay-10", "Z",
     ];
     for id in ids {
         s.store
@@ -365,6 +365,19 @@ async fn actors_are_listed_by_kind_in_byte_order_a_page_at_a_time(s: Subject) {
         value: b"r".to_vec(),
     });
     s.store.commit(stateless).await.unwrap();
+    // An actor whose first commit had no state is listed with its first
+    // state.
+    let mut late = commit("account/late", 0, "", &[]);
+    late.state = None;
+    late.idempotency.push(IdempotencyWrite {
+        key: "k".into(),
+        value: b"r".to_vec(),
+    });
+    s.store.commit(late).await.unwrap();
+    s.store
+        .commit(commit("account/late", 0, "s", &[]))
+        .await
+        .unwrap();
     s.store
         .commit(commit("transfer/t1", 0, "s", &[]))
         .await
@@ -374,10 +387,11 @@ async fn actors_are_listed_by_kind_in_byte_order_a_page_at_a_time(s: Subject) {
         async move { store.list("account", prefix, after, limit).await.unwrap() }
     };
     let mut sorted: Vec<&str> = ids.to_vec();
+    sorted.push("late");
     sorted.sort_unstable();
     assert_eq!(
         sorted,
-        ["Z", "a", "a-3", "a.1", "a:2", "ab", "b", "pay-1", "pay-10", "pay-2"]
+        ["Z", "a", "a-3", "a.1", "a:2", "a_4", "ab", "b", "late", "pay-1", "pay-10", "pay-2"]
     );
     assert_eq!(list("", None, 100).await, sorted);
     assert_eq!(list("", None, 3).await, sorted[..3]);
@@ -392,7 +406,10 @@ async fn actors_are_listed_by_kind_in_byte_order_a_page_at_a_time(s: Subject) {
     );
     assert_eq!(list("pay-", Some("q"), 100).await, Vec::<String>::new());
     assert_eq!(list("q", None, 100).await, Vec::<String>::new());
-    assert_eq!(list("a", None, 100).await, ["a", "a-3", "a.1", "a:2", "ab"]);
+    assert_eq!(
+        list("a", None, 100).await,
+        ["a", "a-3", "a.1", "a:2", "a_4", "ab"]
+    );
     assert_eq!(
         s.store.list("transfer", "", None, 100).await.unwrap(),
         ["t1"]

@@ -95,7 +95,12 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>) {
         }
     }
     for p in params.iter_mut().filter(|p| p["name"] == "Idempotency-Key") {
-        p["description"] = json!(IDEMPOTENCY);
+        // The operation's own words first (a transfer's key is its id).
+        let own = p["description"].as_str().map(str::to_owned);
+        p["description"] = json!(match own {
+            Some(own) if !own.is_empty() => format!("{own}. {IDEMPOTENCY}"),
+            _ => IDEMPOTENCY.to_owned(),
+        });
         p["schema"] = json!({"type": "string", "pattern": "^[\\x21-\\x7E]{1,128}$", "minLength": 1, "maxLength": 128});
         p["example"] = json!("dep-2026-12-06-0001");
     }
@@ -104,8 +109,8 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>) {
     let idempotent = params.iter().any(|p| p["name"] == "Idempotency-Key");
     params.push(header(
         "X-Request-Id",
-        "Echoed on the answer; one is generated when absent",
-        json!({"type": "string", "maxLength": 200}),
+        "Echoed on the answer; one is generated when absent or not 1 to 128 visible ASCII characters",
+        json!({"type": "string", "pattern": "^[\\x21-\\x7E]{1,128}$"}),
     ));
     params.push(header(
         "tracestate",
@@ -117,10 +122,12 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>) {
         "W3C trace context: the request's spans join the caller's trace, and error bodies carry its trace id",
         json!({"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"}),
     ));
-    if to_actor {
+    // Read by every handler of the API (a bad value is 400); a deadline
+    // where a message goes to an actor.
+    if path.starts_with("/v1/") && path != "/v1/actors" {
         params.push(header(
             "X-Request-Timeout",
-            "The request's deadline in milliseconds, capped by runtime.max_timeout_ms (runtime.default_timeout_ms when absent)",
+            "The request's deadline in milliseconds, capped by runtime.max_timeout_ms (runtime.default_timeout_ms when absent); not a positive integer: 400",
             json!({"type": "integer", "minimum": 1}),
         ));
     }
@@ -129,6 +136,7 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>) {
     }
 
     let mut common = vec![INTERNAL];
+    // (Every operation reading X-Request-Timeout has one of these too.)
     if has_path || has_query || has_body {
         common.push(BAD_REQUEST);
     }

@@ -24,8 +24,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(DOCUMENT, web::get().to(document))
         .route(DOCS, web::get().to(docs_slash))
         .service(
-            SwaggerUi::new(format!("{DOCS}/{{_:.*}}"))
-                .config(Config::from(DOCUMENT).persist_authorization(true)),
+            SwaggerUi::new(format!("{DOCS}/{{_:.*}}")).config(
+                Config::from(DOCUMENT)
+                    // Swagger UI would otherwise send the document's URL to
+                    // validator.swagger.io from any host but localhost.
+                    .validator_url("none")
+                    .display_operation_id(true)
+                    // A key typed into "Authorize" is not kept in the
+                    // browser's storage.
+                    .persist_authorization(false),
+            ),
         );
 }
 
