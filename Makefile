@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run run-etcd test bench bench-http soak lint fmt clean deps docker up down mutants
+.PHONY: help run run-etcd test bench bench-http bench-auth soak lint fmt clean deps docker up down mutants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,10 @@ bench-http: ## Release build + wrk: troupe vs the Go + Gin peer (../shared/peers
 	@if [ -x "$${PEERS:-../shared/peers}/compare.sh" ]; then scripts/compare-table.sh both; \
 	else echo "../shared/peers not found: no comparison with the Go + Gin peer"; fi
 	scripts/bench-http.sh
+
+bench-auth: ## Release build + wrk: what API keys, JWTs (HS256, RS256) and TLS cost per read
+	scripts/deps.sh bench
+	scripts/auth-cost.sh
 
 soak: ## Release build + 10 minutes of durable transfers: req/s, p99, RSS and data size every 30 s
 	scripts/deps.sh bench

@@ -27,6 +27,8 @@ case "${1:-test}" in
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
     command -v curl >/dev/null 2>&1 || need+=(curl)
+    # auth-cost.sh signs its tokens and certificate with openssl.
+    command -v openssl >/dev/null 2>&1 || need+=(openssl)
     # The Go + Gin peer that compare-table.sh measures troupe against.
     if [ -d "$(dirname "$0")/../../shared/peers" ]; then
       command -v go >/dev/null 2>&1 || need+=(golang-go)

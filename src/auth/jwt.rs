@@ -17,13 +17,19 @@
 //! one) with no token refused between. The file is re-read when it
 //! changes; a file that does not parse keeps the keys in force.
 
+use std::cell::RefCell;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use lru::LruCache;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use thread_local::ThreadLocal;
 
 use super::Scope;
 use crate::settings::JwtSettings;
@@ -38,11 +44,23 @@ struct Verifier {
 pub struct Jwt {
     /// Every key in force; replaced whole on a reload.
     verifiers: ArcSwap<Vec<Verifier>>,
+    /// Bumped by each reload: remembered tokens of an older one are
+    /// verified again.
+    generation: AtomicU64,
+    /// Verified tokens by their digest, per worker thread (no lock).
+    cache: ThreadLocal<RefCell<LruCache<[u8; 32], Remembered>>>,
     settings: JwtSettings,
 }
 
+/// A verified token, good until `exp` (plus the leeway).
+struct Remembered {
+    claims: Claims,
+    exp: u64,
+    generation: u64,
+}
+
 /// What a verified token grants.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Claims {
     /// `sub`, for logs.
     pub subject: String,
@@ -88,6 +106,8 @@ impl Jwt {
         let verifiers = build(settings)?;
         Ok(Some(Self {
             verifiers: ArcSwap::from_pointee(verifiers),
+            generation: AtomicU64::new(0),
+            cache: ThreadLocal::new(),
             settings: settings.clone(),
         }))
     }
@@ -106,6 +126,7 @@ impl Jwt {
     /// As [`Jwt::from_settings`].
     pub fn reload(&self) -> Result<(), String> {
         self.verifiers.store(Arc::new(build(&self.settings)?));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -114,7 +135,42 @@ impl Jwt {
     /// # Errors
     /// The [`Rejection`] that applies first.
     pub fn verify(&self, token: &str) -> Result<Claims, Rejection> {
+        let Some(size) = NonZeroUsize::new(self.settings.cache_size) else {
+            return self.verify_uncached(token).map(|(claims, _)| claims);
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let generation = self.generation.load(Ordering::Acquire);
+        let now = jsonwebtoken::get_current_timestamp();
+        let cache = self.cache.get_or(|| RefCell::new(LruCache::new(size)));
+        if let Ok(mut cache) = cache.try_borrow_mut() {
+            if let Some(hit) = cache.get(&digest) {
+                // Within its life as the validation reads it; an expired
+                // one is verified again, to be refused for its reason.
+                if hit.generation == generation
+                    && now <= hit.exp.saturating_add(self.settings.leeway_s)
+                {
+                    return Ok(hit.claims.clone());
+                }
+            }
+        }
+        let (claims, exp) = self.verify_uncached(token)?;
+        if let (Some(exp), Ok(mut cache)) = (exp, cache.try_borrow_mut()) {
+            cache.put(
+                digest,
+                Remembered {
+                    claims: claims.clone(),
+                    exp,
+                    generation,
+                },
+            );
+        }
+        Ok(claims)
+    }
+
+    /// Verifies `token` with the keys, and reads its grants and `exp`.
+    fn verify_uncached(&self, token: &str) -> Result<(Claims, Option<u64>), Rejection> {
         let claims = self.decode(token)?;
+        let exp = claims.get("exp").and_then(Value::as_u64);
         let subject = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -144,11 +200,14 @@ impl Jwt {
                 _ => return Err(Rejection::Invalid),
             },
         };
-        Ok(Claims {
-            subject,
-            scopes,
-            ids,
-        })
+        Ok((
+            Claims {
+                subject,
+                scopes,
+                ids,
+            },
+            exp,
+        ))
     }
 
     /// The claims of a token one of the keys verifies. A key that does

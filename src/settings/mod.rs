@@ -67,6 +67,9 @@ pub struct JwtSettings {
     /// A claim holding the token's id prefix (as a key's `ids`); tokens
     /// without it are refused. Empty: tokens are not limited by id.
     pub ids_claim: String,
+    /// Verified tokens each worker remembers until their `exp` (0: every
+    /// request verifies its token).
+    pub cache_size: usize,
 }
 
 impl JwtSettings {

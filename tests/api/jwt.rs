@@ -58,6 +58,7 @@ fn jwt_settings() -> JwtSettings {
         public_key_file: String::new(),
         leeway_s: 30,
         ids_claim: String::new(),
+        cache_size: 10_000,
     }
 }
 
@@ -534,5 +535,34 @@ async fn a_jwt_configuration_that_cannot_verify_safely_stops_start_up() {
         assert!(!status.success(), "{what}");
         assert!(stderr.contains(key), "{what}: {stderr}");
         assert!(!stderr.contains("short-secret-value"), "{what}: {stderr}");
+    }
+}
+
+/// Verified tokens are remembered, but never past their `exp`: a token
+/// used while valid is refused as expired once its time is up.
+#[actix_rt::test]
+async fn a_remembered_token_is_refused_once_it_expires() {
+    let app = app_with(JwtSettings {
+        hs256_secret: SECRET.into(),
+        leeway_s: 0,
+        ..jwt_settings()
+    })
+    .await;
+    let mut short = claims("ledger:read ledger:write");
+    short["exp"] = json!(now() + 2);
+    let short = hs256(&short);
+    assert_eq!(put_account(&app, "a", &short).await.status(), 201);
+    assert_eq!(get(&app, "/v1/accounts/a", &short).await.status(), 200);
+    // Both workers may have remembered it by now; past exp, each refuses.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    for _ in 0..4 {
+        let r = get(&app, "/v1/accounts/a", &short).await;
+        let body = assert_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("expired")),
+            "{body}"
+        );
     }
 }
