@@ -134,6 +134,21 @@ async fn the_listener_speaks_https_with_the_configured_certificate_and_refuses_p
         .unwrap();
     assert_eq!(account["balance"], 7);
 
+    // HTTP/2 where the client offers it by ALPN (reqwest does), HTTP/1.1
+    // where it does not.
+    let h2 = client.get(https(port, "/healthz")).send().await.unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    let h1 = Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(authority.pem.as_bytes()).unwrap())
+        .resolve(HOST, ([127, 0, 0, 1], port).into())
+        .http1_only()
+        .build()
+        .unwrap();
+    let h1 = h1.get(https(port, "/healthz")).send().await.unwrap();
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(h1.status(), StatusCode::OK);
+
     // Plain HTTP on the TLS port gets no answer.
     let plain = app.client.get(app.url("/healthz")).send().await;
     assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
