@@ -97,11 +97,8 @@ impl Jwt {
         if !settings.is_configured() {
             return Ok(None);
         }
-        if settings.issuer.trim().is_empty() || settings.audience.trim().is_empty() {
-            return Err(
-                "auth.jwt needs both issuer and audience: tokens minted for another service must not pass"
-                    .into(),
-            );
+        if let Some((key, _, reason)) = settings.problem() {
+            return Err(format!("{key}: {reason}"));
         }
         let verifiers = build(settings)?;
         Ok(Some(Self {
@@ -239,25 +236,15 @@ impl Jwt {
     }
 }
 
-/// The keys and the validation the settings describe.
+/// The keys and the validation settings describe (checked by
+/// [`JwtSettings::problem`]: exactly one of a secret and a key file).
 fn build(settings: &JwtSettings) -> Result<Vec<Verifier>, String> {
-    let keys = match (
-        settings.hs256_secret.as_str(),
-        settings.public_key_file.trim(),
-    ) {
-        (secret, "") => {
-            if secret.len() < JwtSettings::MIN_SECRET_BYTES {
-                return Err(format!(
-                    "auth.jwt.hs256_secret must be at least {} bytes",
-                    JwtSettings::MIN_SECRET_BYTES
-                ));
-            }
-            let key = DecodingKey::from_secret(secret.as_bytes())
-                .map_err(|e| format!("auth.jwt.hs256_secret: {e}"))?;
-            vec![(key, vec![Algorithm::HS256])]
-        }
-        ("", path) => public_keys(Path::new(path))?,
-        _ => return Err("auth.jwt: set hs256_secret or public_key_file, not both".into()),
+    let keys = if settings.hs256_secret.is_empty() {
+        public_keys(Path::new(settings.public_key_file.trim()))?
+    } else {
+        let key = DecodingKey::from_secret(settings.hs256_secret.as_bytes())
+            .map_err(|e| format!("auth.jwt.hs256_secret: {e}"))?;
+        vec![(key, vec![Algorithm::HS256])]
     };
     Ok(keys
         .into_iter()

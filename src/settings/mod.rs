@@ -78,6 +78,53 @@ impl JwtSettings {
     /// Clock skew, not a longer token life.
     pub const MAX_LEEWAY_S: u64 = 300;
 
+    /// What is wrong with these settings, as (key, value shown, reason):
+    /// a key needs an issuer and an audience, one key only, a secret as
+    /// long as the hash, a small leeway, and no half configuration. Read
+    /// by the settings' validation and again by the verifier, which tests
+    /// and embedders may build from settings never validated.
+    pub fn problem(&self) -> Option<(&'static str, String, &'static str)> {
+        let named = !self.issuer.trim().is_empty() || !self.audience.trim().is_empty();
+        if !self.is_configured() {
+            return named.then(|| {
+                (
+                    "auth.jwt.issuer",
+                    self.issuer.clone(),
+                    "auth.jwt names an issuer or audience but no key: set hs256_secret or public_key_file",
+                )
+            });
+        }
+        if self.issuer.trim().is_empty() || self.audience.trim().is_empty() {
+            return Some((
+                "auth.jwt.audience",
+                self.audience.clone(),
+                "auth.jwt needs both issuer and audience when it has a key",
+            ));
+        }
+        if !self.hs256_secret.is_empty() && !self.public_key_file.trim().is_empty() {
+            return Some((
+                "auth.jwt.public_key_file",
+                self.public_key_file.clone(),
+                "set auth.jwt.hs256_secret or auth.jwt.public_key_file, not both",
+            ));
+        }
+        if !self.hs256_secret.is_empty() && self.hs256_secret.len() < Self::MIN_SECRET_BYTES {
+            return Some((
+                "auth.jwt.hs256_secret",
+                "***".into(),
+                "must be at least 32 bytes (RFC 7518: as long as the hash)",
+            ));
+        }
+        if self.leeway_s > Self::MAX_LEEWAY_S {
+            return Some((
+                "auth.jwt.leeway_s",
+                self.leeway_s.to_string(),
+                "must be at most 300 (clock skew, not a longer token life)",
+            ));
+        }
+        None
+    }
+
     /// Whether a key is configured, and so tokens are accepted.
     pub fn is_configured(&self) -> bool {
         !self.hs256_secret.is_empty() || !self.public_key_file.trim().is_empty()
@@ -458,58 +505,17 @@ impl Settings {
         Ok(())
     }
 
-    /// `auth.jwt`: a key with an issuer and an audience, one key only, a
-    /// secret as long as the hash, a small leeway, no half configuration.
+    /// `auth.jwt`, as [`JwtSettings::problem`] reads it.
     fn validate_jwt(&self) -> Result<(), SettingsError> {
-        let jwt = &self.auth.jwt;
-        let invalid = |key: &'static str, value: String, reason: &'static str| {
-            Err(SettingsError::Invalid {
+        match self.auth.jwt.problem() {
+            None => Ok(()),
+            Some((key, value, reason)) => Err(SettingsError::Invalid {
                 key,
                 value,
                 layer: String::new(),
                 reason,
-            })
-        };
-        let named = !jwt.issuer.trim().is_empty() || !jwt.audience.trim().is_empty();
-        if !jwt.is_configured() {
-            if named {
-                return invalid(
-                    "auth.jwt.issuer",
-                    jwt.issuer.clone(),
-                    "auth.jwt names an issuer or audience but no key: set hs256_secret or public_key_file",
-                );
-            }
-            return Ok(());
+            }),
         }
-        if jwt.issuer.trim().is_empty() || jwt.audience.trim().is_empty() {
-            return invalid(
-                "auth.jwt.audience",
-                jwt.audience.clone(),
-                "auth.jwt needs an issuer and an audience when it has a key",
-            );
-        }
-        if !jwt.hs256_secret.is_empty() && !jwt.public_key_file.trim().is_empty() {
-            return invalid(
-                "auth.jwt.public_key_file",
-                jwt.public_key_file.clone(),
-                "set auth.jwt.hs256_secret or auth.jwt.public_key_file, not both",
-            );
-        }
-        if !jwt.hs256_secret.is_empty() && jwt.hs256_secret.len() < JwtSettings::MIN_SECRET_BYTES {
-            return invalid(
-                "auth.jwt.hs256_secret",
-                "***".into(),
-                "must be at least 32 bytes (RFC 7518: as long as the hash)",
-            );
-        }
-        if jwt.leeway_s > JwtSettings::MAX_LEEWAY_S {
-            return invalid(
-                "auth.jwt.leeway_s",
-                jwt.leeway_s.to_string(),
-                "must be at most 300 (clock skew, not a longer token life)",
-            );
-        }
-        Ok(())
     }
 
     pub fn runtime_options(&self) -> RuntimeOptions {

@@ -15,7 +15,7 @@ use crate::helpers::{config_dir, spawn_app_with, Child, TestApp};
 use crate::jwt;
 
 /// A `[[key]]` block for `token`.
-fn key(name: &str, token: &str, scopes: &[&str], ids: Option<&str>) -> String {
+pub(crate) fn key(name: &str, token: &str, scopes: &[&str], ids: Option<&str>) -> String {
     let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
     let ids = ids.map(|p| format!("ids = {p:?}\n")).unwrap_or_default();
     format!(
@@ -43,7 +43,8 @@ fn token_for(scope: &str) -> String {
     format!("t-{}", scope.replace(':', "-"))
 }
 
-fn write_keys(dir: &Path, text: &str) -> PathBuf {
+/// Writes `text` as `dir/keys.toml` (whole, then renamed into place).
+pub(crate) fn write_keys(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("keys.toml");
     // Written whole, then renamed: the watcher never reads half a file.
     let tmp = dir.join("keys.toml.tmp");
@@ -503,16 +504,11 @@ async fn a_revoked_key_stops_working_without_a_restart() {
 
 /// Whether `token` is refused (`401`) within 5 s: a reload takes effect.
 async fn refused_within_5s(app: &TestApp, token: &str) -> bool {
-    for _ in 0..100 {
-        let status = call(app, Method::GET, "/v1/accounts/a", None, Some(token))
-            .await
-            .status();
-        if status == StatusCode::UNAUTHORIZED {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    crate::helpers::eventually(|| async {
+        let r = call(app, Method::GET, "/v1/accounts/a", None, Some(token)).await;
+        r.status() == StatusCode::UNAUTHORIZED
+    })
+    .await
 }
 
 /// The OpenAPI document declares the bearer scheme on every operation but

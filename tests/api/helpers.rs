@@ -58,6 +58,22 @@ pub async fn troupe_config_printing(
     )
 }
 
+/// Whether `check` holds within 5 s (polled every 50 ms): for what a
+/// background reload or index makes true a little later.
+pub async fn eventually<F, Fut>(check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// The settings of a test server: defaults, a free port, `dir` as store.
 pub fn test_settings(dir: &Path) -> Settings {
     let sources = Sources {

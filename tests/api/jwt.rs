@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use troupe::settings::JwtSettings;
 
-use crate::helpers::{assert_error, spawn_app_with, TestApp};
+use crate::helpers::{assert_error, eventually, spawn_app_with, TestApp};
 
 pub(crate) const ISSUER: &str = "https://id.example.com/";
 pub(crate) const AUDIENCE: &str = "troupe-ledger";
@@ -357,39 +357,24 @@ async fn rsa_and_ec_public_keys_verify_and_a_rotated_key_takes_over_without_a_re
     // Rotation, first edit: the provider's new key joins the old one;
     // tokens of both pass.
     write(keys.path(), "idp.pem", &format!("{rsa_public}{ec_public}"));
-    let added = wait_for(|| async { put_account(&app, "b", &es256).await.status() == 201 }).await;
+    let added = eventually(|| async { put_account(&app, "b", &es256).await.status() == 201 }).await;
     assert!(added, "the added EC key was never used");
     assert_eq!(get(&app, "/v1/accounts/a", &rs256).await.status(), 200);
     // Second edit: the old key leaves; its tokens are refused.
     write(keys.path(), "idp.pem", &ec_public);
     let retired =
-        wait_for(|| async { get(&app, "/v1/accounts/a", &rs256).await.status() == 401 }).await;
+        eventually(|| async { get(&app, "/v1/accounts/a", &rs256).await.status() == 401 }).await;
     assert!(retired, "tokens of the retired key still pass");
 
     // A broken key file keeps the key in force.
     write(keys.path(), "idp.pem", "not a key");
-    let counted = wait_for(|| async {
+    let counted = eventually(|| async {
         let m = get(&app, "/metrics", &es256).await.text().await.unwrap();
         m.contains(r#"troupe_auth_key_reloads_total{result="jwt_rejected"}"#)
     })
     .await;
     assert!(counted, "the rejected reload is counted");
     assert_eq!(get(&app, "/v1/accounts/b", &es256).await.status(), 200);
-}
-
-/// Polls `check` for up to five seconds.
-async fn wait_for<F, Fut>(check: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    false
 }
 
 #[actix_rt::test]
@@ -432,14 +417,12 @@ async fn an_ids_claim_limits_a_token_to_its_prefix_and_a_token_without_it_is_ref
 #[actix_rt::test]
 async fn api_keys_keep_working_beside_tokens() {
     let keys = TempDir::new().unwrap();
-    let file = write(
+    let file = crate::auth::write_keys(
         keys.path(),
-        "keys.toml",
-        &format!(
-            "[[key]]\nname = \"batch\"\nsha256 = \"{}\"\nscopes = [\"ledger:write\"]\n",
-            troupe::auth::digest_hex("t-batch")
-        ),
-    );
+        &crate::auth::key("batch", "t-batch", &["ledger:write"], None),
+    )
+    .display()
+    .to_string();
     let app = spawn_app_with(TempDir::new().unwrap(), move |s| {
         s.auth.enabled = true;
         s.auth.keys_file = file;

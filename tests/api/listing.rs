@@ -12,7 +12,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::helpers::{assert_error, json_of, spawn_app_with, TestApp};
+use crate::auth::{key, write_keys};
+use crate::helpers::{assert_error, eventually, json_of, spawn_app_with, TestApp};
 use crate::redis_server::RedisServer;
 
 /// Opens accounts `acc-000` .. and a few others, and one transfer.
@@ -197,18 +198,9 @@ async fn actors_stored_before_the_redis_index_are_listed_after_an_upgrade() {
             .unwrap();
     }
     let app = spawn_app_with(TempDir::new().unwrap(), |s| redis.configure(s)).await;
-    let mut listed = Vec::new();
-    for _ in 0..100 {
-        listed = json_of(app.get("/v1/actors/account").await).await["ids"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if listed.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(listed, vec![json!("old-1"), json!("old-2")]);
+    let accounts = || async { json_of(app.get("/v1/actors/account").await).await["ids"].clone() };
+    eventually(|| async { accounts().await.as_array().is_some_and(|a| a.len() == 2) }).await;
+    assert_eq!(accounts().await, json!(["old-1", "old-2"]));
     let transfers = json_of(app.get("/v1/actors/transfer").await).await;
     assert_eq!(transfers["ids"], json!(["old-t"]));
     let marked: bool = ::redis::cmd("EXISTS")
@@ -236,23 +228,15 @@ async fn actors_stored_before_the_redis_index_are_listed_after_an_upgrade() {
 #[actix_rt::test]
 async fn a_key_limited_to_a_prefix_lists_only_its_own_ids() {
     let keys = TempDir::new().unwrap();
-    let path = keys.path().join("keys.toml");
-    let key = |name: &str, token: &str, ids: Option<&str>| {
-        format!(
-            "[[key]]\nname = {name:?}\nsha256 = {:?}\nscopes = [\"actors:send\", \"ledger:write\"]\n{}\n",
-            troupe::auth::digest_hex(token),
-            ids.map(|p| format!("ids = {p:?}")).unwrap_or_default()
-        )
-    };
-    std::fs::write(
-        &path,
-        format!(
+    let scopes = ["actors:send", "ledger:write"];
+    let path = write_keys(
+        keys.path(),
+        &format!(
             "{}{}",
-            key("all", "t-all", None),
-            key("pay", "t-pay", Some("pay-"))
+            key("all", "t-all", &scopes, None),
+            key("pay", "t-pay", &scopes, Some("pay-"))
         ),
-    )
-    .unwrap();
+    );
     let file = path.display().to_string();
     let app = spawn_app_with(TempDir::new().unwrap(), move |s| {
         s.auth.enabled = true;

@@ -240,16 +240,11 @@ async fn every_status_the_server_answers_is_declared() {
 #[actix_rt::test]
 async fn a_client_generated_from_the_document_drives_the_ledger() {
     let keys = TempDir::new().unwrap();
-    let file = keys.path().join("keys.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[[key]]\nname = \"generated\"\nsha256 = {:?}\nscopes = [\"ledger:read\", \"ledger:write\", \"actors:send\"]\n",
-            troupe::auth::digest_hex("t-generated")
-        ),
-    )
-    .unwrap();
-    let file = file.display().to_string();
+    let scopes = ["ledger:read", "ledger:write", "actors:send"];
+    let file = crate::auth::key("generated", "t-generated", &scopes, None);
+    let file = crate::auth::write_keys(keys.path(), &file)
+        .display()
+        .to_string();
     let app = spawn_app_with(TempDir::new().unwrap(), move |s| {
         s.auth.enabled = true;
         s.auth.keys_file = file;

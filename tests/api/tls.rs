@@ -12,7 +12,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{eventually, spawn_app_with, TestApp};
 
 /// The name the certificates are for; clients resolve it to loopback.
 const HOST: &str = "troupe.test";
@@ -72,14 +72,18 @@ fn install(dir: &Path, (cert, key): &(String, String)) -> (String, String) {
 /// resumes its TLS sessions, which skip the certificate: only a fresh
 /// client shows which certificate is in force.)
 fn client_trusting(authority: &Authority, port: u16) -> Client {
-    Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(authority.pem.as_bytes()).unwrap())
-        .resolve(HOST, ([127, 0, 0, 1], port).into())
+    builder_trusting(authority, port)
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap()
+}
+
+fn builder_trusting(authority: &Authority, port: u16) -> reqwest::ClientBuilder {
+    Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(authority.pem.as_bytes()).unwrap())
+        .resolve(HOST, ([127, 0, 0, 1], port).into())
 }
 
 fn https(port: u16, path: &str) -> String {
@@ -138,10 +142,7 @@ async fn the_listener_speaks_https_with_the_configured_certificate_and_refuses_p
     // where it does not.
     let h2 = client.get(https(port, "/healthz")).send().await.unwrap();
     assert_eq!(h2.version(), reqwest::Version::HTTP_2);
-    let h1 = Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(authority.pem.as_bytes()).unwrap())
-        .resolve(HOST, ([127, 0, 0, 1], port).into())
+    let h1 = builder_trusting(&authority, port)
         .http1_only()
         .build()
         .unwrap();
@@ -181,14 +182,8 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
         .is_err());
 
     install(files.path(), &new.server());
-    let mut renewed = false;
-    for _ in 0..100 {
-        if trusts_new.get(https(port, "/healthz")).send().await.is_ok() {
-            renewed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let renewed =
+        eventually(|| async { trusts_new.get(https(port, "/healthz")).send().await.is_ok() }).await;
     assert!(renewed, "the renewed certificate was never served");
     // A fresh client (no TLS session to resume) sees the new one.
     assert!(
@@ -221,15 +216,9 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
         ("an expired certificate", new.server_until(Some(2020)), 2.0),
     ] {
         install(files.path(), &pair);
-        let mut counted = false;
-        for _ in 0..100 {
-            let series = r#"troupe_tls_reloads_total{result="rejected"}"#;
-            if metric(&trusts_new, port, series).await == rejected {
-                counted = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let series = r#"troupe_tls_reloads_total{result="rejected"}"#;
+        let counted =
+            eventually(|| async { metric(&trusts_new, port, series).await == rejected }).await;
         assert!(counted, "{what}: the rejected reload is counted");
         // A fresh client: no session to resume, so it checks what is served.
         let fresh = client_trusting(&new, port);
