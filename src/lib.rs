@@ -10,6 +10,7 @@ pub mod reload;
 pub mod remote;
 pub mod runtime;
 pub mod settings;
+pub mod sim;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

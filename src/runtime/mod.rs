@@ -18,14 +18,14 @@
 //! (a cross-thread wake-up costs tens of microseconds on small VMs).
 
 mod activation;
+pub mod core;
 mod idempotency;
 mod shard;
 mod stats;
 mod supervision;
 
 use std::hash::{BuildHasher, BuildHasherDefault};
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -107,6 +107,42 @@ pub struct Envelope {
     /// wake-up): activated even past `max_activations`, since unfinished
     /// work must reach its actors whatever clients are doing.
     pub internal: bool,
+    /// Whether the activation took the message before its caller gave up.
+    pub ticket: Arc<Ticket>,
+}
+
+/// Decides, once, who has the last word on a message: its activation,
+/// which takes it and then always answers with what became of it, or its
+/// caller, which gives up at the deadline and answers `504` itself. A
+/// message the caller gave up on is dropped unprocessed, so that `504`
+/// never stands for a change that was made.
+#[derive(Debug, Default)]
+pub struct Ticket(AtomicU8);
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+impl Ticket {
+    /// The activation takes the message; `false` if its caller gave up.
+    pub fn take(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The caller gives up; `false` if the message was taken already.
+    fn give_up(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// A routed message's answer to come.
+pub(crate) struct Pending {
+    rx: oneshot::Receiver<Answer>,
+    ticket: Arc<Ticket>,
 }
 
 impl Envelope {
@@ -295,7 +331,7 @@ impl Runtime {
         command: AnyCommand,
         deadline: Instant,
         idempotency: Option<IdempotencyRequest>,
-    ) -> Result<oneshot::Receiver<Answer>, Answer> {
+    ) -> Result<Pending, Answer> {
         let index = shard_of(&address, self.inner.shards.len());
         let Some(shard) = self.inner.shards[index].addr.load_full() else {
             return Err(Answer::error(
@@ -306,16 +342,18 @@ impl Runtime {
         route(&shard, address, command, deadline, idempotency, true)
     }
 
-    /// The answer on `rx`, or `504` once `deadline` passes.
-    pub(crate) async fn await_answer(
-        &self,
-        rx: oneshot::Receiver<Answer>,
-        deadline: Instant,
-    ) -> Answer {
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Answer::error(ErrorCode::Internal, "the actor stopped before answering"),
-            Err(_) => Answer::error(ErrorCode::DeadlineExceeded, "the request's deadline passed"),
+    /// The answer to a routed message. At `deadline` the caller gives up
+    /// (`504`) unless the activation has taken the message: then it waits
+    /// for the answer, which tells what became of the message.
+    pub(crate) async fn await_answer(&self, pending: Pending, deadline: Instant) -> Answer {
+        let Pending { mut rx, ticket } = pending;
+        let stopped = |_| Answer::error(ErrorCode::Internal, "the actor stopped before answering");
+        match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(answer) => answer.unwrap_or_else(stopped),
+            Err(_) if ticket.give_up() => {
+                Answer::error(ErrorCode::DeadlineExceeded, "the request's deadline passed")
+            }
+            Err(_) => rx.await.unwrap_or_else(stopped),
         }
     }
 
@@ -424,9 +462,11 @@ fn route(
     deadline: Instant,
     idempotency: Option<IdempotencyRequest>,
     internal: bool,
-) -> Result<oneshot::Receiver<Answer>, Answer> {
+) -> Result<Pending, Answer> {
     let (reply, rx) = oneshot::channel();
+    let ticket = Arc::new(Ticket::default());
     let envelope = Envelope {
+        ticket: ticket.clone(),
         command,
         deadline,
         idempotency,
@@ -436,7 +476,7 @@ fn route(
         internal,
     };
     match shard.try_send(Route { address, envelope }) {
-        Ok(()) => Ok(rx),
+        Ok(()) => Ok(Pending { rx, ticket }),
         Err(actix::prelude::SendError::Full(_)) => Err(Answer::error(
             ErrorCode::Overloaded,
             "the runtime is overloaded; retry later",
@@ -474,6 +514,7 @@ mod tests {
             span: tracing::Span::none(),
             sent_at: now,
             internal,
+            ticket: Arc::default(),
         };
         (envelope, rx)
     }

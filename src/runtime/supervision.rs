@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// Restart limits, from `runtime.supervision` in the settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

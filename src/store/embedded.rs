@@ -347,7 +347,7 @@ impl Store for EmbeddedStore {
             .await
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await
-            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?
+            .map_err(|_| StoreError::Unknown("the store writer stopped".into()))?
     }
 
     async fn entries(
@@ -631,6 +631,9 @@ impl Writer<'_> {
             .store(busy_mark(self.opened), Ordering::Relaxed);
         let n = commits.len();
         let count = self.batches + 1;
+        // A store that failed before refuses this batch whole; a batch
+        // that fails now may have reached the journal.
+        let poisoned = stats.failed.load(Ordering::Relaxed);
         // Whole seconds, rounded up: a record is kept at least `retention`.
         let expires = unix_now().saturating_add(self.retention).saturating_add(1);
         type Outcomes = (Vec<Result<(), StoreError>>, Vec<(String, bool)>);
@@ -676,6 +679,13 @@ impl Writer<'_> {
             }
             Err(e) => {
                 tracing::error!(error.message = %e, batch = n, "store transaction failed");
+                let e = match e {
+                    StoreError::Unavailable(_) if poisoned => StoreError::Unavailable(
+                        "a write to the store failed and it refuses writes until a restart".into(),
+                    ),
+                    StoreError::Unavailable(m) => StoreError::Unknown(m),
+                    other => other,
+                };
                 for (_, reply) in commits {
                     let _ = reply.send(Err(e.clone()));
                 }

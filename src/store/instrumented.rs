@@ -35,6 +35,7 @@ impl InstrumentedStore {
             let kind = match e {
                 StoreError::Conflict { .. } => "conflict",
                 StoreError::Unavailable(_) => "unavailable",
+                StoreError::Unknown(_) => "unknown",
                 StoreError::Corrupt(_) => "corrupt",
             };
             self.errors.with_label_values(&[backend, op, kind]).inc();

@@ -64,9 +64,15 @@ pub enum StoreError {
         expected: u64,
         found: u64,
     },
-    /// The store cannot be reached or refused the operation; retry later.
+    /// The store cannot be reached or refused the operation, which did
+    /// not happen; retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A write was sent and no answer came back (a timeout, a connection
+    /// lost, a sync that failed): it may have been applied, or may still
+    /// be. The runtime settles it by fencing the actor's version.
+    #[error("store outcome unknown: {0}")]
+    Unknown(String),
     /// Stored bytes could not be understood.
     #[error("corrupt store data: {0}")]
     Corrupt(String),
@@ -92,8 +98,11 @@ pub trait Store: Send + Sync + 'static {
     /// Applies the commit atomically once it is durable.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] when the stored version moved; nothing of
-    /// the commit is applied then.
+    /// [`StoreError::Conflict`] when the stored version moved, and
+    /// [`StoreError::Unavailable`] when the store could not take it: nothing
+    /// of the commit is applied then. [`StoreError::Unknown`] when it was
+    /// sent and its outcome is not known: it may land, now or later, unless
+    /// a write at a later version is made first.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
 
     /// Journal entries with a sequence number above `after`, oldest first.

@@ -224,24 +224,33 @@ impl Inner {
         F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let work = async {
-            let conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("redis {what}: {e}")))?;
-            op(conn)
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("redis {what}: {e}")))
-        };
-        tokio::time::timeout(self.command_timeout, work)
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        let timed_out = || format!("redis {what}: timed out after {:?}", self.command_timeout);
+        // Until a connection is in hand, nothing was sent.
+        let conn = tokio::time::timeout_at(deadline, self.pool.get())
             .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!(
-                    "redis {what}: timed out after {:?}",
-                    self.command_timeout
-                ))
-            })?
+            .map_err(|_| StoreError::Unavailable(timed_out()))?
+            .map_err(|e| StoreError::Unavailable(format!("redis {what}: {e}")))?;
+        // After that, a write that gets no answer may have been applied.
+        let sent = |message: String| {
+            if what == "commit" {
+                StoreError::Unknown(message)
+            } else {
+                StoreError::Unavailable(message)
+            }
+        };
+        match tokio::time::timeout_at(deadline, op(conn)).await {
+            Err(_) => Err(sent(timed_out())),
+            Ok(Ok(value)) => Ok(value),
+            // Redis answered with an error: the command did not run.
+            Ok(Err(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    || e.is_connection_refusal() =>
+            {
+                Err(StoreError::Unavailable(format!("redis {what}: {e}")))
+            }
+            Ok(Err(e)) => Err(sent(format!("redis {what}: {e}"))),
+        }
     }
 
     /// The script call of one commit.
@@ -314,7 +323,7 @@ impl Inner {
             {
                 Ok(results) if results.len() == todo.len() => results,
                 Ok(results) => {
-                    let e = StoreError::Unavailable(format!(
+                    let e = StoreError::Unknown(format!(
                         "redis commit: {} answers to a pipeline of {}",
                         results.len(),
                         todo.len()
@@ -425,7 +434,7 @@ impl Store for RedisStore {
                 match self.queue().send(queued).await {
                     Ok(()) => {
                         return outcome.await.unwrap_or_else(|_| {
-                            Err(StoreError::Unavailable(
+                            Err(StoreError::Unknown(
                                 "redis commit: its pipeline stopped; the outcome is unknown".into(),
                             ))
                         });
@@ -440,7 +449,7 @@ impl Store for RedisStore {
         tokio::time::timeout(inner.command_timeout, work)
             .await
             .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!(
+                Err(StoreError::Unknown(format!(
                     "redis commit: timed out after {:?}",
                     inner.command_timeout
                 )))

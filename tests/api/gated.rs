@@ -57,6 +57,9 @@ pub struct GatedStore {
     commits_gate: Gate,
     commits: Mutex<Vec<Committed>>,
     pub fail_next: Mutex<Option<String>>,
+    /// The next commit of this actor gets no answer and never lands: its
+    /// outcome is unknown to the runtime.
+    pub lose_next: Mutex<Option<String>>,
     /// The next load of this actor fails (the store is unavailable).
     pub fail_next_load: Mutex<Option<String>>,
     /// Loads of each actor that went through (held or not).
@@ -144,6 +147,17 @@ impl Store for GatedStore {
         if fail {
             return Err(StoreError::Unavailable("injected fault".into()));
         }
+        let lose = {
+            let mut next = self.lose_next.lock().unwrap();
+            let hit = next.as_deref() == Some(commit.actor.as_str());
+            if hit {
+                *next = None;
+            }
+            hit
+        };
+        if lose {
+            return Err(StoreError::Unknown("injected: no answer".into()));
+        }
         self.commits_gate.pass(&commit.actor).await;
         self.commits.lock().unwrap().push((
             commit.actor.clone(),
@@ -211,6 +225,7 @@ pub fn gated_layer() -> (
             commits_gate: Gate::default(),
             commits: Mutex::new(Vec::new()),
             fail_next: Mutex::new(None),
+            lose_next: Mutex::new(None),
             fail_next_load: Mutex::new(None),
             loads_done: Mutex::new(Vec::new()),
         });

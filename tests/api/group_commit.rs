@@ -325,7 +325,7 @@ async fn the_fence_after_a_failed_commit_keeps_unfinished_work_pending() {
     debited_while_the_credit_waits(&app, &store).await;
     let commits = store.commits_of("account/a").len();
 
-    *store.fail_next.lock().unwrap() = Some("account/a".into());
+    *store.lose_next.lock().unwrap() = Some("account/a".into());
     let lost = app.deposit("a", 1).await;
     assert_eq!(lost.status(), StatusCode::SERVICE_UNAVAILABLE);
     // The failed commit is not recorded; the fence is.

@@ -30,6 +30,7 @@ mod otlp;
 mod redis_faults;
 mod redis_server;
 mod restart;
+mod retries;
 mod runtime;
 mod store;
 mod supervision;
