@@ -12,28 +12,30 @@
 set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 work=$(mktemp -d /tmp/sim-breaks-XXXX)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/sim-breaks-target}
+# The main target directory: dependencies are shared, the worktree's own
+# crate builds beside the checkout's.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$top/target}
 trap 'git -C "$top" worktree remove --force "$work" >/dev/null 2>&1 || true' EXIT
 git -C "$top" worktree add --detach "$work" HEAD >/dev/null 2>&1
 
-# name | file | text | replacement
+# name ~ file ~ text ~ replacement
 breaks=(
-  "lru_and_store_only|src/runtime/core/serve.rs|self.open.as_ref().and_then(\|b\| b.recall(key))|None::<\&[u8]>"
-  "no_epoch_check|src/runtime/core/asks.rs|self.in_flight.clear();|"
-  "answer_before_commit|src/runtime/core/serve.rs|Some(batch) if batch.holds_replies() =>|Some(batch) if false \&\& batch.holds_replies() =>"
-  "passivate_with_asks_in_flight|src/runtime/core/mod.rs|\|\| !self.asks.is_idle()|"
-  "drop_a_retry|src/runtime/core/asks.rs|let Some(ask) = self.asks.in_flight.iter().find(\|a\| a.id == id) else {|let Some(ask) = self.asks.in_flight.iter().find(\|a\| a.id == id \&\& false) else {"
-  "forget_a_parked_caller|src/runtime/core/load.rs|self.parked.push(parked);|drop(parked);"
-  "trust_an_unknown_outcome|src/runtime/core/commit.rs|let landed = doubt.writes_state \&\& found >= doubt.version;|let landed = true;"
+  "lru_and_store_only~src/runtime/core/serve.rs~self.open.as_ref().and_then(|b| b.recall(key))~None::<&[u8]>"
+  "no_epoch_check~src/runtime/core/asks.rs~self.in_flight.clear();~"
+  "answer_before_commit~src/runtime/core/serve.rs~Some(batch) if batch.holds_replies() =>~Some(batch) if false && batch.holds_replies() =>"
+  "passivate_with_asks_in_flight~src/runtime/core/mod.rs~|| !self.asks.is_idle()~"
+  "drop_a_retry~src/runtime/core/asks.rs~let Some(ask) = self.asks.in_flight.iter().find(|a| a.id == id) else {~let Some(ask) = self.asks.in_flight.iter().find(|a| a.id == id && false) else {"
+  "forget_a_parked_caller~src/runtime/core/load.rs~self.parked.push(parked);~drop(parked);"
+  "trust_an_unknown_outcome~src/runtime/core/commit.rs~let landed = found >= doubt.version && found_digest == Some(digest);~let landed = true;"
+  "fence_by_version_only~src/runtime/core/commit.rs~let landed = found >= doubt.version && found_digest == Some(digest);~let landed = found >= doubt.version;"
+  "forget_stored_unfinished_work~src/runtime/core/load.rs~|| self.durable_pending~|| false"
 )
 
 wanted=("$@")
 for entry in "${breaks[@]}"; do
-  IFS='|' read -r name file text replacement <<<"$entry"
+  IFS='~' read -r name file text replacement <<<"$entry"
   if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " == *" $name "* ]]; then continue; fi
   git -C "$work" checkout -q -- .
-  text=${text//\\|/|}; text=${text//\\&/&}
-  replacement=${replacement//\\|/|}; replacement=${replacement//\\&/&}
   if ! python3 - "$work/$file" "$text" "$replacement" <<'PY'
 import sys
 path, old, new = sys.argv[1:]

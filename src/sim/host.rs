@@ -4,7 +4,7 @@
 use troupe_actors::{AnyCommand, Behavior, ErrorCode};
 
 use super::ReplyTo;
-use crate::runtime::core::{Action, AskId, Core, Incoming, Loaded, Now, Page, Timer};
+use crate::runtime::core::{digest, Action, AskId, Core, Incoming, Loaded, Now, Page, Timer};
 use crate::runtime::{Answer, RuntimeOptions};
 use crate::store::{Snapshot, StoreError};
 use std::sync::Arc;
@@ -90,10 +90,10 @@ impl<B: Behavior> Hosted for Host<B> {
 
     fn loaded(&mut self, now: Now, found: Result<(Option<Snapshot>, bool), StoreError>) {
         let loaded = found.and_then(|(snapshot, fenced)| {
-            let (state, found) = match snapshot {
-                None => (B::State::default(), 0),
+            let (state, found, digest) = match snapshot {
+                None => (B::State::default(), 0, None),
                 Some(s) => serde_json::from_slice(&s.state)
-                    .map(|state| (state, s.version))
+                    .map(|state| (state, s.version, Some(digest(&s.state))))
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             };
             let version = if fenced { found + 1 } else { found };
@@ -101,6 +101,7 @@ impl<B: Behavior> Hosted for Host<B> {
                 state,
                 version,
                 found,
+                digest,
             })
         });
         self.core.handle_loaded(now, loaded);

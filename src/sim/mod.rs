@@ -35,7 +35,7 @@ use rand_chacha::ChaCha8Rng;
 use troupe_actors::{Address, AnyCommand};
 
 pub use store::Durable;
-pub use world::Simulation;
+pub use world::{options, Simulation};
 
 use crate::runtime::core::AskId;
 use crate::runtime::{Answer, IdempotencyRequest};
@@ -94,6 +94,8 @@ pub struct Faults {
     /// A commit's answer is lost and it lands later (if its version still
     /// matches then).
     pub commit_lands_late: f64,
+    /// A fence's write gets no answer; it landed or not.
+    pub fence_lost: f64,
     /// An ask cannot be routed (a full shard): answered `429`.
     pub route_fails: f64,
     /// Process crashes during the run.
@@ -118,6 +120,7 @@ impl Faults {
             commit_lost_unseen: p(0.05),
             commit_lands_unseen: p(0.05),
             commit_lands_late: p(0.05),
+            fence_lost: p(0.2),
             route_fails: p(0.05),
             crashes: rng.random_range(0..=2),
             passivate: rng.random_range(0.0..0.2),

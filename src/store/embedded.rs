@@ -631,9 +631,6 @@ impl Writer<'_> {
             .store(busy_mark(self.opened), Ordering::Relaxed);
         let n = commits.len();
         let count = self.batches + 1;
-        // A store that failed before refuses this batch whole; a batch
-        // that fails now may have reached the journal.
-        let poisoned = stats.failed.load(Ordering::Relaxed);
         // Whole seconds, rounded up: a record is kept at least `retention`.
         let expires = unix_now().saturating_add(self.retention).saturating_add(1);
         type Outcomes = (Vec<Result<(), StoreError>>, Vec<(String, bool)>);
@@ -646,10 +643,21 @@ impl Writer<'_> {
             };
             let mut outcomes = Vec::with_capacity(n);
             for (commit, _) in &commits {
-                outcomes.push(apply(engine, &mut batch, &mut written, commit, expires)?);
+                // A commit whose stored state cannot be read fails alone,
+                // before anything of it joins the batch.
+                let outcome = apply(engine, &mut batch, &mut written, commit, expires);
+                outcomes.push(outcome.unwrap_or_else(Err));
             }
             batch.insert(&engine.meta, COUNT, &count.to_be_bytes()[..]);
-            batch.commit().map_err(|e| unavailable("commit", e))?;
+            // fjall refuses every write once one failed (it poisons
+            // itself): that batch was not written. Any other failure came
+            // while writing or syncing the journal: it may be there.
+            batch.commit().map_err(|e| match e {
+                fjall::Error::Poisoned => StoreError::Unavailable(
+                    "a write to the store failed and it refuses writes until a restart".into(),
+                ),
+                e => StoreError::Unknown(format!("commit: {e}")),
+            })?;
             let changed: Vec<(String, bool)> = written
                 .pending
                 .into_iter()
@@ -679,13 +687,6 @@ impl Writer<'_> {
             }
             Err(e) => {
                 tracing::error!(error.message = %e, batch = n, "store transaction failed");
-                let e = match e {
-                    StoreError::Unavailable(_) if poisoned => StoreError::Unavailable(
-                        "a write to the store failed and it refuses writes until a restart".into(),
-                    ),
-                    StoreError::Unavailable(m) => StoreError::Unknown(m),
-                    other => other,
-                };
                 for (_, reply) in commits {
                     let _ = reply.send(Err(e.clone()));
                 }

@@ -359,7 +359,7 @@ impl Inner {
                         again.push(i);
                         continue;
                     }
-                    Err(e) => Err(StoreError::Unavailable(format!("redis commit: {e}"))),
+                    Err(e) => Err(script_failed(&e)),
                 };
             }
             if again.is_empty() {
@@ -625,5 +625,27 @@ impl Store for RedisStore {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.inner.pool.close();
+    }
+}
+
+/// What a commit script's error says of its writes. Redis refuses a script
+/// whole before it runs, or at its first write (out of memory, a replica,
+/// a failed disk), and none of its writes happened; any other error may
+/// come after some of them (Redis does not roll a script back).
+fn script_failed(e: &redis::RedisError) -> StoreError {
+    const REFUSED: [&str; 8] = [
+        "NOSCRIPT",
+        "BUSY",
+        "LOADING",
+        "OOM",
+        "MISCONF",
+        "READONLY",
+        "NOREPLICAS",
+        "MASTERDOWN",
+    ];
+    if e.code().is_some_and(|code| REFUSED.contains(&code)) {
+        StoreError::Unavailable(format!("redis commit: {e}"))
+    } else {
+        StoreError::Unknown(format!("redis commit: {e}"))
     }
 }

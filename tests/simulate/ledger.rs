@@ -21,11 +21,32 @@ use troupe_actors::{kinds, ActorId, Address, ErrorCode, Kind};
 /// What one logical request is.
 #[derive(Debug, Clone)]
 enum Op {
-    Open { account: usize },
-    Deposit { account: usize, keyed: bool },
-    Withdraw { account: usize, keyed: bool },
-    Transfer { id: String, from: usize, to: usize },
-    Read { account: usize },
+    Open {
+        account: usize,
+    },
+    Deposit {
+        account: usize,
+        keyed: bool,
+    },
+    Withdraw {
+        account: usize,
+        keyed: bool,
+    },
+    Transfer {
+        id: String,
+        from: usize,
+        to: usize,
+    },
+    /// A journal page (`entries`) or the account itself (`get`).
+    Read {
+        account: usize,
+        page: bool,
+    },
+    /// A handler that panics (the test builds' `crash`): supervision
+    /// restarts the account from its durable state.
+    Crash {
+        account: usize,
+    },
 }
 
 /// One logical request and every copy of it sent, with what each was told.
@@ -66,8 +87,11 @@ pub struct Ledger {
     accounts: Vec<ActorId>,
     currencies: Vec<&'static str>,
     logical: Vec<Logical>,
-    /// Request -> (logical, the amount that copy carried).
-    copies: BTreeMap<RequestId, (usize, u64)>,
+    /// Request -> (logical, the amount that copy carried, when its
+    /// caller's deadline passes).
+    copies: BTreeMap<RequestId, (usize, u64, Duration)>,
+    /// Promises broken at the moment an answer arrived.
+    broken: Vec<String>,
     next_amount: u64,
     /// Operations still to start.
     budget: u32,
@@ -95,6 +119,7 @@ impl Ledger {
             currencies,
             logical: Vec::new(),
             copies: BTreeMap::new(),
+            broken: Vec::new(),
             next_amount: 1_000,
             budget: rng.random_range(20..120),
             duplicates: 0,
@@ -116,7 +141,15 @@ impl Ledger {
             ),
             Op::Deposit { account: i, .. } => (account(*i), "deposit", json!({"amount": amount})),
             Op::Withdraw { account: i, .. } => (account(*i), "withdraw", json!({"amount": amount})),
-            Op::Read { account: i } => (account(*i), "entries", json!({})),
+            Op::Read {
+                account: i,
+                page: true,
+            } => (account(*i), "entries", json!({})),
+            Op::Read {
+                account: i,
+                page: false,
+            } => (account(*i), "get", json!({})),
+            Op::Crash { account: i } => (account(*i), "crash", json!({})),
             Op::Transfer { id, from, to } => (
                 Address::new(
                     Kind::Transfer,
@@ -167,8 +200,9 @@ impl Ledger {
             self.key(logical),
             timeout,
         );
+        let deadline = clients.now() + delay + timeout;
         if let Some(id) = clients.send(delay, request) {
-            self.copies.insert(id, (logical, amount));
+            self.copies.insert(id, (logical, amount, deadline));
             self.logical[logical].open += 1;
         }
     }
@@ -192,7 +226,11 @@ impl Ledger {
                     to,
                 }
             }
-            _ => Op::Read { account },
+            90..=98 => Op::Read {
+                account,
+                page: rng.random_bool(0.5),
+            },
+            _ => Op::Crash { account },
         };
         let amount = match op {
             Op::Deposit { .. } => self.amount() * 1_000,
@@ -250,9 +288,19 @@ impl Workload for Ledger {
     }
 
     fn told(&mut self, clients: &mut Clients<'_>, id: RequestId, told: &Told) {
-        let Some((logical, amount)) = self.copies.remove(&id) else {
+        let Some((logical, amount, deadline)) = self.copies.remove(&id) else {
             return;
         };
+        // "Unknown" is an answer for a caller who waited its whole deadline
+        // (the work goes on, or the store could not be asked in time),
+        // never a shortcut.
+        let early = clients.now() < deadline;
+        if said(told) == Said::Unknown && matches!(told, Told::Answer(_)) && early {
+            let broken = format!(
+                "request #{id} was told the outcome is unknown before its deadline: {told:?}"
+            );
+            self.broken.push(broken);
+        }
         let entry = &mut self.logical[logical];
         entry.open -= 1;
         entry.told.push((amount, told.clone()));
@@ -282,6 +330,9 @@ impl Workload for Ledger {
     }
 
     fn check(&self, store: &Durable, quiescent: bool) -> Result<(), String> {
+        if let Some(broken) = self.broken.first() {
+            return Err(broken.clone());
+        }
         let books = Books::read(store, &self.accounts)?;
         books.consistent()?;
         if quiescent {
@@ -428,7 +479,10 @@ impl Ledger {
             let applied = says.contains(&Said::Applied);
             let unknown = says.contains(&Said::Unknown);
             match &l.op {
-                Op::Open { .. } | Op::Read { .. } => {}
+                Op::Open { .. } | Op::Crash { .. } => {}
+                Op::Read { account, .. } => {
+                    self.read_kept(books, n, l, self.accounts[*account].as_str())?
+                }
                 Op::Deposit { account, .. } | Op::Withdraw { account, .. } => {
                     let kind = if matches!(l.op, Op::Deposit { .. }) {
                         EntryKind::Deposit
@@ -452,22 +506,52 @@ impl Ledger {
                     if !applied && !unknown && found == 1 {
                         return Err(format!("request {n} ({:?} of {}) is in the journal, yet every copy was told it was not applied: {:?}", l.op, l.amount, l.told));
                     }
-                    let bodies: Vec<&Value> = l
+                    // Copies of one key are told one outcome, refusals included.
+                    let definitive: Vec<&troupe_actors::Outcome> = l
                         .told
                         .iter()
                         .filter_map(|(_, t)| match t {
-                            Told::Answer(a) => a.outcome.as_ref().ok().map(|r| &r.body),
+                            Told::Answer(a) => Some(&a.outcome)
+                                .filter(|o| !matches!(o, Err(r) if r.code.is_transient())),
                             Told::Lost => None,
                         })
                         .collect();
-                    if bodies.windows(2).any(|w| w[0] != w[1]) {
+                    if definitive.windows(2).any(|w| w[0] != w[1]) {
                         return Err(format!(
-                            "request {n}: copies were told different outcomes: {bodies:?}"
+                            "request {n}: copies of one key were told different outcomes: {definitive:?}"
                         ));
                     }
                 }
                 Op::Transfer { id, from, to } => {
                     self.transfer_kept(store, books, n, l, id, *from, *to, applied, unknown)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A read shows only what is durable: every entry of a page is in the
+    /// journal as it was read, and a balance is one the journal reached.
+    fn read_kept(&self, books: &Books, n: usize, l: &Logical, account: &str) -> Result<(), String> {
+        let journal = books
+            .accounts
+            .get(account)
+            .map(|(_, e)| e.as_slice())
+            .unwrap_or_default();
+        for (_, told) in &l.told {
+            let Told::Answer(a) = told else { continue };
+            let Ok(reply) = &a.outcome else { continue };
+            if let Some(entries) = reply.body.get("entries").and_then(Value::as_array) {
+                for e in entries {
+                    let e: Entry =
+                        serde_json::from_value(e.clone()).map_err(|e| format!("read {n}: {e}"))?;
+                    if !journal.contains(&e) {
+                        return Err(format!("read {n} of {account} showed an entry the journal does not hold: {e:?}"));
+                    }
+                }
+            } else if let Some(balance) = reply.body.get("balance").and_then(Value::as_i64) {
+                if balance != 0 && !journal.iter().any(|e| e.balance_after == balance) {
+                    return Err(format!("read {n} of {account} showed a balance of {balance}, which its journal never reached"));
                 }
             }
         }

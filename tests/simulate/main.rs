@@ -8,6 +8,7 @@
 //! its last events, and it joins `REGRESSIONS` once understood.
 
 mod ledger;
+mod scenarios;
 
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,13 @@ use troupe_actors::transfer::Transfer;
 
 use ledger::Ledger;
 
-/// Seeds that once failed, run every time.
-const REGRESSIONS: &[u64] = &[];
+/// Seeds that once failed, run every time:
+/// - 630: two bodies under one transfer id at once, the first's record lost
+///   while its debit landed; the second is recorded and fails on the
+///   debit's fact (422 with the failed transfer), the first's debit is
+///   refunded through the outbox. The invariant first read that 422 as a
+///   refusal of the stored body.
+const REGRESSIONS: &[u64] = &[630];
 
 /// Seeds `make test` runs (about two minutes on this machine's 2 cores).
 const BUDGET: u64 = 4000;
@@ -48,8 +54,24 @@ fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// The `crash` messages the clients send panic on purpose: their panics
+/// are not news. Every other panic is reported as usual.
+fn quiet_injected_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let injected = info
+            .payload()
+            .downcast_ref::<String>()
+            .is_some_and(|m| m.starts_with("fault injection"));
+        if !injected {
+            report(info);
+        }
+    }));
+}
+
 #[test]
 fn the_ledger_keeps_every_promise_under_every_seed() {
+    quiet_injected_panics();
     if let Some(seed) = env("SIM_SEED") {
         let trace = std::env::var("SIM_TRACE").is_ok();
         match run(seed, trace) {

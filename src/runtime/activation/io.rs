@@ -7,7 +7,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use troupe_actors::Behavior;
 
-use crate::runtime::core::{Loaded, Page};
+use crate::runtime::core::{digest, Loaded, Page};
 use crate::store::{Commit, Snapshot, Store, StoreError};
 use std::sync::Arc;
 
@@ -22,15 +22,11 @@ pub async fn load<B: Behavior>(
     key: String,
     fence: bool,
 ) -> Result<Loaded<B::State>, StoreError> {
-    let (state, version) = decode::<B>(store.load(&key).await?)?;
+    let loaded = decode::<B>(store.load(&key).await?)?;
     if !fence {
-        return Ok(Loaded {
-            state,
-            version,
-            found: version,
-        });
+        return Ok(loaded);
     }
-    write_fence::<B>(&*store, &key, (state, version)).await
+    write_fence::<B>(&*store, &key, loaded).await
 }
 
 /// After a commit whose outcome is unknown (sent, then the connection
@@ -44,10 +40,15 @@ pub async fn load<B: Behavior>(
 async fn write_fence<B: Behavior>(
     store: &dyn Store,
     key: &str,
-    mut loaded: (B::State, u64),
+    mut loaded: Loaded<B::State>,
 ) -> Result<Loaded<B::State>, StoreError> {
     for _ in 0..FENCE_ATTEMPTS {
-        let (state, version) = loaded;
+        let Loaded {
+            state,
+            version,
+            digest,
+            ..
+        } = loaded;
         let bytes = serde_json::to_vec(&state)
             .map_err(|e| StoreError::Corrupt(format!("cannot serialise {key}: {e}")))?;
         let fence = Commit {
@@ -64,6 +65,7 @@ async fn write_fence<B: Behavior>(
                     state,
                     version: version + 1,
                     found: version,
+                    digest,
                 })
             }
             Err(StoreError::Conflict { .. }) => loaded = decode::<B>(store.load(key).await?)?,
@@ -75,13 +77,24 @@ async fn write_fence<B: Behavior>(
     )))
 }
 
-fn decode<B: Behavior>(snapshot: Option<Snapshot>) -> Result<(B::State, u64), StoreError> {
-    match snapshot {
-        None => Ok((B::State::default(), 0)),
-        Some(s) => serde_json::from_slice(&s.state)
-            .map(|state| (state, s.version))
-            .map_err(|e| StoreError::Corrupt(format!("state of version {}: {e}", s.version))),
-    }
+/// The state a snapshot holds, with its version and digest.
+fn decode<B: Behavior>(snapshot: Option<Snapshot>) -> Result<Loaded<B::State>, StoreError> {
+    let Some(s) = snapshot else {
+        return Ok(Loaded {
+            state: B::State::default(),
+            version: 0,
+            found: 0,
+            digest: None,
+        });
+    };
+    let state = serde_json::from_slice(&s.state)
+        .map_err(|e| StoreError::Corrupt(format!("state of version {}: {e}", s.version)))?;
+    Ok(Loaded {
+        state,
+        version: s.version,
+        found: s.version,
+        digest: Some(digest(&s.state)),
+    })
 }
 
 /// Makes `commit` durable, then reads the journal pages asked for

@@ -149,10 +149,13 @@ pub struct Held<R> {
 pub struct Sealed<R> {
     /// The batch's number; asks made from its steps wait for it.
     pub generation: u64,
-    /// The version the commit writes, and whether it writes the state
-    /// (only then does the stored version tell whether it landed).
+    /// The version the commit writes.
     pub version: u64,
-    pub writes_state: bool,
+    /// The digest of the state it writes ([`super::digest`]), if it writes
+    /// one: what tells, after a fence, whether it landed.
+    pub digest: Option<u64>,
+    /// Whether the state it writes has unfinished work.
+    pub pending: bool,
     pub replies: Vec<Held<R>>,
     pub journal: Vec<(R, u64, u32)>,
     pub settle: Option<Outcome>,

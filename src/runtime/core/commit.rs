@@ -69,13 +69,17 @@ impl<B: Behavior, R> Core<B, R> {
         let pages = batch.journal.iter().map(|(_, a, l)| (*a, *l)).collect();
         let messages = batch.replies.len() + batch.journal.len();
         let span = batch.span.take();
-        let writes_state = batch.dirty;
         let commit = batch.commit(self.address.to_string(), &self.state, versions, pending);
+        let digest = match &commit {
+            Ok(Some(c)) => c.state.as_deref().map(super::digest),
+            _ => None,
+        };
         self.phase = Phase::Committing {
             sealed: Sealed {
                 generation,
                 version: self.version,
-                writes_state,
+                digest,
+                pending,
                 replies: batch.replies,
                 journal: batch.journal,
                 settle: batch.settle,
@@ -112,6 +116,9 @@ impl<B: Behavior, R> Core<B, R> {
         match result {
             Ok(pages) => {
                 self.durable_version = sealed.version;
+                if sealed.digest.is_some() {
+                    self.durable_pending = sealed.pending;
+                }
                 self.durable_generation = sealed.generation;
                 self.deliver(sealed, pages);
                 match restart {
@@ -187,11 +194,10 @@ impl<B: Behavior, R> Core<B, R> {
             self.respond(reply, unavailable(e));
         }
         let grace = now.at + self.options.retry_interval;
-        for held in &mut sealed.replies {
+        for mut held in std::mem::take(&mut sealed.replies) {
             held.deadline = held.deadline.max(grace);
-        }
-        if let Some(first) = sealed.replies.iter().map(|h| h.deadline).min() {
-            self.timer(first, Timer::Doubt);
+            self.timer(held.deadline, Timer::Doubt);
+            self.doubtful.push((sealed.generation, held));
         }
         sealed
     }
@@ -199,51 +205,39 @@ impl<B: Behavior, R> Core<B, R> {
     /// The doubt timer fired: callers whose wait is over are told the
     /// outcome is unknown.
     pub(super) fn doubt_due(&mut self, now: Now) {
-        let doubt = match &mut self.phase {
-            Phase::Unloaded { doubt } | Phase::Loading { doubt } | Phase::Restarting { doubt } => {
-                doubt
-            }
-            _ => return,
-        };
-        let Some(sealed) = doubt.as_mut() else {
-            return;
-        };
-        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut sealed.replies)
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.doubtful)
             .into_iter()
-            .partition(|h| h.deadline <= now.at);
-        sealed.replies = waiting;
-        let next = sealed.replies.iter().map(|h| h.deadline).min();
-        for held in due {
+            .partition(|(_, h)| h.deadline <= now.at);
+        self.doubtful = waiting;
+        for (_, held) in due {
             self.respond(held.to, in_doubt());
-        }
-        if let Some(next) = next {
-            self.timer(next, Timer::Doubt);
         }
     }
 
     /// Settles a commit of unknown outcome once the fence has made it
-    /// final: `found` is the version the fence found stored.
-    pub(super) fn settle_doubt(&mut self, doubt: Sealed<R>, found: u64) {
-        let landed = doubt.writes_state && found >= doubt.version;
+    /// final, from what the fence found stored: its version and the digest
+    /// of its state. The lost commit landed exactly when the state stored is
+    /// the one it wrote, at its version or later: a version alone could be
+    /// an earlier fence's own write (it copies the state it read, one
+    /// version up), which the digest tells apart. A commit that wrote no
+    /// state (records of refusals only) cannot be told: its callers wait out
+    /// their deadline and hear that it may have been applied.
+    pub(super) fn settle_doubt(&mut self, doubt: Sealed<R>, found: u64, found_digest: Option<u64>) {
+        let Some(digest) = doubt.digest else {
+            return;
+        };
+        let (own, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.doubtful)
+            .into_iter()
+            .partition(|(generation, _)| *generation == doubt.generation);
+        self.doubtful = others;
+        let landed = found >= doubt.version && found_digest == Some(digest);
         if landed {
             self.durable_generation = self.durable_generation.max(doubt.generation);
-            // The pages were never read: reading them again is harmless.
-            let unread = doubt
-                .journal
-                .iter()
-                .map(|_| {
-                    Err(StoreError::Unavailable(
-                        "the commit before this read timed out".into(),
-                    ))
-                })
-                .collect();
-            self.deliver(doubt, unread);
+            let replies = own.into_iter().map(|(_, held)| held).collect();
+            self.deliver(Sealed { replies, ..doubt }, Vec::new());
         } else {
-            for held in doubt.replies {
+            for (_, held) in own {
                 self.respond(held.to, not_applied());
-            }
-            for (reply, _, _) in doubt.journal {
-                self.respond(reply, not_applied());
             }
         }
     }

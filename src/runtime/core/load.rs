@@ -51,7 +51,9 @@ impl<B: Behavior, R> Core<B, R> {
                 state,
                 version,
                 found,
+                digest,
             }) => {
+                self.durable_pending = B::is_pending(&state);
                 self.state = state;
                 self.version = version;
                 self.durable_version = version;
@@ -60,7 +62,7 @@ impl<B: Behavior, R> Core<B, R> {
                 self.asks.clear();
                 let fenced = doubt.is_some();
                 if let Some(doubt) = doubt {
-                    self.settle_doubt(doubt, found);
+                    self.settle_doubt(doubt, found, digest);
                 }
                 self.reconcile_parked(now, fenced);
                 let resumed = B::resume(&self.state, &self.env(now, None));
@@ -69,8 +71,10 @@ impl<B: Behavior, R> Core<B, R> {
             }
             Err(e) => {
                 tracing::warn!(actor = %self.address, error.message = %e, "loading state failed");
-                let retry =
-                    doubt.is_some() || B::is_pending(&self.state) || !self.parked.is_empty();
+                let retry = doubt.is_some()
+                    || self.durable_pending
+                    || B::is_pending(&self.state)
+                    || !self.parked.is_empty();
                 self.phase = Phase::Unloaded { doubt };
                 for incoming in std::mem::take(&mut self.queue) {
                     let message = "the store is unavailable; retry later";

@@ -129,6 +129,15 @@ pub struct Loaded<S> {
     pub version: u64,
     /// The version found before fencing (`version` without a fence).
     pub found: u64,
+    /// The [`digest`] of the state bytes found, if any.
+    pub digest: Option<u64>,
+}
+
+/// A digest of a state's bytes as stored, to tell one commit's state from
+/// another's (SipHash with fixed keys: the same within a process).
+pub fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes)
 }
 
 /// Journal rows read for one `entries` message.
@@ -188,6 +197,9 @@ pub struct Core<B: Behavior, R> {
     version: u64,
     /// The version the store holds for this actor.
     durable_version: u64,
+    /// Whether the state the store holds has unfinished work: after a
+    /// failed commit the state in memory no longer says.
+    durable_pending: bool,
     /// Boxed and absent between batches: an idle activation stays small.
     open: Option<Box<Batch<R>>>,
     /// Numbers the open batch; the last generation durable.
@@ -203,6 +215,9 @@ pub struct Core<B: Behavior, R> {
     /// A recheck timer is set.
     recheck_armed: bool,
     supervision: Option<Box<Supervision>>,
+    /// Callers of commits whose outcome is unknown, with the commit's
+    /// generation: answered when a fence tells, or at their deadline.
+    doubtful: Vec<(u64, batch::Held<R>)>,
     /// Bumped whenever the state is thrown away or reloaded.
     epoch: u32,
     actions: VecDeque<Action<R>>,
@@ -218,6 +233,7 @@ impl<B: Behavior, R> Core<B, R> {
             state: B::State::default(),
             version: 0,
             durable_version: 0,
+            durable_pending: false,
             open: None,
             open_generation: 1,
             durable_generation: 0,
@@ -228,6 +244,7 @@ impl<B: Behavior, R> Core<B, R> {
             lazy: false,
             recheck_armed: false,
             supervision: None,
+            doubtful: Vec::new(),
             epoch: 0,
             actions: VecDeque::new(),
         }
@@ -297,6 +314,8 @@ impl<B: Behavior, R> Core<B, R> {
                     || !self.asks.is_idle()
                     || !self.parked.is_empty()
                     || B::is_pending(&self.state)
+                    || self.durable_pending
+                    || !self.doubtful.is_empty()
             }
         }
     }

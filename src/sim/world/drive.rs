@@ -1,0 +1,302 @@
+//! What the simulated host of one activation does with its core, as the
+//! service's actix activation does it: a message is taken unless its
+//! caller gave up (the ticket), actions are carried out, the drained event
+//! follows them, and an activation that is not pinned may be passivated.
+
+use std::time::Duration;
+
+use rand::Rng;
+use troupe_actors::{Address, AnyCommand, ErrorCode};
+
+use super::{Event, Io, Message, Simulation, Slot, Ticket};
+use crate::runtime::core::{Action, Incoming};
+use crate::runtime::{Answer, IdempotencyRequest};
+use crate::sim::{Failure, ReplyTo, Request, RequestId, Told, Workload};
+
+impl<W: Workload> Simulation<W> {
+    /// A client sends a request: it gives up at its deadline unless the
+    /// activation took it first.
+    pub(super) fn send(&mut self, id: RequestId, request: Request) {
+        self.requests.insert(id, self.now);
+        if !self.up {
+            let delay = self.hop();
+            return self.schedule(
+                delay,
+                Event::Told {
+                    id,
+                    told: Told::Lost,
+                },
+            );
+        }
+        let deadline = self.now + request.timeout;
+        self.route(
+            request.address,
+            request.command,
+            request.idempotency,
+            deadline,
+            ReplyTo::Client(id),
+        );
+    }
+
+    pub(super) fn route(
+        &mut self,
+        address: Address,
+        command: AnyCommand,
+        idempotency: Option<IdempotencyRequest>,
+        deadline: Duration,
+        reply: ReplyTo,
+    ) {
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.tickets.insert(ticket, Ticket::Waiting);
+        let message = Message {
+            command,
+            reply: reply.clone(),
+            idempotency,
+            deadline,
+            ticket,
+            sent_at: self.now,
+        };
+        let delay = self.hop();
+        let process = self.process;
+        self.schedule(
+            delay,
+            Event::Deliver {
+                process,
+                address,
+                message,
+            },
+        );
+        self.schedule_at(
+            deadline,
+            Event::GiveUp {
+                process,
+                ticket,
+                reply,
+            },
+        );
+    }
+
+    pub(super) fn deliver(&mut self, address: Address, message: Message) -> Result<(), Failure> {
+        if self.tickets.get(&message.ticket) != Some(&Ticket::Waiting) {
+            return Ok(());
+        }
+        self.tickets.insert(message.ticket, Ticket::Taken);
+        let actor = address.to_string();
+        let now = self.now_of();
+        if !self.hosts.contains_key(&actor) {
+            let Some((_, factory)) = self.kinds.iter().find(|(k, _)| *k == address.kind) else {
+                let answer = Answer::error(ErrorCode::NotFound, "no such kind");
+                self.reply(message.reply, answer);
+                return Ok(());
+            };
+            self.incarnations += 1;
+            let host = factory(address, self.options.clone(), now);
+            self.hosts.insert(
+                actor.clone(),
+                Slot {
+                    host,
+                    incarnation: self.incarnations,
+                    drain_queued: false,
+                },
+            );
+        }
+        let incoming = Incoming {
+            command: message.command,
+            reply: message.reply,
+            idempotency: message.idempotency,
+            deadline: self.base + message.deadline,
+            span: tracing::Span::none(),
+            sent_at: self.base + message.sent_at,
+        };
+        if let Some(slot) = self.hosts.get_mut(&actor) {
+            slot.host.message(now, incoming);
+        }
+        self.drive(&actor)
+    }
+
+    /// Carries out what one activation's core asked for.
+    pub(super) fn drive(&mut self, actor: &str) -> Result<(), Failure> {
+        loop {
+            let Some(slot) = self.hosts.get_mut(actor) else {
+                return Ok(());
+            };
+            let incarnation = slot.incarnation;
+            let Some(action) = slot.host.poll_action() else {
+                break;
+            };
+            match action {
+                Action::Reply { to, answer } => self.reply(to, answer),
+                Action::Load { fence } => {
+                    let delay = self.disk();
+                    let io = Io::Load { fence };
+                    self.schedule(
+                        delay,
+                        Event::Io {
+                            actor: actor.into(),
+                            incarnation,
+                            io,
+                        },
+                    );
+                }
+                Action::Lookup(key) => {
+                    let delay = self.disk();
+                    let io = Io::Lookup(key);
+                    self.schedule(
+                        delay,
+                        Event::Io {
+                            actor: actor.into(),
+                            incarnation,
+                            io,
+                        },
+                    );
+                }
+                Action::Commit { commit, pages, .. } => {
+                    let fate = self.fate();
+                    let commit = commit.map(|c| {
+                        self.seq += 1;
+                        self.sent.insert(self.seq, c);
+                        self.seq
+                    });
+                    let delay = self.disk();
+                    let io = Io::Commit {
+                        commit,
+                        pages,
+                        fate,
+                    };
+                    self.schedule(
+                        delay,
+                        Event::Io {
+                            actor: actor.into(),
+                            incarnation,
+                            io,
+                        },
+                    );
+                }
+                Action::Ask {
+                    id,
+                    target,
+                    command,
+                    deadline,
+                    ..
+                } => {
+                    let reply = ReplyTo::Ask {
+                        from: actor.into(),
+                        incarnation,
+                        id,
+                    };
+                    if self.chance(self.config.faults.route_fails) {
+                        self.count("route_fails");
+                        let answer = Answer::error(ErrorCode::Overloaded, "simulated full shard");
+                        self.reply(reply, answer);
+                    } else {
+                        let deadline = deadline.saturating_duration_since(self.base);
+                        self.route(target, command, None, deadline, reply);
+                    }
+                }
+                Action::Timer { at, timer } => {
+                    let at = at.saturating_duration_since(self.base);
+                    self.schedule_at(
+                        at,
+                        Event::Timer {
+                            actor: actor.into(),
+                            incarnation,
+                            timer,
+                        },
+                    );
+                }
+            }
+        }
+        self.after(actor)
+    }
+
+    /// What follows every event at an activation: the flush point, the
+    /// memory bound, retirement and passivation.
+    pub(super) fn after(&mut self, actor: &str) -> Result<(), Failure> {
+        let capacity = self.options.mailbox_capacity;
+        let Some(slot) = self.hosts.get_mut(actor) else {
+            return Ok(());
+        };
+        let incarnation = slot.incarnation;
+        *self.coverage.phases.entry(slot.host.phase()).or_default() += 1;
+        let (queued, parked) = slot.host.held();
+        if queued > capacity || parked > capacity {
+            return Err(self.fail(format!(
+                "{actor} holds {queued} messages and {parked} parked callers, past {capacity}"
+            )));
+        }
+        if slot.host.wants_flush() && !slot.drain_queued {
+            slot.drain_queued = true;
+            let delay = Duration::from_micros(self.rng.random_range(0..2_000));
+            self.schedule(
+                delay,
+                Event::Drained {
+                    actor: actor.into(),
+                    incarnation,
+                },
+            );
+            return Ok(());
+        }
+        let idle = !slot.host.is_pinned() && !slot.drain_queued;
+        if idle && !slot.host.is_resident() {
+            self.hosts.remove(actor);
+            self.coverage.passivations += 1;
+        } else if idle
+            && self
+                .rng
+                .random_bool(self.config.faults.passivate.clamp(0.0, 1.0))
+        {
+            let delay = Duration::from_micros(self.rng.random_range(0..50_000));
+            self.schedule(
+                delay,
+                Event::Passivate {
+                    actor: actor.into(),
+                    incarnation,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends an answer where it is awaited.
+    pub(super) fn reply(&mut self, to: ReplyTo, answer: Answer) {
+        let delay = self.hop();
+        match to {
+            ReplyTo::Client(id) => self.schedule(
+                delay,
+                Event::Told {
+                    id,
+                    told: Told::Answer(answer),
+                },
+            ),
+            ReplyTo::Ask {
+                from,
+                incarnation,
+                id,
+            } => self.schedule(
+                delay,
+                Event::Answer {
+                    actor: from,
+                    incarnation,
+                    id,
+                    answer,
+                },
+            ),
+            ReplyTo::Wake { address, attempt } => {
+                let transient = matches!(&answer.outcome, Err(r) if r.code.is_transient());
+                if transient {
+                    let process = self.process;
+                    let wait = self.options.retry_interval;
+                    self.schedule(
+                        wait,
+                        Event::Wake {
+                            process,
+                            address,
+                            attempt: attempt + 1,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
