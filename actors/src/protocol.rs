@@ -105,12 +105,14 @@ impl std::fmt::Display for Address {
     }
 }
 
-/// How a successful reply maps onto HTTP: `200` or `201`.
+/// How a successful reply maps onto HTTP: `200`, `201`, or `202` for work
+/// accepted, durable, and still going on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
     Created,
+    Accepted,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +131,12 @@ impl Reply {
     pub fn created(body: Value) -> Self {
         Self {
             status: Status::Created,
+            body,
+        }
+    }
+    pub fn accepted(body: Value) -> Self {
+        Self {
+            status: Status::Accepted,
             body,
         }
     }
@@ -389,6 +397,15 @@ pub trait Behavior: 'static {
     fn is_pending(state: &Self::State) -> bool {
         let _ = state;
         false
+    }
+
+    /// The answer to a caller parked on work that is durable and still
+    /// going on when its deadline passes (a transfer between its legs:
+    /// `202` with the transfer, pending). `None`: the runtime answers `504`,
+    /// saying the work goes on.
+    fn in_progress(state: &Self::State, env: &Env) -> Option<Outcome> {
+        let _ = (state, env);
+        None
     }
 
     /// Whether an idle activation is worth keeping in memory until the

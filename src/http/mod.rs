@@ -191,6 +191,7 @@ fn respond(answer: Answer, meta: &RequestMeta, shape: Shape) -> Result<HttpRespo
         Ok(reply) => {
             let mut response = match (shape, reply.status) {
                 (Shape::Resource, Status::Created) => HttpResponse::Created(),
+                (Shape::Resource, Status::Accepted) => HttpResponse::Accepted(),
                 _ => HttpResponse::Ok(),
             };
             if replayed {

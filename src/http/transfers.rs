@@ -37,7 +37,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     responses(
         (status = 201, description = "Completed", body = TransferView),
         (status = 422, description = "Failed: the body carries the transfer with its reason", body = ErrorBody),
-        (status = 504, description = "Still pending at the deadline; it completes or is refunded on its own", body = ErrorBody)))]
+        (status = 202, description = "Still pending at the request's deadline, and durable: it completes or is refunded on its own (GET it by its id)", body = TransferView)))]
 pub async fn start(
     rt: web::Data<Runtime>,
     meta: RequestMeta,

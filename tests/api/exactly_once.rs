@@ -732,7 +732,13 @@ async fn a_parked_caller_is_answered_at_its_deadline_and_forgotten() {
         json!({"id": "t-slow", "from": "a", "to": "b", "amount": 5}),
     )
     .await;
-    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    // Durable and still going on at the deadline: 202, with the transfer.
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body = json_of(r).await;
+    assert_eq!(
+        (body["id"].clone(), body["status"].clone()),
+        (json!("t-slow"), json!("pending"))
+    );
     let depth = r#"troupe_actor_mailbox_depth "#;
     let mut text = String::new();
     let mut forgotten = false;
@@ -797,7 +803,7 @@ async fn parked_callers_keep_their_own_deadlines_and_are_bounded() {
         futures_util::join!(late, release).0
     };
     let (short, longs, late) = futures_util::join!(short, longs, after);
-    assert_eq!(short.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(short.status(), StatusCode::ACCEPTED);
     let statuses: Vec<StatusCode> = longs.into_iter().map(|r| r.status()).collect();
     let refused = statuses
         .iter()
@@ -835,7 +841,8 @@ async fn wake_ups_that_meet_a_failing_store_retry_until_the_work_finishes() {
         json!({"id": "t-wake", "from": "a", "to": "b", "amount": 40}),
     )
     .await;
-    assert!(r.status().is_server_error(), "{}", r.status());
+    // Recorded, and going on (the debit is retried): accepted.
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
     let dir = app.stop().await;
 
     // The first load is the start-up check for transfers of an earlier

@@ -73,6 +73,8 @@ fn said(told: &Told) -> Said {
     match told {
         Told::Lost => Said::Unknown,
         Told::Answer(a) => match &a.outcome {
+            // Accepted, durable and going on: it completes or fails later.
+            Ok(r) if r.status == troupe_actors::Status::Accepted => Said::Unknown,
             Ok(_) => Said::Applied,
             // The work goes on without its caller: it may or may not finish.
             Err(r) if r.message.contains("goes on") => Said::Unknown,
@@ -588,8 +590,13 @@ impl Ledger {
             if debits + credits + refunds > 0 {
                 return Err(format!("transfer {id} has no record but legs: {legs}"));
             }
-            if applied {
-                return Err(format!("transfer {id} was acknowledged and has no record"));
+            let accepted = l.told.iter().any(|(_, t)| {
+                matches!(t, Told::Answer(a) if a.outcome.as_ref().is_ok_and(|r| r.status == troupe_actors::Status::Accepted))
+            });
+            if applied || accepted {
+                return Err(format!(
+                    "transfer {id} was acknowledged and has no record: {legs}"
+                ));
             }
             return Ok(());
         };
@@ -610,6 +617,13 @@ impl Ledger {
         for (sent, told) in &l.told {
             let Told::Answer(a) = told else { continue };
             match &a.outcome {
+                // Accepted: its record was durable when it was said.
+                Ok(r) if r.status == troupe_actors::Status::Accepted && *sent != amount => {
+                    return Err(format!(
+                        "transfer {id}: a copy of {sent} was told accepted, the store holds {t:?}"
+                    ));
+                }
+                Ok(r) if r.status == troupe_actors::Status::Accepted => {}
                 Ok(_) if *sent != amount || t.status != Status::Completed => {
                     return Err(format!(
                         "transfer {id}: a copy of {sent} was told completed, the store holds {t:?}"

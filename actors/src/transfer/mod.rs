@@ -291,6 +291,13 @@ impl Behavior for Transfer {
         Self::is_pending(state)
     }
 
+    fn in_progress(state: &Self::State, env: &Env) -> Option<Outcome> {
+        state
+            .as_ref()
+            .filter(|t| t.status == Status::Pending)
+            .map(|t| Ok(Reply::accepted(view(t, env))))
+    }
+
     fn keyed_by_id(command: &Command) -> bool {
         matches!(command, Command::Start { .. })
     }

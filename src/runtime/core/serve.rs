@@ -98,6 +98,8 @@ impl<B: Behavior, R> Core<B, R> {
 
     /// Serves waiting messages while the core is ready for them.
     pub(super) fn pump(&mut self, now: Now) {
+        // First, while nothing new is in the open batch.
+        self.expire_parked(now);
         self.release_answers(now);
         while matches!(self.phase, Phase::Ready) {
             let Some(incoming) = self.queue.pop_front() else {
@@ -405,18 +407,35 @@ impl<B: Behavior, R> Core<B, R> {
     }
 
     /// Answers the parked callers whose deadline has passed: the work they
-    /// wait for goes on without them.
+    /// wait for goes on without them (`202` with it, for a behaviour that
+    /// says so). Only once everything handled is durable: a caller is never
+    /// told work goes on that a failed commit could still take back, so
+    /// until then it waits for the commit, whose answer ends in `pump`.
     pub(super) fn expire_parked(&mut self, now: Now) {
+        if !matches!(self.phase, Phase::Ready) || self.open.is_some() {
+            return;
+        }
+        if self.parked.iter().all(|p| p.deadline > now.at) {
+            return;
+        }
         let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()
             .partition(|p| p.deadline <= now.at);
         self.parked = waiting;
+        let in_progress = B::in_progress(&self.state, &self.env(now, None));
         for parked in expired {
-            let message = "the deadline passed before the work finished; it goes on";
-            self.respond(
-                parked.reply,
-                Answer::error(ErrorCode::DeadlineExceeded, message),
-            );
+            let outcome = in_progress.clone().unwrap_or_else(|| {
+                let message = "the deadline passed before the work finished; it goes on";
+                Err(troupe_actors::Rejection::new(
+                    ErrorCode::DeadlineExceeded,
+                    message,
+                ))
+            });
+            let answer = Answer {
+                outcome,
+                replayed: parked.replayed,
+            };
+            self.respond(parked.reply, answer);
         }
     }
 
