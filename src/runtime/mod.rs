@@ -21,6 +21,7 @@ mod activation;
 pub mod core;
 mod idempotency;
 mod shard;
+mod slot;
 mod stats;
 mod supervision;
 

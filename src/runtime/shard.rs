@@ -24,6 +24,7 @@ use troupe_actors::transfer::Transfer;
 use troupe_actors::{ActorId, Address, ErrorCode, Kind};
 
 use super::activation::{Activation, Delivery};
+use super::slot::{Retired, SlotStatus};
 use super::{stats, Answer, Envelope, Runtime};
 
 /// Routes one envelope to the activation at `address`.
@@ -34,38 +35,6 @@ pub struct Route {
 
 impl Message for Route {
     type Result = ();
-}
-
-/// An activation stopped itself: it had nothing left worth keeping.
-pub struct Retired {
-    pub address: Address,
-}
-
-impl Message for Retired {
-    type Result = ();
-}
-
-/// What a shard and one of its activations both see.
-#[derive(Debug)]
-pub struct SlotStatus {
-    /// Messages routed to the activation and not yet answered.
-    pub inflight: Cell<u32>,
-    /// The activation must not be passivated: it is loading, committing,
-    /// waiting on an ask, holding a parked caller or unfinished work.
-    pub pinned: Cell<bool>,
-    /// The activation stopped itself; the slot is to be dropped.
-    pub retired: Cell<bool>,
-    pub last_used: Cell<Instant>,
-}
-
-impl SlotStatus {
-    pub fn done(&self) {
-        self.inflight.set(self.inflight.get().saturating_sub(1));
-    }
-
-    fn is_idle(&self) -> bool {
-        self.inflight.get() == 0 && !self.pinned.get()
-    }
 }
 
 struct Slot {

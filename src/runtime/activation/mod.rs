@@ -20,7 +20,7 @@ use tracing::Instrument;
 use troupe_actors::{Address, Behavior, ErrorCode};
 
 use super::core::{Action, Core, Incoming, LookupKey, Now};
-use super::shard::{Retired, SlotStatus};
+use super::slot::{Retired, SlotStatus};
 use super::{stats, Answer, Envelope, Runtime};
 
 /// What a shard delivers to an activation. Messages travel unboxed: a
