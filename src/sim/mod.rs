@@ -100,6 +100,8 @@ pub struct Faults {
     pub route_fails: f64,
     /// Process crashes during the run.
     pub crashes: u32,
+    /// Times the store is down (50 ms to 1.5 s each): everything refused.
+    pub outages: u32,
     /// After an event, the actor is considered for passivation.
     pub passivate: f64,
 }
@@ -123,6 +125,7 @@ impl Faults {
             fence_lost: p(0.2),
             route_fails: p(0.05),
             crashes: rng.random_range(0..=2),
+            outages: rng.random_range(0..=2),
             passivate: rng.random_range(0.0..0.2),
         }
     }

@@ -37,10 +37,10 @@ enum Op {
         from: usize,
         to: usize,
     },
-    /// A journal page (`entries`) or the account itself (`get`).
+    /// A journal page (`entries` after, limit) or the account (`get`).
     Read {
         account: usize,
-        page: bool,
+        page: Option<(u64, u32)>,
     },
     /// A handler that panics (the test builds' `crash`): supervision
     /// restarts the account from its durable state.
@@ -145,11 +145,15 @@ impl Ledger {
             Op::Withdraw { account: i, .. } => (account(*i), "withdraw", json!({"amount": amount})),
             Op::Read {
                 account: i,
-                page: true,
-            } => (account(*i), "entries", json!({})),
+                page: Some((after, limit)),
+            } => (
+                account(*i),
+                "entries",
+                json!({"after": after, "limit": limit}),
+            ),
             Op::Read {
                 account: i,
-                page: false,
+                page: None,
             } => (account(*i), "get", json!({})),
             Op::Crash { account: i } => (account(*i), "crash", json!({})),
             Op::Transfer { id, from, to } => (
@@ -230,7 +234,10 @@ impl Ledger {
             }
             90..=98 => Op::Read {
                 account,
-                page: rng.random_bool(0.5),
+                // Short pages, so that pages with a next one are read too.
+                page: rng
+                    .random_bool(0.5)
+                    .then(|| (rng.random_range(0..=3), rng.random_range(1..=4))),
             },
             _ => Op::Crash { account },
         };
@@ -296,6 +303,13 @@ impl Workload for Ledger {
         // "Unknown" is an answer for a caller who waited its whole deadline
         // (the work goes on, or the store could not be asked in time),
         // never a shortcut.
+        // Bounded waits: a caller taken in time waits for its commit, never
+        // for a store that does not answer, nor for work that goes on.
+        let late = clients.now().saturating_sub(deadline);
+        if late > Duration::from_secs(1) {
+            let broken = format!("request #{id} was answered {late:?} past its deadline: {told:?}");
+            self.broken.push(broken);
+        }
         let early = clients.now() < deadline;
         if said(told) == Said::Unknown && matches!(told, Told::Answer(_)) && early {
             let broken = format!(
@@ -472,6 +486,28 @@ impl Ledger {
             if l.open > 0 {
                 return Err(format!("request {n} ({:?}) was never answered", l.op));
             }
+            // Versions only grow: none told exceeds the one stored last.
+            let account = match &l.op {
+                Op::Open { account }
+                | Op::Deposit { account, .. }
+                | Op::Withdraw { account, .. }
+                | Op::Read { account, .. } => Some(*account),
+                _ => None,
+            };
+            if let Some(account) = account {
+                let stored = store.version(&format!("account/{}", self.accounts[account]));
+                for (_, told) in &l.told {
+                    let Told::Answer(a) = told else { continue };
+                    let version = a
+                        .outcome
+                        .as_ref()
+                        .ok()
+                        .and_then(|r| r.body.get("version")?.as_u64());
+                    if version.is_some_and(|v| v > stored) {
+                        return Err(format!("request {n} ({:?}) was told version {version:?}, the store holds {stored}", l.op));
+                    }
+                }
+            }
             let says: Vec<Said> = l
                 .told
                 .iter()
@@ -482,8 +518,8 @@ impl Ledger {
             let unknown = says.contains(&Said::Unknown);
             match &l.op {
                 Op::Open { .. } | Op::Crash { .. } => {}
-                Op::Read { account, .. } => {
-                    self.read_kept(books, n, l, self.accounts[*account].as_str())?
+                Op::Read { account, page } => {
+                    self.read_kept(books, n, l, self.accounts[*account].as_str(), *page)?
                 }
                 Op::Deposit { account, .. } | Op::Withdraw { account, .. } => {
                     let kind = if matches!(l.op, Op::Deposit { .. }) {
@@ -534,7 +570,14 @@ impl Ledger {
 
     /// A read shows only what is durable: every entry of a page is in the
     /// journal as it was read, and a balance is one the journal reached.
-    fn read_kept(&self, books: &Books, n: usize, l: &Logical, account: &str) -> Result<(), String> {
+    fn read_kept(
+        &self,
+        books: &Books,
+        n: usize,
+        l: &Logical,
+        account: &str,
+        page: Option<(u64, u32)>,
+    ) -> Result<(), String> {
         let journal = books
             .accounts
             .get(account)
@@ -543,13 +586,40 @@ impl Ledger {
         for (_, told) in &l.told {
             let Told::Answer(a) = told else { continue };
             let Ok(reply) = &a.outcome else { continue };
-            if let Some(entries) = reply.body.get("entries").and_then(Value::as_array) {
+            if let Some((after, limit)) = page {
+                let entries = reply
+                    .body
+                    .get("entries")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| {
+                        format!(
+                            "read {n} of {account}: a page without entries: {}",
+                            reply.body
+                        )
+                    })?;
+                let mut seqs = Vec::new();
                 for e in entries {
                     let e: Entry =
                         serde_json::from_value(e.clone()).map_err(|e| format!("read {n}: {e}"))?;
                     if !journal.contains(&e) {
                         return Err(format!("read {n} of {account} showed an entry the journal does not hold: {e:?}"));
                     }
+                    seqs.push(e.seq);
+                }
+                let expected: Vec<u64> = (after + 1..).take(seqs.len()).collect();
+                let next = reply.body.get("next").and_then(Value::as_u64);
+                let last = seqs.last().copied();
+                let bad = seqs != expected
+                    || seqs.len() > limit as usize
+                    || (seqs.len() < limit as usize && next.is_some())
+                    || next.is_some_and(|s| {
+                        Some(s) != last || !journal.iter().any(|e| e.seq == s + 1)
+                    });
+                if bad {
+                    return Err(format!(
+                        "read {n} of {account} after {after}, limit {limit}: a wrong page: {}",
+                        reply.body
+                    ));
                 }
             } else if let Some(balance) = reply.body.get("balance").and_then(Value::as_i64) {
                 if balance != 0 && !journal.iter().any(|e| e.balance_after == balance) {

@@ -42,6 +42,8 @@ pub struct Batch<R> {
     pub settle: Option<Outcome>,
     /// The span of the first message that writes: the commit is its child.
     pub span: Option<tracing::Span>,
+    /// The earliest deadline of the callers whose replies wait here.
+    pub due: Option<std::time::Instant>,
 }
 
 impl<R> Default for Batch<R> {
@@ -56,6 +58,7 @@ impl<R> Default for Batch<R> {
             journal: Vec::new(),
             settle: None,
             span: None,
+            due: None,
         }
     }
 }

@@ -83,6 +83,9 @@ impl<B: Behavior, R> Core<B, R> {
                         Answer::error(ErrorCode::Unavailable, message),
                     );
                 }
+                // Parked callers past their deadline are not kept waiting
+                // for a store that does not answer.
+                self.expire_parked(now);
                 // Unfinished work, parked callers and a commit of unknown
                 // outcome must not wait for a client to come by.
                 if retry {

@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use opentelemetry::trace::TraceContextExt as _;
 use serde_json::Value;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use troupe_actors::{Behavior, Env, ErrorCode, ReplyPlan, Step};
+use troupe_actors::{Behavior, Env, ErrorCode, Rejection, ReplyPlan, Step};
 
 use super::{unavailable, Core, Incoming, LookupKey, Now, Parked, Phase, Timer};
 use crate::runtime::idempotency::{IdempotencyRecord, IdempotencyRequest};
@@ -130,7 +130,7 @@ impl<B: Behavior, R> Core<B, R> {
                 let key = LookupKey::Idempotency(key);
                 match self.recall(&key) {
                     Recall::Found(bytes) => self.resume_serving(now, incoming, &key, Some(bytes)),
-                    Recall::Unknown => self.look_up(incoming, key),
+                    Recall::Unknown => self.look_up(now, incoming, key),
                 }
             }
             None => self.serve_fact(now, incoming),
@@ -168,7 +168,7 @@ impl<B: Behavior, R> Core<B, R> {
         };
         match self.recall(&key) {
             Recall::Found(bytes) => self.resume_serving(now, incoming, &key, Some(bytes)),
-            Recall::Unknown => self.look_up(incoming, key),
+            Recall::Unknown => self.look_up(now, incoming, key),
         }
     }
 
@@ -190,7 +190,21 @@ impl<B: Behavior, R> Core<B, R> {
         }
     }
 
-    fn look_up(&mut self, incoming: Incoming<B::Command, R>, key: LookupKey) {
+    /// Asks the store for `key`. Lookups are made one at a time and the
+    /// batch waits for the mailbox to drain, so a run of messages that
+    /// each need one would hold the batch's callers past their deadlines:
+    /// once one of them is past it, the batch is committed first and the
+    /// message served again after.
+    fn look_up(&mut self, now: Now, incoming: Incoming<B::Command, R>, key: LookupKey) {
+        let overdue = self
+            .open
+            .as_ref()
+            .and_then(|b| b.due)
+            .is_some_and(|due| due <= now.at);
+        if overdue {
+            self.queue.push_front(incoming);
+            return self.flush(now, None);
+        }
         self.emit(super::Action::Lookup(key.clone()));
         self.phase = Phase::LookingUp { incoming, key };
     }
@@ -386,11 +400,14 @@ impl<B: Behavior, R> Core<B, R> {
     /// else with the open batch's commit.
     pub(super) fn answer(&mut self, reply: R, answer: Answer, deadline: std::time::Instant) {
         match self.open.as_deref_mut() {
-            Some(batch) if batch.holds_replies() => batch.replies.push(super::batch::Held {
-                to: reply,
-                answer,
-                deadline,
-            }),
+            Some(batch) if batch.holds_replies() => {
+                batch.due = Some(batch.due.map_or(deadline, |due| due.min(deadline)));
+                batch.replies.push(super::batch::Held {
+                    to: reply,
+                    answer,
+                    deadline,
+                });
+            }
             _ => self.respond(reply, answer),
         }
     }
@@ -406,33 +423,35 @@ impl<B: Behavior, R> Core<B, R> {
         self.parked.push(parked);
     }
 
-    /// Answers the parked callers whose deadline has passed: the work they
-    /// wait for goes on without them (`202` with it, for a behaviour that
-    /// says so). Only once everything handled is durable: a caller is never
-    /// told work goes on that a failed commit could still take back, so
-    /// until then it waits for the commit, whose answer ends in `pump`.
+    /// Answers the parked callers whose deadline has passed. Once everything
+    /// handled is durable, the work they wait for goes on without them
+    /// (`202` with it, for a behaviour that says so); while a commit or a
+    /// lookup is under way they wait for it (its end calls `pump`); and
+    /// while the state cannot be loaded, what became of their work cannot
+    /// be told.
     pub(super) fn expire_parked(&mut self, now: Now) {
-        if !matches!(self.phase, Phase::Ready) || self.open.is_some() {
-            return;
-        }
         if self.parked.iter().all(|p| p.deadline > now.at) {
             return;
         }
+        let told = match self.phase {
+            Phase::Ready if self.open.is_none() => {
+                B::in_progress(&self.state, &self.env(now, None)).unwrap_or_else(|| {
+                    let message = "the deadline passed before the work finished; it goes on";
+                    Err(Rejection::new(ErrorCode::DeadlineExceeded, message))
+                })
+            }
+            Phase::Unloaded { .. } | Phase::Loading { .. } | Phase::Restarting { .. } => {
+                super::commit::in_doubt().outcome
+            }
+            _ => return,
+        };
         let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()
             .partition(|p| p.deadline <= now.at);
         self.parked = waiting;
-        let in_progress = B::in_progress(&self.state, &self.env(now, None));
         for parked in expired {
-            let outcome = in_progress.clone().unwrap_or_else(|| {
-                let message = "the deadline passed before the work finished; it goes on";
-                Err(troupe_actors::Rejection::new(
-                    ErrorCode::DeadlineExceeded,
-                    message,
-                ))
-            });
             let answer = Answer {
-                outcome,
+                outcome: told.clone(),
                 replayed: parked.replayed,
             };
             self.respond(parked.reply, answer);

@@ -51,7 +51,7 @@ impl<W: Workload> Simulation<W> {
         let unknown = || StoreError::Unknown("simulated".into());
         match io {
             Io::Load { fence } => {
-                let fails = self.chance(self.config.faults.read_fails);
+                let fails = self.outage() || self.chance(self.config.faults.read_fails);
                 let default = self
                     .hosts
                     .get(&actor)
@@ -78,7 +78,7 @@ impl<W: Workload> Simulation<W> {
                 }
             }
             Io::Lookup(key) => {
-                let fails = self.chance(self.config.faults.read_fails);
+                let fails = self.outage() || self.chance(self.config.faults.read_fails);
                 let result = if fails {
                     self.count("read_fails");
                     Err(unavailable())
@@ -99,7 +99,15 @@ impl<W: Workload> Simulation<W> {
                 pages,
                 fate,
             } => {
+                // A store that is down refuses what reaches it now.
+                let fate = if self.outage() && fate == Fate::Lands {
+                    Fate::FailsUnsent
+                } else {
+                    fate
+                };
+                let down = self.outage();
                 let applied = match (commit, fate) {
+                    (None, _) if down => Err(unavailable()),
                     (None, _) => Ok(()),
                     (Some(id), Fate::Lands) => self
                         .sent

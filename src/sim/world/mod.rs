@@ -209,6 +209,8 @@ pub struct Simulation<W: Workload> {
     workload: W,
     next_request: RequestId,
     trace: VecDeque<String>,
+    /// When the store is down: every call refused.
+    outages: Vec<(Duration, Duration)>,
 }
 
 /// The tunables of the simulated runtime: the service's defaults, with
@@ -262,6 +264,7 @@ impl<W: Workload> Simulation<W> {
             workload,
             next_request: 0,
             trace: VecDeque::new(),
+            outages: Vec::new(),
         }
     }
 
@@ -288,6 +291,11 @@ impl<W: Workload> Simulation<W> {
         for _ in 0..self.config.faults.crashes {
             let at = self.rng.random_range(Duration::ZERO..self.config.active);
             self.schedule_at(at, Event::Crash);
+        }
+        for _ in 0..self.config.faults.outages {
+            let from = self.rng.random_range(Duration::ZERO..self.config.active);
+            let lasts = Duration::from_millis(self.rng.random_range(50..1_500));
+            self.outages.push((from, from + lasts));
         }
         let limit = self.config.active + self.config.settle;
         let mut checked = 0u64;
@@ -350,6 +358,13 @@ impl<W: Workload> Simulation<W> {
 
     fn faulty(&self) -> bool {
         self.now < self.config.active
+    }
+
+    /// Whether the store is down now: it answers nothing but refusals.
+    fn outage(&self) -> bool {
+        self.outages
+            .iter()
+            .any(|(from, to)| (*from..*to).contains(&self.now))
     }
 
     fn chance(&mut self, p: f64) -> bool {
