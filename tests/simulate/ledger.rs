@@ -486,6 +486,19 @@ impl Ledger {
             if l.open > 0 {
                 return Err(format!("request {n} ({:?}) was never answered", l.op));
             }
+            // A replay repeats what another copy did: a request sent once
+            // is never told it was replayed.
+            let single = l.told.len() == 1;
+            let replayed = l
+                .told
+                .iter()
+                .any(|(_, t)| matches!(t, Told::Answer(a) if a.replayed));
+            if single && replayed {
+                return Err(format!(
+                    "request {n} ({:?}), sent once, was told it was replayed: {:?}",
+                    l.op, l.told
+                ));
+            }
             // Versions only grow: none told exceeds the one stored last.
             let account = match &l.op {
                 Op::Open { account }
@@ -663,7 +676,11 @@ impl Ledger {
             let accepted = l.told.iter().any(|(_, t)| {
                 matches!(t, Told::Answer(a) if a.outcome.as_ref().is_ok_and(|r| r.status == troupe_actors::Status::Accepted))
             });
-            if applied || accepted {
+            // A failed transfer's 422 carries the transfer: it is recorded.
+            let failed = l.told.iter().any(|(_, t)| {
+                matches!(t, Told::Answer(a) if a.outcome.as_ref().err().is_some_and(|r| r.details.is_some()))
+            });
+            if applied || accepted || failed {
                 return Err(format!(
                     "transfer {id} was acknowledged and has no record: {legs}"
                 ));

@@ -136,6 +136,7 @@ impl<B: Behavior, R> Core<B, R> {
                     StoreError::Unavailable(_)
                     | StoreError::Conflict { .. }
                     | StoreError::Corrupt(_) => {
+                        self.conflicted = matches!(e, StoreError::Conflict { .. });
                         for held in sealed.replies {
                             self.respond(held.to, unavailable(&e));
                         }

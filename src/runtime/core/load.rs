@@ -60,11 +60,11 @@ impl<B: Behavior, R> Core<B, R> {
                 self.epoch = self.epoch.wrapping_add(1);
                 self.caches = None;
                 self.asks.clear();
-                let fenced = doubt.is_some();
                 if let Some(doubt) = doubt {
                     self.settle_doubt(doubt, found, digest);
                 }
-                self.reconcile_parked(now, fenced);
+                let other_writer = std::mem::take(&mut self.conflicted);
+                self.reconcile_parked(now, other_writer);
                 let resumed = B::resume(&self.state, &self.env(now, None));
                 self.ask_all(now, resumed);
                 self.pump(now);
@@ -172,9 +172,12 @@ impl<B: Behavior, R> Core<B, R> {
     /// what it asked of others is deduplicated there, so nothing is done
     /// twice, and nothing the caller was promised is left half done.
     ///
-    /// `fenced`: the reload followed a commit of unknown outcome, so work
-    /// found in the reloaded state may be the caller's own.
-    fn reconcile_parked(&mut self, now: Now, fenced: bool) {
+    /// Re-handled, a command that finds its own work looks like a replay:
+    /// it is one only when the reload followed a version conflict, whose
+    /// work is another writer's. After a refused commit or a fence, the
+    /// work found is the caller's own (the simulator found a transfer sent
+    /// once told it was replayed after a refused commit).
+    fn reconcile_parked(&mut self, now: Now, other_writer: bool) {
         let env = self.env(now, None);
         for mut parked in std::mem::take(&mut self.parked) {
             let Some(command) = parked.command.take() else {
@@ -200,9 +203,7 @@ impl<B: Behavior, R> Core<B, R> {
                 self.apply(now, step, Some(caller));
                 continue;
             }
-            // Re-handled, a command that finds its own work looks like a
-            // replay: it is one only if another request did that work.
-            parked.replayed |= step.replayed && !fenced;
+            parked.replayed |= step.replayed && other_writer;
             match step.reply {
                 ReplyPlan::Now(outcome) => {
                     let answer = Answer {

@@ -218,6 +218,9 @@ pub struct Core<B: Behavior, R> {
     /// Callers of commits whose outcome is unknown, with the commit's
     /// generation: answered when a fence tells, or at their deadline.
     doubtful: Vec<(u64, batch::Held<R>)>,
+    /// The last commit met another writer's version: the reload finds
+    /// that writer's work (read once, by the reload).
+    conflicted: bool,
     /// Bumped whenever the state is thrown away or reloaded.
     epoch: u32,
     actions: VecDeque<Action<R>>,
@@ -245,6 +248,7 @@ impl<B: Behavior, R> Core<B, R> {
             recheck_armed: false,
             supervision: None,
             doubtful: Vec::new(),
+            conflicted: false,
             epoch: 0,
             actions: VecDeque::new(),
         }
