@@ -57,27 +57,9 @@ impl<B: Behavior> Host<B> {
 
 impl<B: Behavior> Hosted for Host<B> {
     fn message(&mut self, now: Now, incoming: Incoming<AnyCommand, ReplyTo>) {
-        let Incoming {
-            command,
-            reply,
-            idempotency,
-            deadline,
-            span,
-            sent_at,
-        } = incoming;
-        match B::from_any(command) {
-            Some(command) => self.core.handle_message(
-                now,
-                Incoming {
-                    command,
-                    reply,
-                    idempotency,
-                    deadline,
-                    span,
-                    sent_at,
-                },
-            ),
-            None => self.refused.push((
+        match incoming.try_map(B::from_any) {
+            Ok(incoming) => self.core.handle_message(now, incoming),
+            Err(reply) => self.refused.push((
                 reply,
                 Answer::error(ErrorCode::Internal, "message routed to the wrong kind"),
             )),

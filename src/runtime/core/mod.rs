@@ -66,6 +66,35 @@ pub struct Incoming<C, R> {
     pub sent_at: Instant,
 }
 
+impl<C, R> Incoming<C, R> {
+    /// The same message with its command converted (to a kind's own
+    /// command type); its caller back when the command does not convert.
+    ///
+    /// # Errors
+    /// The caller to answer, when `convert` gives nothing.
+    pub fn try_map<D>(self, convert: impl FnOnce(C) -> Option<D>) -> Result<Incoming<D, R>, R> {
+        let Incoming {
+            command,
+            reply,
+            idempotency,
+            deadline,
+            span,
+            sent_at,
+        } = self;
+        match convert(command) {
+            Some(command) => Ok(Incoming {
+                command,
+                reply,
+                idempotency,
+                deadline,
+                span,
+                sent_at,
+            }),
+            None => Err(reply),
+        }
+    }
+}
+
 /// Identifies one ask until it is answered; never reused by a core.
 pub type AskId = u64;
 
