@@ -21,6 +21,7 @@ pub trait Hosted {
     fn committed(&mut self, now: Now, result: Result<Vec<Page>, StoreError>);
     fn answer(&mut self, now: Now, id: AskId, answer: Answer);
     fn timer(&mut self, now: Now, timer: Timer);
+    fn set_options(&mut self, options: Arc<RuntimeOptions>);
     fn poll_action(&mut self) -> Option<Action<ReplyTo>>;
     fn is_pinned(&self) -> bool;
     fn is_resident(&self) -> bool;
@@ -103,6 +104,10 @@ impl<B: Behavior> Hosted for Host<B> {
 
     fn timer(&mut self, now: Now, timer: Timer) {
         self.core.handle_timer(now, timer);
+    }
+
+    fn set_options(&mut self, options: Arc<RuntimeOptions>) {
+        self.core.set_options(options);
     }
 
     fn poll_action(&mut self) -> Option<Action<ReplyTo>> {

@@ -104,6 +104,8 @@ pub struct Faults {
     pub outages: u32,
     /// After an event, the actor is considered for passivation.
     pub passivate: f64,
+    /// Times the operator changes the runtime's tunables during the run.
+    pub reloads: u32,
 }
 
 impl Faults {
@@ -127,6 +129,7 @@ impl Faults {
             crashes: rng.random_range(0..=2),
             outages: rng.random_range(0..=2),
             passivate: rng.random_range(0.0..0.2),
+            reloads: rng.random_range(0..=2),
         }
     }
 }
@@ -208,6 +211,8 @@ pub struct Coverage {
     pub phases: BTreeMap<&'static str, u64>,
     pub crashes: u64,
     pub passivations: u64,
+    /// The most messages, and the most parked callers, one activation held.
+    pub held: (usize, usize),
     /// Simulated time the run took.
     pub simulated: Duration,
 }
@@ -219,6 +224,8 @@ impl Coverage {
         self.commits += other.commits;
         self.crashes += other.crashes;
         self.passivations += other.passivations;
+        self.held.0 = self.held.0.max(other.held.0);
+        self.held.1 = self.held.1.max(other.held.1);
         self.simulated += other.simulated;
         for (k, v) in &other.faults {
             *self.faults.entry(k).or_default() += v;

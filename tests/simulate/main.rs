@@ -104,6 +104,9 @@ fn the_ledger_keeps_every_promise_under_every_seed() {
             }
         }
     }
+    if ran >= GATED {
+        covered(&total);
+    }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{ran} seeds clean in {elapsed:.1} s ({:.1} seeds/s): {} events, {} requests ({duplicates} sent twice at once), {} commits, {} crashes, {} passivations, {:.0} s simulated",
@@ -117,4 +120,63 @@ fn the_ledger_keeps_every_promise_under_every_seed() {
     );
     println!("faults injected: {:?}", total.faults);
     println!("phases reached (events seen in each): {:?}", total.phases);
+    println!(
+        "most held by one activation: {} messages, {} parked callers",
+        total.held.0, total.held.1
+    );
+}
+
+/// From this many seeds on, a run must have reached everything below: a
+/// workload that stops reaching a phase or a fault tests less in silence.
+const GATED: u64 = 500;
+
+/// Every phase of the core, every fault, and the memory bounds reached.
+fn covered(total: &Coverage) {
+    const PHASES: &[&str] = &[
+        "unloaded",
+        "unloaded_in_doubt",
+        "loading",
+        "fencing",
+        "restarting",
+        "ready",
+        "looking_up",
+        "committing",
+        "committing_before_restart",
+    ];
+    const FAULTS: &[&str] = &[
+        "commit_fails",
+        "commit_lands_late",
+        "commit_lands_unseen",
+        "commit_lost_unseen",
+        "fence_lost",
+        "read_fails",
+        "reloads",
+        "route_fails",
+    ];
+    for phase in PHASES {
+        assert!(
+            total.phases.get(phase).is_some_and(|n| *n > 0),
+            "no seed reached phase {phase}: {:?}",
+            total.phases
+        );
+    }
+    assert_eq!(
+        total.phases.len(),
+        PHASES.len(),
+        "phases reached: {:?}",
+        total.phases
+    );
+    for fault in FAULTS {
+        assert!(
+            total.faults.get(fault).is_some_and(|n| *n > 0),
+            "no seed injected {fault}: {:?}",
+            total.faults
+        );
+    }
+    assert!(total.crashes > 0 && total.passivations > 0);
+    assert!(
+        total.held.0 > 0 && total.held.1 > 0,
+        "no activation ever held a waiting message and a parked caller: {:?}",
+        total.held
+    );
 }

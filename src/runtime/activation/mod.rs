@@ -236,7 +236,9 @@ impl<B: Behavior> Activation<B> {
     /// opened, a settled transfer, a state the store could not load): such
     /// actors never wait for the idle timeout.
     fn settle_down(&mut self, ctx: &mut Context<Self>) {
-        let pinned = self.core.is_pinned() || self.drain_queued;
+        // A queued drained event needs no pin of its own: the core wants a
+        // flush only with an open batch, which pins it.
+        let pinned = self.core.is_pinned();
         self.status.pinned.set(pinned);
         if pinned || self.status.inflight.get() > 0 || ctx.state() != ActorState::Running {
             return;

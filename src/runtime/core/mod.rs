@@ -287,11 +287,6 @@ impl<B: Behavior, R> Core<B, R> {
         &self.address
     }
 
-    /// The state in memory (durable plus the open batch).
-    pub fn state(&self) -> &B::State {
-        &self.state
-    }
-
     /// Replaces the tunables; they apply from the next event on.
     pub fn set_options(&mut self, options: Arc<RuntimeOptions>) {
         self.options = options;
@@ -310,9 +305,10 @@ impl<B: Behavior, R> Core<B, R> {
             Timer::Parked => self.expire_parked(now),
             Timer::Lazy { epoch } => self.lazy_due(epoch),
             Timer::Recheck { epoch } => self.recheck_due(now, epoch),
-            Timer::Restart if matches!(self.phase, Phase::Restarting { .. }) => self.load(),
+            // Only this timer ends a restart's backoff.
+            Timer::Restart => self.load(),
             Timer::Reload if matches!(self.phase, Phase::Unloaded { .. }) => self.load(),
-            Timer::Restart | Timer::Reload => {}
+            Timer::Reload => {}
             Timer::Ask(id) => self.resend(now, id),
             Timer::Doubt => self.doubt_due(now),
         }
@@ -331,25 +327,22 @@ impl<B: Behavior, R> Core<B, R> {
 
     /// Whether the actor must stay in memory: it is loading, looking up,
     /// committing or restarting, settling a commit of unknown outcome, or
-    /// holds messages, a batch, a lazy change, asks, answers, parked
-    /// callers or unfinished work.
+    /// holds a batch, a lazy change, asks, answers, parked callers, callers
+    /// in doubt or durable unfinished work. Messages wait only in the
+    /// phases that pin, and the state in memory differs from the durable
+    /// one only by the open batch and by memos (which resuming recomputes),
+    /// so neither needs a test of its own.
     pub fn is_pinned(&self) -> bool {
         match &self.phase {
-            Phase::Loading { .. }
-            | Phase::Restarting { .. }
-            | Phase::LookingUp { .. }
-            | Phase::Committing { .. }
-            | Phase::Unloaded { doubt: Some(_) } => true,
             Phase::Unloaded { doubt: None } | Phase::Ready => {
                 self.open.is_some()
                     || self.lazy
-                    || !self.queue.is_empty()
                     || !self.asks.is_idle()
                     || !self.parked.is_empty()
-                    || B::is_pending(&self.state)
                     || self.durable_pending
                     || !self.doubtful.is_empty()
             }
+            _ => true,
         }
     }
 

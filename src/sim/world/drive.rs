@@ -3,13 +3,14 @@
 //! caller gave up (the ticket), actions are carried out, the drained event
 //! follows them, and an activation that is not pinned may be passivated.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::Rng;
 use troupe_actors::{Address, AnyCommand, ErrorCode};
 
 use super::{Event, Io, Message, Simulation, Slot, Ticket};
-use crate::runtime::core::{Action, Incoming};
+use crate::runtime::core::{Action, Incoming, Timer};
 use crate::runtime::{Answer, IdempotencyRequest};
 use crate::sim::{Failure, ReplyTo, Request, RequestId, Told, Workload};
 
@@ -98,6 +99,8 @@ impl<W: Workload> Simulation<W> {
                     host,
                     incarnation: self.incarnations,
                     drain_queued: false,
+                    taken: 0,
+                    asks: BTreeMap::new(),
                 },
             );
         }
@@ -110,6 +113,7 @@ impl<W: Workload> Simulation<W> {
             sent_at: self.base + message.sent_at,
         };
         if let Some(slot) = self.hosts.get_mut(&actor) {
+            slot.taken += 1;
             slot.host.message(now, incoming);
         }
         self.drive(&actor)
@@ -125,8 +129,20 @@ impl<W: Workload> Simulation<W> {
             let Some(action) = slot.host.poll_action() else {
                 break;
             };
+            self.paced(actor, &action)?;
             match action {
-                Action::Reply { to, answer } => self.reply(to, answer),
+                Action::Reply { to, answer } => {
+                    let Some(slot) = self.hosts.get_mut(actor) else {
+                        return Ok(());
+                    };
+                    let Some(taken) = slot.taken.checked_sub(1) else {
+                        return Err(
+                            self.fail(format!("{actor} answered more messages than it took"))
+                        );
+                    };
+                    slot.taken = taken;
+                    self.reply(to, answer);
+                }
                 Action::Load { fence } => {
                     let delay = self.disk();
                     let io = Io::Load { fence };
@@ -220,11 +236,17 @@ impl<W: Workload> Simulation<W> {
         let incarnation = slot.incarnation;
         *self.coverage.phases.entry(slot.host.phase()).or_default() += 1;
         let (queued, parked) = slot.host.held();
-        if queued > capacity || parked > capacity {
+        let taken = slot.taken;
+        if queued > capacity || parked > capacity || queued + parked > taken {
             return Err(self.fail(format!(
-                "{actor} holds {queued} messages and {parked} parked callers, past {capacity}"
+                "{actor} holds {queued} messages and {parked} parked callers of the {taken} it took and has not answered (bound {capacity})"
             )));
         }
+        self.coverage.held.0 = self.coverage.held.0.max(queued);
+        self.coverage.held.1 = self.coverage.held.1.max(parked);
+        let Some(slot) = self.hosts.get_mut(actor) else {
+            return Ok(());
+        };
         if slot.host.wants_flush() && !slot.drain_queued {
             slot.drain_queued = true;
             let delay = Duration::from_micros(self.rng.random_range(0..2_000));
@@ -237,10 +259,9 @@ impl<W: Workload> Simulation<W> {
             );
             return Ok(());
         }
-        let idle = !slot.host.is_pinned() && !slot.drain_queued;
+        let idle = !slot.host.is_pinned();
         if idle && !slot.host.is_resident() {
-            self.hosts.remove(actor);
-            self.coverage.passivations += 1;
+            self.passivate(actor)?;
         } else if idle
             && self
                 .rng
@@ -256,6 +277,68 @@ impl<W: Workload> Simulation<W> {
             );
         }
         Ok(())
+    }
+
+    /// Removes an idle activation: it must hold no caller, for nobody
+    /// would answer it.
+    pub(super) fn passivate(&mut self, actor: &str) -> Result<(), Failure> {
+        if let Some(slot) = self.hosts.remove(actor) {
+            self.coverage.passivations += 1;
+            if slot.taken > 0 {
+                return Err(self.fail(format!(
+                    "{actor} was let go while {} of the messages it took were unanswered",
+                    slot.taken
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that what an action asks for keeps the pace the runtime's
+    /// tunables set: no retry or wake-up sooner than its interval (a store
+    /// or a peer that fails is not hammered), each ask's retries backing
+    /// off as `ask_min_backoff_ms`..`ask_max_backoff_ms` say, every attempt
+    /// given `effect_timeout_ms`.
+    fn paced(&mut self, actor: &str, action: &Action<ReplyTo>) -> Result<(), Failure> {
+        let now = self.base + self.now;
+        let options = self.options.clone();
+        let Some(slot) = self.hosts.get_mut(actor) else {
+            return Ok(());
+        };
+        let broken = match action {
+            Action::Ask { id, deadline, .. } => {
+                *slot.asks.entry(*id).or_default() += 1;
+                let given = deadline.saturating_duration_since(now);
+                (given != options.effect_timeout)
+                    .then(|| format!("ask {id} sent with {given:?} to live"))
+            }
+            Action::Timer { at, timer } => {
+                let ahead = at.saturating_duration_since(now);
+                let (least, most) = match timer {
+                    Timer::Lazy { .. } | Timer::Recheck { .. } | Timer::Reload | Timer::Doubt => {
+                        (options.retry_interval, None)
+                    }
+                    Timer::Restart => (Duration::ZERO, Some(options.restart.max_backoff)),
+                    // A caller's own deadline, passed or not.
+                    Timer::Parked => (Duration::ZERO, None),
+                    Timer::Ask(id) => {
+                        let sent = slot.asks.get(id).copied().unwrap_or(0);
+                        let base = options
+                            .ask_min_backoff
+                            .saturating_mul(2u32.saturating_pow(sent.saturating_sub(1)))
+                            .min(options.ask_max_backoff);
+                        (base, Some(base + base / 2))
+                    }
+                };
+                (ahead < least || most.is_some_and(|m| ahead > m))
+                    .then(|| format!("{timer:?} set {ahead:?} ahead, outside {least:?}..{most:?}"))
+            }
+            _ => None,
+        };
+        match broken {
+            Some(what) => Err(self.fail(format!("{actor}: {what}"))),
+            None => Ok(()),
+        }
     }
 
     /// Sends an answer where it is awaited.

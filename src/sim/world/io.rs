@@ -163,6 +163,29 @@ impl<W: Workload> Simulation<W> {
         self.route(address, command, None, deadline, reply);
     }
 
+    /// The operator changes the tunables that apply at once: every
+    /// activation takes the new ones (as the service's do at their next
+    /// load), and so do those activated later.
+    pub(super) fn reload(&mut self) {
+        let base = super::options();
+        let ms = |rng: &mut rand_chacha::ChaCha8Rng, range: std::ops::RangeInclusive<u64>| {
+            Duration::from_millis(rng.random_range(range))
+        };
+        let options = crate::runtime::RuntimeOptions {
+            retry_interval: ms(&mut self.rng, 50..=200),
+            effect_timeout: ms(&mut self.rng, 100..=400),
+            ask_min_backoff: ms(&mut self.rng, 2..=10),
+            ask_max_backoff: ms(&mut self.rng, 50..=200),
+            idempotency_cache: self.rng.random_range(1..=4),
+            ..base
+        };
+        self.count("reloads");
+        self.options = std::sync::Arc::new(options);
+        for slot in self.hosts.values_mut() {
+            slot.host.set_options(self.options.clone());
+        }
+    }
+
     /// The process dies: every activation and every call in flight is
     /// lost; a commit already sent lands or not, as it happens.
     pub(super) fn crash(&mut self) {

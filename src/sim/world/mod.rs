@@ -34,6 +34,10 @@ struct Slot {
     host: Box<dyn Hosted>,
     incarnation: u64,
     drain_queued: bool,
+    /// Messages this activation took and has not answered yet.
+    taken: usize,
+    /// Attempts sent of each ask still unanswered, to check its backoff.
+    asks: BTreeMap<AskId, u32>,
 }
 
 /// Who has the last word on a message (see `runtime::Ticket`).
@@ -130,6 +134,8 @@ enum Event {
     },
     Crash,
     Restart,
+    /// The operator changes the runtime's tunables (a live reload).
+    Reload,
 }
 
 impl Event {
@@ -180,6 +186,7 @@ impl Event {
             } => format!("wake {address} #{attempt}"),
             Self::Crash => "CRASH".into(),
             Self::Restart => "RESTART".into(),
+            Self::Reload => "RELOAD".into(),
         }
     }
 }
@@ -291,6 +298,10 @@ impl<W: Workload> Simulation<W> {
         for _ in 0..self.config.faults.crashes {
             let at = self.rng.random_range(Duration::ZERO..self.config.active);
             self.schedule_at(at, Event::Crash);
+        }
+        for _ in 0..self.config.faults.reloads {
+            let at = self.rng.random_range(Duration::ZERO..self.config.active);
+            self.schedule_at(at, Event::Reload);
         }
         for _ in 0..self.config.faults.outages {
             let from = self.rng.random_range(Duration::ZERO..self.config.active);
@@ -456,6 +467,9 @@ impl<W: Workload> Simulation<W> {
             } => {
                 let now = self.now_of();
                 if let Some(slot) = self.slot(&actor, incarnation) {
+                    if !matches!(&answer.outcome, Err(r) if r.code.is_transient()) {
+                        slot.asks.remove(&id);
+                    }
                     slot.host.answer(now, id, answer);
                     self.drive(&actor)?;
                 }
@@ -495,10 +509,9 @@ impl<W: Workload> Simulation<W> {
             Event::Passivate { actor, incarnation } => {
                 let idle = self
                     .slot(&actor, incarnation)
-                    .is_some_and(|s| !s.host.is_pinned() && !s.drain_queued);
+                    .is_some_and(|s| !s.host.is_pinned());
                 if idle {
-                    self.hosts.remove(&actor);
-                    self.coverage.passivations += 1;
+                    self.passivate(&actor)?;
                 }
             }
             Event::Wake {
@@ -512,6 +525,7 @@ impl<W: Workload> Simulation<W> {
             }
             Event::Crash => self.crash(),
             Event::Restart => self.restart(),
+            Event::Reload => self.reload(),
         }
         Ok(())
     }
