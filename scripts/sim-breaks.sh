@@ -24,12 +24,17 @@ breaks=(
   "no_epoch_check~src/runtime/core/asks.rs~self.in_flight.clear();~"
   "answer_before_commit~src/runtime/core/serve.rs~Some(batch) if batch.holds_replies() =>~Some(batch) if false && batch.holds_replies() =>"
   "passivate_with_asks_in_flight~src/runtime/core/mod.rs~|| !self.asks.is_idle()~"
-  "passivate_with_unfinished_work~src/runtime/core/mod.rs~|| B::is_pending(&self.state)\n                    || self.durable_pending~|| false"
+  "passivate_with_unfinished_work~src/runtime/core/mod.rs~|| !self.parked.is_empty()\n                    || self.durable_pending~|| !self.parked.is_empty()"
+  "passivate_with_an_open_batch~src/runtime/core/mod.rs~self.open.is_some()\n                    || self.lazy~self.lazy"
+  "drop_a_waiting_message~src/runtime/core/serve.rs~_ => self.queue.push_back(incoming),~_ => drop(incoming),"
   "drop_a_retry~src/runtime/core/asks.rs~let Some(ask) = self.asks.in_flight.iter().find(|a| a.id == id) else {~let Some(ask) = self.asks.in_flight.iter().find(|a| a.id == id && false) else {"
   "forget_a_parked_caller~src/runtime/core/load.rs~self.parked.push(parked);~drop(parked);"
   "trust_an_unknown_outcome~src/runtime/core/commit.rs~let landed = found >= doubt.version && found_digest == Some(digest);~let landed = true;"
   "fence_by_version_only~src/runtime/core/commit.rs~let landed = found >= doubt.version && found_digest == Some(digest);~let landed = found >= doubt.version;"
-  "forget_stored_unfinished_work~src/runtime/core/load.rs~|| self.durable_pending~|| false"
+  "forget_stored_unfinished_work~src/runtime/core/load.rs~doubt.is_some() || self.durable_pending ||~doubt.is_some() ||"
+  "retry_a_failed_load_at_once~src/runtime/core/load.rs~self.timer(now.at + self.options.retry_interval, Timer::Reload);~self.timer(now.at, Timer::Reload);"
+  "ask_retries_without_backoff~src/runtime/core/asks.rs~ask.attempt += 1;~"
+  "ignore_a_live_reload~src/runtime/core/mod.rs~self.options = options;~let _ = options;"
 )
 
 wanted=("$@")

@@ -129,7 +129,8 @@ impl Faults {
             crashes: rng.random_range(0..=2),
             outages: rng.random_range(0..=2),
             passivate: rng.random_range(0.0..0.2),
-            reloads: rng.random_range(0..=2),
+            // Drawn by the caller, apart (see `Simulation::reload`).
+            reloads: 0,
         }
     }
 }

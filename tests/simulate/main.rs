@@ -12,7 +12,7 @@ mod scenarios;
 
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use troupe::sim::{Config, Coverage, Failure, Faults, Simulation};
 use troupe_actors::account::Account;
@@ -37,7 +37,13 @@ const BUDGET: u64 = 4000;
 /// One run of the ledger under `seed`: everything is drawn from it.
 fn run(seed: u64, trace: bool) -> Result<(Coverage, u64), Failure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-    let faults = Faults::random(&mut rng);
+    let mut faults = Faults::random(&mut rng);
+    // Live reloads came later: drawn apart, so that every seed without
+    // one runs as it did before them, and none for the regression seeds,
+    // which replay the runs they were found in.
+    if !REGRESSIONS.contains(&seed) {
+        faults.reloads = ChaCha8Rng::seed_from_u64(seed ^ 0x7e10_ad01).random_range(0..=2);
+    }
     let ledger = Ledger::new(&mut rng);
     let config = Config {
         seed,
@@ -104,9 +110,6 @@ fn the_ledger_keeps_every_promise_under_every_seed() {
             }
         }
     }
-    if ran >= GATED {
-        covered(&total);
-    }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{ran} seeds clean in {elapsed:.1} s ({:.1} seeds/s): {} events, {} requests ({duplicates} sent twice at once), {} commits, {} crashes, {} passivations, {:.0} s simulated",
@@ -124,13 +127,18 @@ fn the_ledger_keeps_every_promise_under_every_seed() {
         "most held by one activation: {} messages, {} parked callers",
         total.held.0, total.held.1
     );
+    if ran >= GATED {
+        covered(&total);
+    }
 }
 
 /// From this many seeds on, a run must have reached everything below: a
 /// workload that stops reaching a phase or a fault tests less in silence.
 const GATED: u64 = 500;
 
-/// Every phase of the core, every fault, and the memory bounds reached.
+/// Every phase of the core, every fault, and the memory bounds reached. A
+/// failure here is a shortfall of coverage, not of correctness: the seeds
+/// ran clean, but tested less than they should.
 fn covered(total: &Coverage) {
     const PHASES: &[&str] = &[
         "unloaded",
@@ -156,7 +164,7 @@ fn covered(total: &Coverage) {
     for phase in PHASES {
         assert!(
             total.phases.get(phase).is_some_and(|n| *n > 0),
-            "no seed reached phase {phase}: {:?}",
+            "coverage shortfall: no seed reached phase {phase}: {:?}",
             total.phases
         );
     }
@@ -169,14 +177,14 @@ fn covered(total: &Coverage) {
     for fault in FAULTS {
         assert!(
             total.faults.get(fault).is_some_and(|n| *n > 0),
-            "no seed injected {fault}: {:?}",
+            "coverage shortfall: no seed injected {fault}: {:?}",
             total.faults
         );
     }
     assert!(total.crashes > 0 && total.passivations > 0);
     assert!(
         total.held.0 > 0 && total.held.1 > 0,
-        "no activation ever held a waiting message and a parked caller: {:?}",
+        "coverage shortfall: no activation ever held a waiting message and a parked caller: {:?}",
         total.held
     );
 }

@@ -71,10 +71,8 @@ impl<B: Behavior, R> Core<B, R> {
             }
             Err(e) => {
                 tracing::warn!(actor = %self.address, error.message = %e, "loading state failed");
-                let retry = doubt.is_some()
-                    || self.durable_pending
-                    || B::is_pending(&self.state)
-                    || !self.parked.is_empty();
+                // What pins an unloaded actor (see `is_pinned`).
+                let retry = doubt.is_some() || self.durable_pending || !self.parked.is_empty();
                 self.phase = Phase::Unloaded { doubt };
                 for incoming in std::mem::take(&mut self.queue) {
                     let message = "the store is unavailable; retry later";

@@ -335,6 +335,19 @@ impl<B: Behavior, R> Core<B, R> {
     pub fn is_pinned(&self) -> bool {
         match &self.phase {
             Phase::Unloaded { doubt: None } | Phase::Ready => {
+                debug_assert!(
+                    self.queue.is_empty(),
+                    "messages wait in {}",
+                    self.phase_name()
+                );
+                debug_assert!(
+                    !matches!(self.phase, Phase::Ready)
+                        || !B::is_pending(&self.state)
+                        || self.durable_pending
+                        || self.open.is_some()
+                        || self.lazy,
+                    "unfinished work in memory only"
+                );
                 self.open.is_some()
                     || self.lazy
                     || !self.asks.is_idle()

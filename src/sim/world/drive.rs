@@ -101,6 +101,7 @@ impl<W: Workload> Simulation<W> {
                     drain_queued: false,
                     taken: 0,
                     asks: BTreeMap::new(),
+                    options: self.options.clone(),
                 },
             );
         }
@@ -301,10 +302,10 @@ impl<W: Workload> Simulation<W> {
     /// given `effect_timeout_ms`.
     fn paced(&mut self, actor: &str, action: &Action<ReplyTo>) -> Result<(), Failure> {
         let now = self.base + self.now;
-        let options = self.options.clone();
         let Some(slot) = self.hosts.get_mut(actor) else {
             return Ok(());
         };
+        let options = slot.options.clone();
         let broken = match action {
             Action::Ask { id, deadline, .. } => {
                 *slot.asks.entry(*id).or_default() += 1;
@@ -320,7 +321,7 @@ impl<W: Workload> Simulation<W> {
                     }
                     Timer::Restart => (Duration::ZERO, Some(options.restart.max_backoff)),
                     // A caller's own deadline, passed or not.
-                    Timer::Parked => (Duration::ZERO, None),
+                    Timer::Parked => return Ok(()),
                     Timer::Ask(id) => {
                         let sent = slot.asks.get(id).copied().unwrap_or(0);
                         let base = options

@@ -58,6 +58,12 @@ impl<W: Workload> Simulation<W> {
                     .map(|s| s.host.default_state())
                     .unwrap_or_default();
                 let lost = fence && !fails && self.chance(self.config.faults.fence_lost);
+                // The tunables of the day, taken at every load.
+                let options = self.options.clone();
+                if let Some(slot) = self.slot(&actor, incarnation) {
+                    slot.options = options.clone();
+                    slot.host.set_options(options);
+                }
                 let result = if fails {
                     self.count("read_fails");
                     Err(unavailable())
@@ -163,27 +169,24 @@ impl<W: Workload> Simulation<W> {
         self.route(address, command, None, deadline, reply);
     }
 
-    /// The operator changes the tunables that apply at once: every
-    /// activation takes the new ones (as the service's do at their next
-    /// load), and so do those activated later.
+    /// The operator changes the tunables: activations take them at their
+    /// next load, as the service's do, and new ones at once. Drawn from
+    /// their own generator, so that a seed without reloads runs as it did
+    /// before reloads were simulated.
     pub(super) fn reload(&mut self) {
-        let base = super::options();
-        let ms = |rng: &mut rand_chacha::ChaCha8Rng, range: std::ops::RangeInclusive<u64>| {
-            Duration::from_millis(rng.random_range(range))
-        };
+        let rng = &mut self.reload_rng;
+        let mut ms =
+            |range: std::ops::RangeInclusive<u64>| Duration::from_millis(rng.random_range(range));
         let options = crate::runtime::RuntimeOptions {
-            retry_interval: ms(&mut self.rng, 50..=200),
-            effect_timeout: ms(&mut self.rng, 100..=400),
-            ask_min_backoff: ms(&mut self.rng, 2..=10),
-            ask_max_backoff: ms(&mut self.rng, 50..=200),
-            idempotency_cache: self.rng.random_range(1..=4),
-            ..base
+            retry_interval: ms(50..=200),
+            effect_timeout: ms(100..=400),
+            ask_min_backoff: ms(2..=10),
+            ask_max_backoff: ms(50..=200),
+            idempotency_cache: self.reload_rng.random_range(1..=4),
+            ..(*self.options).clone()
         };
         self.count("reloads");
         self.options = std::sync::Arc::new(options);
-        for slot in self.hosts.values_mut() {
-            slot.host.set_options(self.options.clone());
-        }
     }
 
     /// The process dies: every activation and every call in flight is

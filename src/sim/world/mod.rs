@@ -38,6 +38,8 @@ struct Slot {
     taken: usize,
     /// Attempts sent of each ask still unanswered, to check its backoff.
     asks: BTreeMap<AskId, u32>,
+    /// The tunables this activation was given (at its start or last load).
+    options: Arc<RuntimeOptions>,
 }
 
 /// Who has the last word on a message (see `runtime::Ticket`).
@@ -195,6 +197,8 @@ impl Event {
 pub struct Simulation<W: Workload> {
     config: Config,
     rng: ChaCha8Rng,
+    /// Draws the operator's reloads, apart from everything else.
+    reload_rng: ChaCha8Rng,
     base: Instant,
     now: Duration,
     queue: BTreeMap<(Duration, u64), Event>,
@@ -249,9 +253,11 @@ pub fn options() -> RuntimeOptions {
 impl<W: Workload> Simulation<W> {
     pub fn new(config: Config, workload: W) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let reload_rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x7e10_ad00);
         Self {
             config,
             rng,
+            reload_rng,
             base: Instant::now(),
             now: Duration::ZERO,
             queue: BTreeMap::new(),
@@ -299,14 +305,16 @@ impl<W: Workload> Simulation<W> {
             let at = self.rng.random_range(Duration::ZERO..self.config.active);
             self.schedule_at(at, Event::Crash);
         }
-        for _ in 0..self.config.faults.reloads {
-            let at = self.rng.random_range(Duration::ZERO..self.config.active);
-            self.schedule_at(at, Event::Reload);
-        }
         for _ in 0..self.config.faults.outages {
             let from = self.rng.random_range(Duration::ZERO..self.config.active);
             let lasts = Duration::from_millis(self.rng.random_range(50..1_500));
             self.outages.push((from, from + lasts));
+        }
+        for _ in 0..self.config.faults.reloads {
+            let at = self
+                .reload_rng
+                .random_range(Duration::ZERO..self.config.active);
+            self.schedule_at(at, Event::Reload);
         }
         let limit = self.config.active + self.config.settle;
         let mut checked = 0u64;
@@ -333,7 +341,10 @@ impl<W: Workload> Simulation<W> {
         self.coverage.commits = self.store.commits;
         if !self.requests.is_empty()
             || !self.store.pending.is_empty()
-            || self.hosts.values().any(|s| s.host.is_pinned())
+            || self
+                .hosts
+                .values()
+                .any(|s| s.host.is_pinned() || s.taken > 0)
         {
             return Err(self.fail(format!("stopped with work left: {}", self.leftovers())));
         }
