@@ -102,6 +102,7 @@ impl<W: Workload> Simulation<W> {
                     taken: 0,
                     asks: BTreeMap::new(),
                     options: self.options.clone(),
+                    backoff_until: None,
                 },
             );
         }
@@ -299,7 +300,7 @@ impl<W: Workload> Simulation<W> {
     /// tunables set: no retry or wake-up sooner than its interval (a store
     /// or a peer that fails is not hammered), each ask's retries backing
     /// off as `ask_min_backoff_ms`..`ask_max_backoff_ms` say, every attempt
-    /// given `effect_timeout_ms`.
+    /// given `effect_timeout_ms`, a restart's backoff waited out.
     fn paced(&mut self, actor: &str, action: &Action<ReplyTo>) -> Result<(), Failure> {
         let now = self.base + self.now;
         let Some(slot) = self.hosts.get_mut(actor) else {
@@ -307,6 +308,13 @@ impl<W: Workload> Simulation<W> {
         };
         let options = slot.options.clone();
         let broken = match action {
+            Action::Load { .. } => match slot.backoff_until.take() {
+                Some(until) if now < until => Some(format!(
+                    "loaded {:?} before its restart's backoff ended",
+                    until - now
+                )),
+                _ => None,
+            },
             Action::Ask { id, deadline, .. } => {
                 *slot.asks.entry(*id).or_default() += 1;
                 let given = deadline.saturating_duration_since(now);
@@ -319,7 +327,10 @@ impl<W: Workload> Simulation<W> {
                     Timer::Lazy { .. } | Timer::Recheck { .. } | Timer::Reload | Timer::Doubt => {
                         (options.retry_interval, None)
                     }
-                    Timer::Restart => (Duration::ZERO, Some(options.restart.max_backoff)),
+                    Timer::Restart => {
+                        slot.backoff_until = Some(*at);
+                        (Duration::ZERO, Some(options.restart.max_backoff))
+                    }
                     // A caller's own deadline, passed or not.
                     Timer::Parked => return Ok(()),
                     Timer::Ask(id) => {

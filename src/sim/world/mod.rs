@@ -40,6 +40,9 @@ struct Slot {
     asks: BTreeMap<AskId, u32>,
     /// The tunables this activation was given (at its start or last load).
     options: Arc<RuntimeOptions>,
+    /// After a panic: the end of the restart's backoff, before which the
+    /// activation must not load.
+    backoff_until: Option<Instant>,
 }
 
 /// Who has the last word on a message (see `runtime::Ticket`).
