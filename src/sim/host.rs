@@ -25,6 +25,9 @@ pub trait Hosted {
     fn poll_action(&mut self) -> Option<Action<ReplyTo>>;
     fn is_pinned(&self) -> bool;
     fn is_resident(&self) -> bool;
+    /// Whether the kind says its state is worth keeping in memory (asked
+    /// of the behaviour itself, to check what the core decides).
+    fn worth_keeping(&self) -> bool;
     fn wants_flush(&self) -> bool;
     /// The kind's default state, serialised (what a fence writes for an
     /// actor never stored).
@@ -123,6 +126,10 @@ impl<B: Behavior> Hosted for Host<B> {
 
     fn is_resident(&self) -> bool {
         self.core.is_resident()
+    }
+
+    fn worth_keeping(&self) -> bool {
+        B::is_resident(self.core.state())
     }
 
     fn wants_flush(&self) -> bool {

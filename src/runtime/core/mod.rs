@@ -287,6 +287,11 @@ impl<B: Behavior, R> Core<B, R> {
         &self.address
     }
 
+    /// The state in memory: the durable one plus the open batch.
+    pub fn state(&self) -> &B::State {
+        &self.state
+    }
+
     /// Replaces the tunables; they apply from the next event on.
     pub fn set_options(&mut self, options: Arc<RuntimeOptions>) {
         self.options = options;

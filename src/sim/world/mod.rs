@@ -351,6 +351,19 @@ impl<W: Workload> Simulation<W> {
         {
             return Err(self.fail(format!("stopped with work left: {}", self.leftovers())));
         }
+        // Memory: what the kind says is not worth keeping (a settled
+        // transfer, an account never opened) has left once idle, and what
+        // is worth keeping was loaded.
+        let kept = self
+            .hosts
+            .iter()
+            .filter(|(_, s)| !s.host.worth_keeping())
+            .map(|(a, _)| a.clone())
+            .take(5)
+            .collect::<Vec<_>>();
+        if !kept.is_empty() {
+            return Err(self.fail(format!("kept in memory, idle and not worth it: {kept:?}")));
+        }
         self.workload
             .check(&self.store, true)
             .map_err(|e| self.fail(e))?;
