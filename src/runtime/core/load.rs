@@ -63,10 +63,13 @@ impl<B: Behavior, R> Core<B, R> {
                 if let Some(doubt) = doubt {
                     self.settle_doubt(doubt, found, digest);
                 }
-                let other_writer = std::mem::take(&mut self.conflicted);
-                self.reconcile_parked(now, other_writer);
+                // The work the loaded state holds resumes first, so that a
+                // parked caller's command finds it going on rather than
+                // starting it a second time beside it.
                 let resumed = B::resume(&self.state, &self.env(now, None));
                 self.ask_all(now, resumed);
+                let other_writer = std::mem::take(&mut self.conflicted);
+                self.reconcile_parked(now, other_writer);
                 self.pump(now);
             }
             Err(e) => {

@@ -300,7 +300,8 @@ impl<W: Workload> Simulation<W> {
     /// tunables set: no retry or wake-up sooner than its interval (a store
     /// or a peer that fails is not hammered), each ask's retries backing
     /// off as `ask_min_backoff_ms`..`ask_max_backoff_ms` say, every attempt
-    /// given `effect_timeout_ms`, a restart's backoff waited out.
+    /// given `effect_timeout_ms`, a restart's backoff waited out, no ask
+    /// made twice at once, no commit sent that writes nothing.
     fn paced(&mut self, actor: &str, action: &Action<ReplyTo>) -> Result<(), Failure> {
         let now = self.base + self.now;
         let Some(slot) = self.hosts.get_mut(actor) else {
@@ -308,18 +309,42 @@ impl<W: Workload> Simulation<W> {
         };
         let options = slot.options.clone();
         let broken = match action {
-            Action::Load { .. } => match slot.backoff_until.take() {
-                Some(until) if now < until => Some(format!(
-                    "loaded {:?} before its restart's backoff ended",
-                    until - now
-                )),
-                _ => None,
-            },
-            Action::Ask { id, deadline, .. } => {
-                *slot.asks.entry(*id).or_default() += 1;
+            Action::Load { .. } => {
+                // The core forgets its asks with the state that made them.
+                slot.asks.clear();
+                match slot.backoff_until.take() {
+                    Some(until) if now < until => Some(format!(
+                        "loaded {:?} before its restart's backoff ended",
+                        until - now
+                    )),
+                    _ => None,
+                }
+            }
+            Action::Ask {
+                id,
+                deadline,
+                target,
+                command,
+                ..
+            } => {
+                let what = format!("{command:?} of {target}");
+                let twice = slot
+                    .asks
+                    .iter()
+                    .find(|(other, (_, w))| *other != id && *w == what)
+                    .map(|(other, _)| *other);
+                let ask = slot.asks.entry(*id).or_insert((0, what));
+                ask.0 += 1;
                 let given = deadline.saturating_duration_since(now);
-                (given != options.effect_timeout)
-                    .then(|| format!("ask {id} sent with {given:?} to live"))
+                if let Some(other) = twice {
+                    Some(format!(
+                        "ask {id} asks what ask {other} asks, unanswered: {}",
+                        ask.1
+                    ))
+                } else {
+                    (given != options.effect_timeout)
+                        .then(|| format!("ask {id} sent with {given:?} to live"))
+                }
             }
             Action::Timer { at, timer } => {
                 let ahead = at.saturating_duration_since(now);
@@ -334,7 +359,7 @@ impl<W: Workload> Simulation<W> {
                     // A caller's own deadline, passed or not.
                     Timer::Parked => return Ok(()),
                     Timer::Ask(id) => {
-                        let sent = slot.asks.get(id).copied().unwrap_or(0);
+                        let sent = slot.asks.get(id).map_or(0, |a| a.0);
                         let base = options
                             .ask_min_backoff
                             .saturating_mul(2u32.saturating_pow(sent.saturating_sub(1)))
@@ -345,6 +370,13 @@ impl<W: Workload> Simulation<W> {
                 (ahead < least || most.is_some_and(|m| ahead > m))
                     .then(|| format!("{timer:?} set {ahead:?} ahead, outside {least:?}..{most:?}"))
             }
+            Action::Commit {
+                commit: Some(c), ..
+            } => (c.state.is_none()
+                && c.entries.is_empty()
+                && c.idempotency.is_empty()
+                && c.facts.is_empty())
+            .then(|| "sent the store a commit that writes nothing".to_owned()),
             _ => None,
         };
         match broken {

@@ -36,8 +36,9 @@ struct Slot {
     drain_queued: bool,
     /// Messages this activation took and has not answered yet.
     taken: usize,
-    /// Attempts sent of each ask still unanswered, to check its backoff.
-    asks: BTreeMap<AskId, u32>,
+    /// Each ask still unanswered: the attempts sent (to check its
+    /// backoff) and what it asks of whom (to find one asked twice at once).
+    asks: BTreeMap<AskId, (u32, String)>,
     /// The tunables this activation was given (at its start or last load).
     options: Arc<RuntimeOptions>,
     /// After a panic: the end of the restart's backoff, before which the
