@@ -22,7 +22,7 @@ git -C "$top" worktree add --detach "$work" HEAD >/dev/null 2>&1
 breaks=(
   "lru_and_store_only~src/runtime/core/serve.rs~self.open.as_ref().and_then(|b| b.recall(key))~None::<&[u8]>"
   "no_epoch_check~src/runtime/core/asks.rs~self.in_flight.clear();~"
-  "answer_before_commit~src/runtime/core/serve.rs~Some(batch) if batch.holds_replies() =>~Some(batch) if false && batch.holds_replies() =>"
+  "answer_before_commit~src/runtime/core/serve.rs~Some(batch) if batch.writes() =>~Some(batch) if false && batch.writes() =>"
   "passivate_with_asks_in_flight~src/runtime/core/mod.rs~|| !self.asks.is_idle()~"
   "passivate_with_unfinished_work~src/runtime/core/mod.rs~|| !self.parked.is_empty()\n                    || self.durable_pending~|| !self.parked.is_empty()"
   "passivate_with_an_open_batch~src/runtime/core/mod.rs~self.open.is_some()\n                    || self.lazy~self.lazy"

@@ -317,6 +317,13 @@ impl Workload for Ledger {
             );
             self.broken.push(broken);
         }
+        // `500` is for the handler that panics on purpose, and nothing else:
+        // the store's data is never unreadable here.
+        let internal = matches!(told, Told::Answer(a) if matches!(&a.outcome, Err(r) if r.code == troupe_actors::ErrorCode::Internal));
+        if internal && !matches!(self.logical[logical].op, Op::Crash { .. }) {
+            let broken = format!("request #{id} got an internal error: {told:?}");
+            self.broken.push(broken);
+        }
         let entry = &mut self.logical[logical];
         entry.open -= 1;
         entry.told.push((amount, told.clone()));

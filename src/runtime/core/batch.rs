@@ -78,12 +78,6 @@ impl<R> Batch<R> {
             && self.settle.is_none()
     }
 
-    /// Whether a reply must wait for this batch's commit: something handled
-    /// before it is not durable yet.
-    pub fn holds_replies(&self) -> bool {
-        self.writes() || !self.replies.is_empty() || !self.journal.is_empty()
-    }
-
     /// The newest value this batch wrote under `key`, if it wrote one.
     pub fn recall(&self, key: &LookupKey) -> Option<&[u8]> {
         let (written, wanted) = match key {

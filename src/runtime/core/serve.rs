@@ -397,10 +397,12 @@ impl<B: Behavior, R> Core<B, R> {
     }
 
     /// Answers at once when nothing handled before waits to be durable,
-    /// else with the open batch's commit.
+    /// else with the open batch's commit. (A reply is held only behind a
+    /// write, so a batch that holds replies writes: a journal read ahead
+    /// changes nothing and holds nothing back.)
     pub(super) fn answer(&mut self, reply: R, answer: Answer, deadline: std::time::Instant) {
         match self.open.as_deref_mut() {
-            Some(batch) if batch.holds_replies() => {
+            Some(batch) if batch.writes() => {
                 batch.due = Some(batch.due.map_or(deadline, |due| due.min(deadline)));
                 batch.replies.push(super::batch::Held {
                     to: reply,
