@@ -254,13 +254,10 @@ impl<B: Behavior, R> Core<B, R> {
         self.timer(at, Timer::Lazy { epoch: self.epoch });
     }
 
-    /// The lazy timer fired: the change joins the open batch.
+    /// The lazy timer fired: the change joins the open batch, unless the
+    /// state it was made in has been thrown away since (which dropped it).
     pub(super) fn lazy_due(&mut self, epoch: u32) {
-        let loaded = matches!(
-            self.phase,
-            Phase::Ready | Phase::LookingUp { .. } | Phase::Committing { .. }
-        );
-        if self.lazy && epoch == self.epoch && loaded {
+        if epoch == self.epoch {
             self.take_lazy();
         }
     }
