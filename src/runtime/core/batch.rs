@@ -24,7 +24,8 @@ pub enum LookupKey {
 
 /// Everything handled since the last commit. `R` is how the host answers a
 /// caller (a channel's sender in the service, a request number in the
-/// simulator).
+/// simulator). A batch is made only to hold something: one that exists is
+/// never empty, and wants its commit.
 pub struct Batch<R> {
     /// The state changed and must be written.
     pub dirty: bool,
@@ -69,13 +70,6 @@ impl<R> Batch<R> {
             || !self.idempotency.is_empty()
             || !self.facts.is_empty()
             || self.unserialisable.is_some()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        !self.writes()
-            && self.replies.is_empty()
-            && self.journal.is_empty()
-            && self.settle.is_none()
     }
 
     /// The newest value this batch wrote under `key`, if it wrote one.

@@ -158,7 +158,7 @@ impl<B: Behavior, R> Core<B, R> {
                 Duration::ZERO
             }
         };
-        if self.open.as_ref().is_some_and(|b| !b.is_empty()) {
+        if self.open.is_some() {
             self.flush(now, Some(backoff));
         } else {
             self.restart_after(now, backoff, None);

@@ -397,7 +397,7 @@ impl<B: Behavior, R> Core<B, R> {
     /// Whether the open batch waits for a flush: the host calls
     /// [`Core::handle_drained`] once its mailbox holds nothing more.
     pub fn wants_flush(&self) -> bool {
-        matches!(self.phase, Phase::Ready) && self.open.as_ref().is_some_and(|b| !b.is_empty())
+        matches!(self.phase, Phase::Ready) && self.open.is_some()
     }
 
     fn emit(&mut self, action: Action<R>) {
