@@ -372,11 +372,30 @@ impl<W: Workload> Simulation<W> {
             }
             Action::Commit {
                 commit: Some(c), ..
-            } => (c.state.is_none()
-                && c.entries.is_empty()
-                && c.idempotency.is_empty()
-                && c.facts.is_empty())
-            .then(|| "sent the store a commit that writes nothing".to_owned()),
+            } => {
+                let nothing = c.state.is_none()
+                    && c.entries.is_empty()
+                    && c.idempotency.is_empty()
+                    && c.facts.is_empty();
+                // A new state is a new version; records alone are not.
+                let versioned = if c.state.is_some() {
+                    c.version > c.expected_version
+                } else {
+                    c.version == c.expected_version
+                };
+                if nothing {
+                    Some("sent the store a commit that writes nothing".to_owned())
+                } else if !versioned {
+                    Some(format!(
+                        "sent the store version {} over {} (state written: {})",
+                        c.version,
+                        c.expected_version,
+                        c.state.is_some()
+                    ))
+                } else {
+                    None
+                }
+            }
             _ => None,
         };
         match broken {
