@@ -153,9 +153,11 @@ impl<B: Behavior, R> Core<B, R> {
                 stats::restarted(B::KIND);
                 backoff
             }
+            // Refusing messages for a window, it reloads after the longest
+            // backoff: a state that panics at once is not reloaded in a loop.
             SupervisionEvent::GaveUp { .. } => {
                 stats::failed(B::KIND);
-                Duration::ZERO
+                policy.max_backoff
             }
         };
         if self.open.is_some() {

@@ -53,7 +53,8 @@ impl<B: Behavior, R> Core<B, R> {
             }
         }
         match self.phase {
-            Phase::Ready if self.queue.is_empty() => self.serve(now, incoming),
+            // Nothing waits while the core is ready (`pump` saw to it).
+            Phase::Ready => self.serve(now, incoming),
             _ if self.queue.len() >= self.options.mailbox_capacity => {
                 let message = format!("the mailbox of {} is full; retry later", self.address);
                 self.respond(

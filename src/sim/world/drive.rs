@@ -354,7 +354,7 @@ impl<W: Workload> Simulation<W> {
                     }
                     Timer::Restart => {
                         slot.backoff_until = Some(*at);
-                        (Duration::ZERO, Some(options.restart.max_backoff))
+                        (options.restart.backoff, Some(options.restart.max_backoff))
                     }
                     // A caller's own deadline, passed or not.
                     Timer::Parked => return Ok(()),

@@ -233,7 +233,8 @@ pub struct Simulation<W: Workload> {
 pub fn options() -> RuntimeOptions {
     use crate::runtime::RestartPolicy;
     RuntimeOptions {
-        mailbox_capacity: 64,
+        // Small, so that full mailboxes and parked callers hit the bound.
+        mailbox_capacity: 16,
         shard_mailbox_capacity: 1024,
         idle_timeout: Duration::from_secs(1),
         default_timeout: Duration::from_millis(500),
