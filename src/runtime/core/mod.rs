@@ -73,24 +73,16 @@ impl<C, R> Incoming<C, R> {
     /// # Errors
     /// The caller to answer, when `convert` gives nothing.
     pub fn try_map<D>(self, convert: impl FnOnce(C) -> Option<D>) -> Result<Incoming<D, R>, R> {
-        let Incoming {
-            command,
-            reply,
-            idempotency,
-            deadline,
-            span,
-            sent_at,
-        } = self;
-        match convert(command) {
+        match convert(self.command) {
             Some(command) => Ok(Incoming {
                 command,
-                reply,
-                idempotency,
-                deadline,
-                span,
-                sent_at,
+                reply: self.reply,
+                idempotency: self.idempotency,
+                deadline: self.deadline,
+                span: self.span,
+                sent_at: self.sent_at,
             }),
-            None => Err(reply),
+            None => Err(self.reply),
         }
     }
 }
