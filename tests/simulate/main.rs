@@ -65,7 +65,7 @@ fn env(name: &str) -> Option<u64> {
 
 /// The `crash` messages the clients send panic on purpose: their panics
 /// are not news. Every other panic is reported as usual.
-fn quiet_injected_panics() {
+pub(crate) fn quiet_injected_panics() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let injected = info
