@@ -28,6 +28,8 @@ pub trait Hosted {
     /// Whether the kind says its state is worth keeping in memory (asked
     /// of the behaviour itself, to check what the core decides).
     fn worth_keeping(&self) -> bool;
+    /// Whether the kind says its state has unfinished work.
+    fn unfinished(&self) -> bool;
     fn wants_flush(&self) -> bool;
     /// The kind's default state, serialised (what a fence writes for an
     /// actor never stored).
@@ -130,6 +132,10 @@ impl<B: Behavior> Hosted for Host<B> {
 
     fn worth_keeping(&self) -> bool {
         B::is_resident(self.core.state())
+    }
+
+    fn unfinished(&self) -> bool {
+        B::is_pending(self.core.state())
     }
 
     fn wants_flush(&self) -> bool {

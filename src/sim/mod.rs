@@ -214,6 +214,10 @@ pub struct Coverage {
     pub passivations: u64,
     /// The most messages, and the most parked callers, one activation held.
     pub held: (usize, usize),
+    /// Ask retries spread past their backoff's base.
+    pub spread: u64,
+    /// Panics the runtime logged (counted by the workload's test).
+    pub panics_logged: u64,
     /// Simulated time the run took.
     pub simulated: Duration,
 }
@@ -225,6 +229,8 @@ impl Coverage {
         self.commits += other.commits;
         self.crashes += other.crashes;
         self.passivations += other.passivations;
+        self.spread += other.spread;
+        self.panics_logged += other.panics_logged;
         self.held.0 = self.held.0.max(other.held.0);
         self.held.1 = self.held.1.max(other.held.1);
         self.simulated += other.simulated;

@@ -10,10 +10,13 @@
 mod ledger;
 mod scenarios;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use troupe::sim::{Config, Coverage, Failure, Faults, Simulation};
 use troupe_actors::account::Account;
 use troupe_actors::transfer::Transfer;
@@ -52,11 +55,57 @@ fn run(seed: u64, trace: bool) -> Result<(Coverage, u64), Failure> {
         faults,
         trace,
     };
-    Simulation::new(config, ledger)
-        .host::<Account>()
-        .host::<Transfer>()
-        .run()
-        .map(|(coverage, ledger)| (coverage, ledger.duplicates))
+    let panics = Panics::default();
+    let subscriber =
+        tracing_subscriber::registry().with(panics.clone().with_filter(LevelFilter::ERROR));
+    let result = tracing::subscriber::with_default(subscriber, || {
+        Simulation::new(config, ledger)
+            .host::<Account>()
+            .host::<Transfer>()
+            .run()
+    });
+    // An operator learns why an actor panicked from the log alone.
+    let causes = panics.0.lock().map(|c| c.clone()).unwrap_or_default();
+    for cause in &causes {
+        assert!(
+            cause.starts_with("fault injection: account "),
+            "seed {seed}: a panic logged as {cause:?}, not with what it said"
+        );
+    }
+    result.map(|(mut coverage, ledger)| {
+        coverage.panics_logged = causes.len() as u64;
+        (coverage, ledger.duplicates)
+    })
+}
+
+/// The causes of the panics the runtime logged (`actor panicked`).
+#[derive(Clone, Default)]
+struct Panics(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Panics {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        #[derive(Default)]
+        struct Fields {
+            panicked: bool,
+            cause: String,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "message" => self.panicked = format!("{value:?}") == "actor panicked",
+                    "error.message" => self.cause = format!("{value:?}"),
+                    _ => {}
+                }
+            }
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if fields.panicked {
+            if let Ok(mut causes) = self.0.lock() {
+                causes.push(fields.cause);
+            }
+        }
+    }
 }
 
 fn env(name: &str) -> Option<u64> {
@@ -127,6 +176,10 @@ fn the_ledger_keeps_every_promise_under_every_seed() {
         "most held by one activation: {} messages, {} parked callers",
         total.held.0, total.held.1
     );
+    println!(
+        "ask retries spread past their base: {}; panics logged with their cause: {}",
+        total.spread, total.panics_logged
+    );
     if ran >= GATED {
         covered(&total);
     }
@@ -182,6 +235,14 @@ fn covered(total: &Coverage) {
         );
     }
     assert!(total.crashes > 0 && total.passivations > 0);
+    assert!(
+        total.spread > 0,
+        "coverage shortfall: no ask retry was spread past its backoff's base"
+    );
+    assert!(
+        total.panics_logged > 0,
+        "coverage shortfall: no panic was logged"
+    );
     assert!(
         total.held.0 > 0 && total.held.1 > 0,
         "coverage shortfall: no activation ever held a waiting message and a parked caller: {:?}",

@@ -103,6 +103,7 @@ impl<W: Workload> Simulation<W> {
                     asks: BTreeMap::new(),
                     options: self.options.clone(),
                     backoff_until: None,
+                    recheck: false,
                 },
             );
         }
@@ -348,6 +349,25 @@ impl<W: Workload> Simulation<W> {
             }
             Action::Timer { at, timer } => {
                 let ahead = at.saturating_duration_since(now);
+                // A recheck resumes unfinished work nothing drives: one at a
+                // time, and only while the state is ready, pending and has
+                // no ask unanswered.
+                if matches!(timer, Timer::Recheck { .. }) {
+                    let idle = slot.host.phase() == "ready"
+                        && slot.host.unfinished()
+                        && slot.asks.is_empty();
+                    if slot.recheck || !idle {
+                        let why = format!(
+                            "a recheck set while {} (another set: {}, unfinished work: {}, asks unanswered: {})",
+                            slot.host.phase(),
+                            slot.recheck,
+                            slot.host.unfinished(),
+                            slot.asks.len()
+                        );
+                        return Err(self.fail(why));
+                    }
+                    slot.recheck = true;
+                }
                 let (least, most) = match timer {
                     Timer::Lazy { .. } | Timer::Recheck { .. } | Timer::Reload | Timer::Doubt => {
                         (options.retry_interval, None)
@@ -364,6 +384,10 @@ impl<W: Workload> Simulation<W> {
                             .ask_min_backoff
                             .saturating_mul(2u32.saturating_pow(sent.saturating_sub(1)))
                             .min(options.ask_max_backoff);
+                        // Asks failing together do not retry together.
+                        if ahead > base {
+                            self.coverage.spread += 1;
+                        }
                         (base, Some(base + base / 2))
                     }
                 };

@@ -44,6 +44,8 @@ struct Slot {
     /// After a panic: the end of the restart's backoff, before which the
     /// activation must not load.
     backoff_until: Option<Instant>,
+    /// A recheck timer is set and has not fired.
+    recheck: bool,
 }
 
 /// Who has the last word on a message (see `runtime::Ticket`).
@@ -510,6 +512,9 @@ impl<W: Workload> Simulation<W> {
             } => {
                 let now = self.now_of();
                 if let Some(slot) = self.slot(&actor, incarnation) {
+                    if matches!(timer, Timer::Recheck { .. }) {
+                        slot.recheck = false;
+                    }
                     slot.host.timer(now, timer);
                     self.drive(&actor)?;
                 }
