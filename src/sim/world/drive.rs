@@ -302,7 +302,8 @@ impl<W: Workload> Simulation<W> {
     /// or a peer that fails is not hammered), each ask's retries backing
     /// off as `ask_min_backoff_ms`..`ask_max_backoff_ms` say, every attempt
     /// given `effect_timeout_ms`, a restart's backoff waited out, no ask
-    /// made twice at once, no commit sent that writes nothing.
+    /// made twice at once, no commit sent that writes nothing, a recheck
+    /// set only when it has something to resume.
     fn paced(&mut self, actor: &str, action: &Action<ReplyTo>) -> Result<(), Failure> {
         let now = self.base + self.now;
         let Some(slot) = self.hosts.get_mut(actor) else {
@@ -373,6 +374,8 @@ impl<W: Workload> Simulation<W> {
                         (options.retry_interval, None)
                     }
                     Timer::Restart => {
+                        // The core threw its state away, and its asks.
+                        slot.asks.clear();
                         slot.backoff_until = Some(*at);
                         (options.restart.backoff, Some(options.restart.max_backoff))
                     }
