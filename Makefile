@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run run-etcd test simulate sim-breaks bench bench-http bench-auth soak lint fmt clean deps docker up down mutants
+.PHONY: help run run-etcd test test-damage simulate sim-breaks bench bench-http bench-auth soak lint fmt clean deps docker up down mutants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ test: ## Run the whole test suite
 	else \
 		$(CARGO) test --workspace --all-features --no-fail-fast; \
 	fi
+
+test-damage: ## Flips one bit at a time at POSITIONS (5000) seeded positions of a small data directory (SEED, 0): refused, or nothing wrong served
+	DAMAGE_POSITIONS=$(or $(POSITIONS),5000) DAMAGE_SEED=$(or $(SEED),0) $(CARGO) test --release --test api damage:: -- --nocapture
 
 simulate: ## The deterministic simulator over the ledger, release build: SEEDS=N seeds (10000) from FIRST (0); prints seeds/s and what they covered
 	SIM_SEEDS=$(or $(SEEDS),10000) SIM_FIRST_SEED=$(or $(FIRST),0) $(CARGO) test --release --test simulate -- --nocapture

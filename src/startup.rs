@@ -17,7 +17,7 @@ use crate::http::{self, context, HttpLimits};
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
 use crate::settings::{Settings, Sources, StoreBackend};
-use crate::store::{EmbeddedStore, RedisStore, Store};
+use crate::store::{EmbeddedStore, RedisStore, ServerSettings, Store};
 use crate::telemetry::{http_metrics, FilterSetter, Metrics, MetricsActor};
 use tracing_actix_web::TracingLogger;
 
@@ -73,11 +73,14 @@ impl Application {
             )),
             false => None,
         };
+        let mut redis_settings = None;
         let store: Arc<dyn Store> = match settings.store.backend {
-            StoreBackend::Redis => Arc::new(
-                RedisStore::new(&settings.redis_options(), &settings.store_options())
-                    .context("configuring the Redis store")?,
-            ),
+            StoreBackend::Redis => {
+                let redis = RedisStore::new(&settings.redis_options(), &settings.store_options())
+                    .context("configuring the Redis store")?;
+                redis_settings = check_redis(&redis).await?;
+                Arc::new(redis)
+            }
             StoreBackend::Embedded => {
                 let store = EmbeddedStore::open(settings.data_dir(), settings.store_options())
                     .with_context(|| {
@@ -99,6 +102,9 @@ impl Application {
             None => store,
         };
         let metrics = Metrics::new();
+        if let Some(server) = &redis_settings {
+            metrics.redis_settings(server);
+        }
         let store = metrics.instrument(store);
         let background = Background::new();
         let auth = Arc::new(Auth::new(
@@ -453,4 +459,36 @@ fn load_credentials(settings: &Settings) -> anyhow::Result<(KeyRing, Option<Jwt>
     }
     tracing::info!(keys = ring.len(), jwt = jwt.is_some(), "credentials loaded");
     Ok((ring, jwt))
+}
+
+/// Refuses a Redis that would delete acknowledged data on its own, and
+/// logs what its persistence settings promise. A Redis down at start, or
+/// one that refuses `CONFIG GET`, cannot be checked: that is logged, and
+/// the operator's to see to (README, Redis store).
+async fn check_redis(redis: &RedisStore) -> anyhow::Result<Option<ServerSettings>> {
+    match redis.server_settings().await {
+        Ok(Some(server)) => {
+            if let Some(refusal) = server.refusal() {
+                anyhow::bail!(refusal);
+            }
+            tracing::info!(
+                redis.maxmemory_policy = %server.maxmemory_policy,
+                redis.appendonly = %server.appendonly,
+                redis.appendfsync = %server.appendfsync,
+                redis.save = %server.save,
+                "Redis's persistence settings"
+            );
+            return Ok(Some(server));
+        }
+        Ok(None) => tracing::warn!(
+            "Redis refuses CONFIG GET: cannot check that maxmemory-policy is noeviction \
+             (any other policy can evict acknowledged data); make sure it is"
+        ),
+        Err(e) => tracing::warn!(
+            error.message = %e,
+            "cannot check Redis's settings at start (Redis is unavailable); \
+             maxmemory-policy must be noeviction"
+        ),
+    }
+    Ok(None)
 }

@@ -14,22 +14,24 @@
 //! run on the caller's thread, scans on tokio's blocking pool; both see
 //! every batch written.
 //!
-//! fjall's journal ends each batch with a checksum. At start a torn last
-//! batch (a crash mid-append, never acknowledged) is dropped. fjall treats
-//! some damage before the end as a torn tail too, and would drop every
-//! batch after it; so every batch also counts itself in the `meta`
-//! keyspace, and after each fsync and its replies the writer records the
-//! count in `troupe.acked` (see [`Acked`]: it can only lag the journal).
-//! A journal that recovers fewer batches than `troupe.acked` says were
-//! acknowledged stops start-up with an error rather than serve without
-//! them (fjall has already cut the journal; the backup has them).
+//! Damage is never served and never erased (see `journal`): before fjall
+//! opens, troupe reads every journal itself, changing nothing, and refuses
+//! to start on damage anywhere but a torn last batch; fjall would cut the
+//! journal there and drop every acknowledged batch after it. Each batch
+//! counts itself in the `meta` keyspace, and after each fsync and its
+//! replies the writer records the count in `troupe.acked` (see [`Acked`]:
+//! it can only lag the journal), so a torn batch that was acknowledged is
+//! told from one that was not. Once fjall has opened, every key the
+//! journals wrote must read as they last wrote it: a damaged batch header
+//! (which fjall's checksum does not cover) cannot reorder or hide writes.
+//! Reads that meet a damaged table refuse that actor alone (`Corrupt`).
 //!
 //! A data directory written by the redb store of earlier versions
 //! (`troupe.redb`) is migrated on start (see `migrate`).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,12 +41,18 @@ use async_trait::async_trait;
 use fjall::{Database, Guard, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
+use super::journal::{self, Last};
 use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 
 /// The database's directory under the data directory.
 pub(super) const DIR: &str = "troupe.fjall";
 /// The count of batches acknowledged, under the data directory.
 const ACKED: &str = "troupe.acked";
+/// fjall's format marker in its directory.
+const VERSION_MARKER: &str = "version";
+/// What to do about damage found at start, in every refusal.
+const ADVICE: &str =
+    "nothing on disk was changed; restore the data directory from a backup (README: Storage integrity)";
 /// The key of the count of batches written, in the `meta` keyspace.
 const COUNT: &[u8] = b"batches";
 /// Expired idempotency records one sweep batch deletes at most, so a sweep
@@ -108,7 +116,7 @@ impl Engine {
         self.pending
             .iter()
             .map(|item| {
-                let k = item.key().map_err(|e| unavailable("read pending", e))?;
+                let k = item.key().map_err(|e| read_failed("read pending", e))?;
                 String::from_utf8(k.to_vec())
                     .map_err(|_| {
                         StoreError::Corrupt(
@@ -125,7 +133,7 @@ impl Engine {
         match self
             .meta
             .get(COUNT)
-            .map_err(|e| unavailable("read meta", e))?
+            .map_err(|e| read_failed("read meta", e))?
         {
             Some(v) => Ok(split_u64(&v)?.0),
             None => Ok(0),
@@ -139,19 +147,26 @@ impl Engine {
             // Every batch the writer commits is made durable by its own
             // fdatasync; nothing is left for fjall to flush on a timer.
             .manual_journal_persist(true)
+            // Journal values are stored as written, so the check at start
+            // (`journal`) can compare each with what fjall serves.
+            .journal_compression(fjall::CompressionType::None)
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => StoreError::Unavailable(format!(
                     "{} is in use by another process",
                     path.display()
                 )),
-                fjall::Error::Io(e) | fjall::Error::Storage(fjall::LsmError::Io(e)) => {
+                // The disk or the system (permissions, space, I/O errors).
+                fjall::Error::Io(e) | fjall::Error::Storage(fjall::LsmError::Io(e))
+                    if !damaged(&e) =>
+                {
                     unavailable("open", e)
                 }
-                // A bad journal batch before the last one, a bad table or
-                // an unknown format: never start on part of the data.
+                // A file the manifest names is gone or cut short, a bad
+                // table, manifest or format marker: never start on part of
+                // the data.
                 e => StoreError::Corrupt(format!(
-                    "{} cannot be read ({e}); restore the data directory from a backup",
+                    "{} cannot be read ({e}); {ADVICE}",
                     path.display()
                 )),
             })?;
@@ -193,22 +208,72 @@ impl EmbeddedStore {
     /// its journal is damaged before its last batch.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| unavailable("create data directory", e))?;
+        let db = dir.join(DIR);
+        let existed = check_marker(&db)?;
+        // Created before any database is (a migrated one included).
+        let (acked, acknowledged) = Acked::open(&dir.join(ACKED), existed)?;
         super::migrate::from_redb(dir, &options)?;
-        let engine = Engine::open(&dir.join(DIR), &options)?;
-        let (acked, acknowledged) = Acked::open(&dir.join(ACKED))?;
+        let scan = journal::scan(&db, COUNT).map_err(|e| match e {
+            Ok(damage) => StoreError::Corrupt(format!("{damage}; {ADVICE}")),
+            Err(e) => unavailable("read the journal", e),
+        })?;
+        if let Some((_, last)) = scan.counts {
+            // The newest batches are in the newest journal that holds any.
+            if last < acknowledged {
+                return Err(StoreError::Corrupt(format!(
+                    "the journal's last whole batch is troupe's batch {last} but {ACKED} says \
+                     {acknowledged} were acknowledged: the journal lost acknowledged writes{}; \
+                     {ADVICE}",
+                    scan.torn
+                        .as_ref()
+                        .map_or(String::new(), |(path, at, _)| format!(
+                            " (what follows byte {at} of {} is damaged)",
+                            path.display()
+                        )),
+                )));
+            }
+        }
+        // fjall cuts a torn batch off when it opens: kept aside until the
+        // checks below have passed, so a start they refuse loses no byte.
+        let evidence = match &scan.torn {
+            Some((path, at, bytes)) => {
+                tracing::warn!(
+                    journal = %path.display(),
+                    offset = at,
+                    "the journal's last batch was torn by a crash and is dropped (it was never acknowledged)"
+                );
+                Some(keep_aside(dir, path, *at, bytes)?)
+            }
+            None => None,
+        };
+        // fjall asserts some of what it reads: a panic there is damage it
+        // met, not a reason to take the process down.
+        let engine =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Engine::open(&db, &options)))
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Corrupt(format!(
+                        "{} cannot be read (fjall panicked opening it); {ADVICE}",
+                        db.display()
+                    )))
+                })?;
         let batches = engine.batches()?;
         let pending = engine.pending_actors()?;
         if batches < acknowledged {
             return Err(StoreError::Corrupt(format!(
-                "{} recovered {batches} commit batches but {} says {} were acknowledged: \
-                 the journal is damaged; restore the data directory from a backup \
-                 (if {} was restored alone on purpose, delete {})",
-                dir.join(DIR).display(),
-                ACKED,
-                acknowledged,
-                DIR,
-                ACKED,
+                "{} holds {batches} commit batches but {ACKED} says {acknowledged} were \
+                 acknowledged: the journal lost acknowledged writes{}; {ADVICE}",
+                db.display(),
+                evidence.as_ref().map_or(String::new(), |e| format!(
+                    " (fjall dropped a damaged end of its journal: its bytes are in {})",
+                    e.display()
+                )),
             )));
+        }
+        check_replay(&engine, &scan)?;
+        if let Some(evidence) = evidence {
+            // The torn batch was never acknowledged: nothing to keep.
+            std::fs::remove_file(&evidence)
+                .map_err(|e| unavailable("remove the torn batch kept aside", e))?;
         }
         sync_dir(dir)?;
         let engine = Arc::new(engine);
@@ -328,7 +393,7 @@ impl Store for EmbeddedStore {
             let Some(value) = e
                 .state
                 .get(actor.as_bytes())
-                .map_err(|e| unavailable("read state", e))?
+                .map_err(|e| read_failed(&format!("read {actor}"), e))?
             else {
                 return Ok(None);
             };
@@ -366,7 +431,7 @@ impl Store for EmbeddedStore {
                 .map(|item| {
                     let (_, v) = item
                         .into_inner()
-                        .map_err(|e| unavailable("read entry", e))?;
+                        .map_err(|e| read_failed(&format!("read an entry of {actor}"), e))?;
                     Ok(v.to_vec())
                 })
                 .collect()
@@ -395,7 +460,7 @@ impl Store for EmbeddedStore {
         self.read(move |e| {
             e.state
                 .range::<String, _>((start, Bound::Unbounded))
-                .map(|item| item.key().map_err(|e| unavailable("list actors", e)))
+                .map(|item| item.key().map_err(|e| read_failed("list actors", e)))
                 .take_while(|key| {
                     key.as_ref()
                         .map_or(true, |k| k.starts_with(head.as_bytes()))
@@ -422,7 +487,7 @@ impl Store for EmbeddedStore {
             let Some(v) = e
                 .idempotency
                 .get(&k)
-                .map_err(|e| unavailable("read idempotency", e))?
+                .map_err(|e| read_failed(&format!("read an idempotency record of {actor}"), e))?
             else {
                 return Ok(None);
             };
@@ -434,7 +499,10 @@ impl Store for EmbeddedStore {
     async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = pair(actor, key.as_bytes());
         self.point(|e| {
-            let value = e.facts.get(&k).map_err(|e| unavailable("read fact", e))?;
+            let value = e
+                .facts
+                .get(&k)
+                .map_err(|e| read_failed(&format!("read a fact of {actor}"), e))?;
             Ok(value.map(|v| v.to_vec()))
         })
     }
@@ -490,15 +558,52 @@ impl Store for EmbeddedStore {
     }
 }
 
-/// `troupe.acked`: the count of batches acknowledged.
+/// `troupe.acked`: the count of batches acknowledged, 8 bytes big-endian,
+/// then their xxh3 (8 bytes): a file damaged or cut short is told from a
+/// count. (Files of 8 bytes, the count alone, were written by earlier
+/// versions and are read as such.)
 struct Acked {
     file: std::fs::File,
+    /// When the file was last synced, if ever.
     synced: Option<std::time::Instant>,
+    /// A count was written since the last sync.
+    dirty: bool,
 }
 
 impl Acked {
-    /// Opens the file; returns it with the count it holds.
-    fn open(path: &Path) -> Result<(Self, u64), StoreError> {
+    /// Opens the file; returns it with the count it holds. `existed`: the
+    /// database was there already, so the file must be too (it is created
+    /// before the database is).
+    fn open(path: &Path, existed: bool) -> Result<(Self, u64), StoreError> {
+        let read = |path: &Path| {
+            if !std::fs::metadata(path)?.is_file() {
+                return Err(std::io::Error::other("it is not a regular file"));
+            }
+            std::fs::read(path)
+        };
+        let bytes = match read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(unavailable("read troupe.acked", e)),
+        };
+        let count = match (bytes.as_deref(), existed) {
+            (None, false) => 0,
+            (None, true) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} is missing: it counts the batches the journal must hold, and \
+                     without it a damaged end of the journal cannot be told from a torn \
+                     write; {ADVICE}",
+                    path.display()
+                )))
+            }
+            (Some(bytes), _) => Self::decode(bytes).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "{} is damaged ({} bytes that are not a count and its checksum); {ADVICE}",
+                    path.display(),
+                    bytes.len()
+                ))
+            })?,
+        };
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -506,34 +611,90 @@ impl Acked {
             .truncate(false)
             .open(path)
             .map_err(|e| unavailable("open troupe.acked", e))?;
-        let mut bytes = [0u8; 8];
-        let count = match std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0) {
-            Ok(()) => u64::from_be_bytes(bytes),
-            // Empty: a new store, or one migrated or written before it.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err(unavailable("read troupe.acked", e)),
+        let mut acked = Self {
+            file,
+            synced: None,
+            dirty: false,
         };
-        Ok((Self { file, synced: None }, count))
+        if bytes.is_none() {
+            // Created before the database, and made to last, so the
+            // database never exists without it.
+            acked
+                .write(0)
+                .map_err(|e| unavailable("create troupe.acked", e))?;
+            acked
+                .sync()
+                .map_err(|e| unavailable("create troupe.acked", e))?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+        }
+        Ok((acked, count))
+    }
+
+    fn encode(count: u64) -> [u8; 16] {
+        let count = count.to_be_bytes();
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&count);
+        bytes[8..].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(&count).to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<u64> {
+        match bytes.len() {
+            8 => bytes.try_into().ok().map(u64::from_be_bytes),
+            16 => {
+                let count: [u8; 8] = bytes[..8].try_into().ok()?;
+                (Self::encode(u64::from_be_bytes(count))[..] == *bytes)
+                    .then(|| u64::from_be_bytes(count))
+            }
+            _ => None,
+        }
+    }
+
+    fn write(&mut self, count: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.file, &Self::encode(count), 0)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        self.synced = Some(std::time::Instant::now());
+        self.dirty = false;
+        Ok(())
     }
 
     /// Records `count`, after the journal holding it was synced and its
-    /// commits answered; syncs the file at most every [`ACKED_SYNC`], so
+    /// commits answered; syncs the file at once if it was not synced in
+    /// the last [`ACKED_SYNC`], else leaves that to [`Acked::due`], so
     /// after a power loss it lags by about that much at most (a crash of
     /// the process alone loses nothing: the kernel has the write).
     fn record(&mut self, count: u64) {
-        let written = std::os::unix::fs::FileExt::write_all_at(&self.file, &count.to_be_bytes(), 0);
-        let synced = match written {
-            Ok(()) if self.synced.is_none_or(|t| t.elapsed() >= ACKED_SYNC) => {
-                let synced = self.file.sync_data();
-                if synced.is_ok() {
-                    self.synced = Some(std::time::Instant::now());
-                }
-                synced
-            }
-            other => other,
-        };
-        if let Err(e) = synced {
+        let mut done = self.write(count);
+        if done.is_ok() && self.due() == Some(std::time::Duration::ZERO) {
+            done = self.sync();
+        }
+        if let Err(e) = done {
             tracing::warn!(error.message = %e, "recording acknowledged batches in troupe.acked failed");
+        }
+    }
+
+    /// How long until an unsynced count is due to be synced; `None` when
+    /// everything written is synced.
+    fn due(&self) -> Option<std::time::Duration> {
+        self.dirty.then(|| match self.synced {
+            Some(t) => ACKED_SYNC.saturating_sub(t.elapsed()),
+            None => std::time::Duration::ZERO,
+        })
+    }
+
+    /// Syncs what was written if it is due.
+    fn sync_if_due(&mut self) {
+        if self.due() == Some(std::time::Duration::ZERO) {
+            if let Err(e) = self.sync() {
+                tracing::warn!(error.message = %e, "syncing troupe.acked failed");
+            }
         }
     }
 }
@@ -567,7 +728,16 @@ impl Writer<'_> {
         // at least every SWEEP_PACE under steady load, so it never starves.
         let mut sweeping = false;
         let mut last_chunk = std::time::Instant::now();
+        // Wakes the writer to sync `troupe.acked` when a burst ends: after
+        // the last batch of a burst, silence must not leave its count
+        // unsynced (a timer needs a runtime; without one, the next batch
+        // syncs it).
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok();
         loop {
+            self.acked.sync_if_due();
             if sweeping && last_chunk.elapsed() >= SWEEP_PACE {
                 sweeping = self.sweep_chunk();
                 last_chunk = std::time::Instant::now();
@@ -583,7 +753,17 @@ impl Writer<'_> {
                     Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 }
             } else {
-                rx.blocking_recv()?
+                match (self.acked.due(), &timer) {
+                    (Some(wait), Some(timer)) => {
+                        match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                        {
+                            Ok(request) => request?,
+                            // Due: synced at the top of the loop.
+                            Err(_) => continue,
+                        }
+                    }
+                    _ => rx.blocking_recv()?,
+                }
             };
             batch.push(first);
             while batch.len() < max_batch {
@@ -606,7 +786,9 @@ impl Writer<'_> {
             }
             if closing.is_some() {
                 // What was acknowledged last survives a power loss too.
-                let _ = self.acked.file.sync_data();
+                if let Err(e) = self.acked.sync() {
+                    tracing::warn!(error.message = %e, "syncing troupe.acked failed");
+                }
                 return closing;
             }
         }
@@ -734,7 +916,7 @@ fn apply<'c>(
         None => match engine
             .state
             .get(actor.as_bytes())
-            .map_err(|e| unavailable("read state", e))?
+            .map_err(|e| read_failed(&format!("read {actor}"), e))?
         {
             Some(v) => split_u64(&v)?.0,
             None => 0,
@@ -863,6 +1045,108 @@ fn busy_mark(opened: std::time::Instant) -> u64 {
     u64::try_from(opened.elapsed().as_millis())
         .unwrap_or(u64::MAX)
         .saturating_add(1)
+}
+
+/// Whether fjall's database already exists in `db`; refuses one whose
+/// format marker is gone (fjall would take the directory for a new one and
+/// fail with "File exists").
+fn check_marker(db: &Path) -> Result<bool, StoreError> {
+    if db.join(VERSION_MARKER).exists() {
+        return Ok(true);
+    }
+    let held = match std::fs::read_dir(db) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(unavailable("read the database directory", e)),
+    };
+    if held {
+        return Err(StoreError::Corrupt(format!(
+            "{} holds files but not its format marker ({VERSION_MARKER}): it was damaged or \
+             only partly copied; {ADVICE}",
+            db.display()
+        )));
+    }
+    Ok(false)
+}
+
+/// Every key the journals wrote must read as they last wrote it: fjall's
+/// checksum does not cover a batch's header, and a damaged sequence
+/// number would have replayed the batch out of order (or skipped it as
+/// already flushed) without a word.
+fn check_replay(engine: &Engine, scan: &journal::Scan) -> Result<(), StoreError> {
+    let spaces = [
+        ("state", &engine.state),
+        ("entries", &engine.entries),
+        ("idempotency", &engine.idempotency),
+        ("idempotency_expiry", &engine.expiry),
+        ("facts", &engine.facts),
+        ("pending", &engine.pending),
+        ("meta", &engine.meta),
+    ];
+    for ((id, key), last) in &scan.expected {
+        let Some((name, space)) = spaces.iter().find(|(_, s)| s.id() == *id) else {
+            // fjall's own keyspaces.
+            continue;
+        };
+        let found = space
+            .get(key)
+            .map_err(|e| read_failed("check the journal's replay", e))?;
+        let same = match (last, &found) {
+            (Last::Value(hash), Some(v)) => xxhash_rust::xxh3::xxh3_64(v) == *hash,
+            (Last::Removed, None) => true,
+            _ => false,
+        };
+        if !same {
+            return Err(StoreError::Corrupt(format!(
+                "after replaying its journal, the database does not hold what the journal \
+                 last wrote for a key in {name} ({}): a batch's header is damaged (its \
+                 writes were replayed out of order or skipped); {ADVICE}",
+                String::from_utf8_lossy(key)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A failed read: damaged bytes (a table block whose checksum does not
+/// match, an encoding that does not decode) are `Corrupt`, and refuse
+/// what depends on them; anything else is the disk or the system.
+fn read_failed(what: &str, e: fjall::Error) -> StoreError {
+    match e {
+        fjall::Error::Io(e) | fjall::Error::Storage(fjall::LsmError::Io(e)) if !damaged(&e) => {
+            unavailable(what, e)
+        }
+        fjall::Error::Poisoned => unavailable(what, e),
+        e => StoreError::Corrupt(format!("{what}: {e}")),
+    }
+}
+
+/// Copies the bytes fjall is about to cut off a journal to
+/// `troupe.torn-<journal>-<offset>` in the data directory, synced.
+fn keep_aside(dir: &Path, journal: &Path, at: usize, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    let name = journal
+        .file_name()
+        .map_or_else(|| "journal".into(), |n| n.to_string_lossy().into_owned());
+    let path = dir.join(format!("troupe.torn-{name}-{at}"));
+    std::fs::write(&path, bytes)
+        .and_then(|()| std::fs::File::open(&path)?.sync_all())
+        .map_err(|e| unavailable("keep the torn batch aside", e))?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Whether an I/O error inside fjall's directory says its files are
+/// damaged (cut short, undecodable, or a file its manifest names gone)
+/// rather than that the disk or the system failed.
+fn damaged(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::NotFound
+            // A read at an offset or of a length taken from damaged bytes.
+            | std::io::ErrorKind::InvalidInput
+    )
 }
 
 /// Syncs a directory, so the entries created or renamed in it last.

@@ -10,6 +10,7 @@
 
 mod embedded;
 mod instrumented;
+mod journal;
 mod migrate;
 mod redis;
 
@@ -19,7 +20,7 @@ use async_trait::async_trait;
 
 pub use embedded::EmbeddedStore;
 pub use instrumented::InstrumentedStore;
-pub use redis::{RedisOptions, RedisStore};
+pub use redis::{RedisOptions, RedisStore, ServerSettings};
 
 /// An actor's durable state and the version it was written at.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -56,8 +56,25 @@ use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 /// (seq, entry)..., (fact key, fact)..., idempotency values in KEYS order.
 /// Returns -1 when applied, else the version found. An actor's first
 /// state joins its kind's index.
+///
+/// Redis does not roll a script back: a command that fails halfway (a key
+/// of another type) would leave the writes before it. So everything a
+/// write could fail on is checked first (each key's type, the stored
+/// version), and a key found wrong fails the commit with a `CORRUPT`
+/// error before anything is written. (`SET` replaces a key of any type,
+/// and the other writes take arguments this store formats itself.)
 const COMMIT: &str = r"
+local types = {'hash', 'zset', 'set', 'hash', 'zset'}
+for k = 1, 5 do
+  local t = redis.call('TYPE', KEYS[k])['ok']
+  if t ~= 'none' and t ~= types[k] then
+    return redis.error_reply('CORRUPT ' .. KEYS[k] .. ' is a ' .. t .. ' where troupe keeps a ' .. types[k] .. '; nothing was written')
+  end
+end
 local found = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if not found then
+  return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' holds a version that is not a number; nothing was written')
+end
 if found ~= tonumber(ARGV[1]) then return found end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[4])
@@ -371,6 +388,85 @@ impl Inner {
     }
 }
 
+/// The server settings that decide what survives of what troupe wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub maxmemory_policy: String,
+    pub appendonly: String,
+    pub appendfsync: String,
+    pub save: String,
+}
+
+impl ServerSettings {
+    /// Why a server so set would lose acknowledged data on its own, if it
+    /// would: any policy but `noeviction` lets Redis delete keys when
+    /// memory runs short (`allkeys-*` any of them; `volatile-*` the keys
+    /// with a time to live, which are the idempotency records, so a retry
+    /// after an unknown outcome would be applied twice).
+    pub fn refusal(&self) -> Option<String> {
+        (self.maxmemory_policy != "noeviction").then(|| {
+            format!(
+                "Redis is set to evict keys when its memory runs short (maxmemory-policy {}): \
+                 states, journals or idempotency records could vanish without a trace; \
+                 set maxmemory-policy to noeviction (Redis then refuses writes instead, \
+                 which troupe answers with 503)",
+                self.maxmemory_policy
+            )
+        })
+    }
+}
+
+impl RedisStore {
+    /// The server's settings that bear on durability; `None` when the
+    /// server refuses `CONFIG GET` (managed services often rename or
+    /// forbid it).
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn server_settings(&self) -> Result<Option<ServerSettings>, StoreError> {
+        let mut values = Vec::with_capacity(4);
+        for name in ["maxmemory-policy", "appendonly", "appendfsync", "save"] {
+            let value: Option<Vec<String>> = self
+                .inner
+                .run("config", |mut c| async move {
+                    let got = redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg(name)
+                        .query_async::<Vec<String>>(&mut c)
+                        .await;
+                    match got {
+                        Ok(pair) => Ok(Some(pair)),
+                        // An error answer: the command is not allowed here.
+                        Err(e)
+                            if e.kind()
+                                == redis::ErrorKind::Server(
+                                    redis::ServerErrorKind::ResponseError,
+                                )
+                                || e.code().is_some() =>
+                        {
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    }
+                })
+                .await?;
+            let Some(pair) = value else {
+                return Ok(None);
+            };
+            // `[name, value]`; an unknown name gives nothing.
+            values.push(pair.into_iter().nth(1).unwrap_or_default());
+        }
+        let mut values = values.into_iter();
+        let mut next = || values.next().unwrap_or_default();
+        Ok(Some(ServerSettings {
+            maxmemory_policy: next(),
+            appendonly: next(),
+            appendfsync: next(),
+            save: next(),
+        }))
+    }
+}
+
 /// `s` with the characters SCAN's MATCH reads as a pattern escaped.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -630,9 +726,14 @@ impl Store for RedisStore {
 
 /// What a commit script's error says of its writes. Redis refuses a script
 /// whole before it runs, or at its first write (out of memory, a replica,
-/// a failed disk), and none of its writes happened; any other error may
-/// come after some of them (Redis does not roll a script back).
+/// a failed disk), and none of its writes happened; the script's own
+/// `CORRUPT` comes before its first write too, and says the actor's keys
+/// hold what this store never wrote. Any other error may come after some
+/// writes (Redis does not roll a script back).
 fn script_failed(e: &redis::RedisError) -> StoreError {
+    if e.code() == Some("CORRUPT") {
+        return StoreError::Corrupt(format!("redis commit: {e}"));
+    }
     const REFUSED: [&str; 8] = [
         "NOSCRIPT",
         "BUSY",

@@ -48,6 +48,7 @@ pub struct Metrics {
     /// Reloads of the TLS certificate by result, and when it expires.
     pub tls_reloads: IntCounterVec,
     pub tls_expiry: IntGauge,
+    redis_settings: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -120,8 +121,21 @@ impl Metrics {
             tls_expiry: gauge(&r, "troupe_tls_certificate_expiry_timestamp_seconds", "When the TLS certificate in force expires (Unix seconds); absent without TLS.", &[]).with_label_values::<&str>(&[]),
             tls_reloads: counter(&r, "troupe_tls_reloads_total", "Reloads of the TLS certificate and key by result: applied, rejected (the pair in force stays).", &["result"]),
             auth_denied: counter(&r, "troupe_auth_denied_total", "Requests refused by key name (none when no key matched) and reason (missing, malformed, unknown_key, jwt_expired, jwt_not_yet_valid, jwt_issuer, jwt_audience, jwt_signature, jwt_invalid, scope, ids); jwt for an identity provider's token.", &["key", "reason"]),
+            redis_settings: gauge(&r, "troupe_redis_settings_info", "1, labelled with the Redis settings read at start that decide what survives of an acknowledged write (maxmemory_policy, appendonly, appendfsync, save); absent on the embedded store or where CONFIG GET is refused.", &["maxmemory_policy", "appendonly", "appendfsync", "save"]),
             registry: r,
         }
+    }
+
+    /// Exports the Redis settings read at start.
+    pub fn redis_settings(&self, server: &crate::store::ServerSettings) {
+        self.redis_settings
+            .with_label_values(&[
+                server.maxmemory_policy.as_str(),
+                &server.appendonly,
+                &server.appendfsync,
+                &server.save,
+            ])
+            .set(1);
     }
 
     pub fn registry(&self) -> &Registry {

@@ -1,6 +1,8 @@
 //! The embedded store's journal at start: a torn last batch that was never
 //! acknowledged is dropped; damage that would lose an acknowledged batch
-//! stops start-up with an error, whatever part of the journal it hits.
+//! stops start-up with an error, whatever part of the journal it hits,
+//! and leaves every byte where it was; a damaged batch header, a damaged
+//! or missing `troupe.acked` and a missing format marker are refused too.
 
 use std::path::{Path, PathBuf};
 
@@ -37,9 +39,25 @@ fn journal(dir: &Path) -> (PathBuf, usize) {
         .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
         .max()
         .expect("no journal file");
-    let bytes = std::fs::read(&path).unwrap();
-    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    let end = written(&path).len();
     (path, end)
+}
+
+/// The journal's bytes up to the zeros it ends with (compared a page at a
+/// time: fast in a debug build too).
+fn written(path: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    let zeros = [0u8; 4096];
+    let mut end = bytes.len();
+    while end > 0 && bytes[end.saturating_sub(4096)..end] == zeros[..end.min(4096)] {
+        end = end.saturating_sub(4096);
+    }
+    let end = bytes[..end]
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |i| i + 1);
+    bytes.truncate(end);
+    bytes
 }
 
 fn rewrite(path: &Path, range: std::ops::Range<usize>, f: impl Fn(u8) -> u8) {
@@ -48,6 +66,22 @@ fn rewrite(path: &Path, range: std::ops::Range<usize>, f: impl Fn(u8) -> u8) {
         *b = f(*b);
     }
     std::fs::write(path, bytes).unwrap();
+}
+
+/// Where each whole batch of `path` starts (just past the trailer of the
+/// one before).
+fn batch_starts(path: &Path) -> Vec<usize> {
+    let bytes = written(path);
+    let mut starts = vec![0];
+    starts.extend(
+        bytes
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| *w == b"FJL\x03")
+            .map(|(i, _)| i + 4),
+    );
+    starts.pop();
+    starts
 }
 
 fn acked(dir: &Path) -> u64 {
@@ -77,6 +111,13 @@ async fn a_torn_last_batch_never_acknowledged_is_dropped_and_the_store_goes_on()
     let store = open(dir.path()).unwrap();
     let snapshot = store.load("account/a").await.unwrap().unwrap();
     assert_eq!((snapshot.version, snapshot.state), (2, b"state 2".to_vec()));
+    // The torn bytes were kept aside only until the start was sure.
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("troupe.torn-"))
+        .collect();
+    assert!(kept.is_empty(), "{kept:?} left behind");
     assert_eq!(store.entries("account/a", 0, 10).await.unwrap().len(), 2);
     // Writing goes on from the surviving state, and survives a restart.
     let c = Commit {
@@ -102,10 +143,16 @@ async fn a_torn_batch_that_was_acknowledged_stops_start_up() {
     write(dir.path(), 3).await;
     let (path, end) = journal(dir.path());
     rewrite(&path, end - 20..end, |_| 0);
+    let before = std::fs::read(&path).unwrap();
     let message = refused(dir.path());
     assert!(
         message.contains("acknowledged") && message.contains("backup"),
         "{message}"
+    );
+    // Refused before fjall could cut the batch off.
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "the journal was cut"
     );
 }
 
@@ -144,4 +191,204 @@ async fn an_acknowledged_count_that_cannot_be_read_stops_start_up() {
         Ok(_) => panic!("started without reading troupe.acked"),
         Err(e) => assert!(e.to_string().contains("read troupe.acked"), "{e}"),
     }
+}
+
+/// Damage in the middle of the journal is refused before fjall opens it:
+/// fjall would cut the file there, erasing the acknowledged batches after
+/// the damage from the only copy. Every byte stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_start_leaves_every_byte_of_the_journal_in_place() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), 20).await;
+    let (path, end) = journal(dir.path());
+    rewrite(&path, end / 2..end / 2 + 1, |b| b ^ 0x10);
+    let before = std::fs::read(&path).unwrap();
+    let message = refused(dir.path());
+    assert!(
+        message.contains("damaged at byte") && message.contains("nothing on disk was changed"),
+        "{message}"
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "the refused start changed the journal"
+    );
+    // Refused again, the same way, on the next attempt.
+    assert_eq!(refused(dir.path()), message);
+}
+
+/// The sequence number in the header of the batch starting at `start`.
+fn seqno(bytes: &[u8], start: usize) -> u64 {
+    // Start: tag (1 byte), item count (4), seqno (8, little-endian).
+    u64::from_le_bytes(bytes[start + 5..start + 13].try_into().unwrap())
+}
+
+/// fjall's checksum covers a batch's items, not its header: a flipped bit
+/// in a batch's sequence number would replay it out of order, or skip it
+/// as flushed already, without a word. Every flip that breaks the order is
+/// refused; one that keeps it (raising the last batch's number, lowering
+/// the first's) changes nothing that is served, and the store opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_batch_number_is_refused_or_harmless() {
+    let mut refusals = 0;
+    for batch in [0usize, 1, 4, 9] {
+        for bit in [0u8, 1, 3, 7, 15, 40] {
+            let dir = TempDir::new().unwrap();
+            write(dir.path(), 10).await;
+            let (path, _) = journal(dir.path());
+            let starts = batch_starts(&path);
+            assert_eq!(starts.len(), 10, "one batch per commit");
+            let bytes = std::fs::read(&path).unwrap();
+            let numbers: Vec<u64> = starts.iter().map(|s| seqno(&bytes, *s)).collect();
+            let flipped = numbers[batch] ^ (1 << bit);
+            let ordered = (batch == 0 || numbers[batch - 1] < flipped)
+                && numbers.get(batch + 1).is_none_or(|next| flipped < *next);
+            let byte = starts[batch] + 5 + usize::from(bit / 8);
+            rewrite(&path, byte..byte + 1, |b| b ^ (1 << (bit % 8)));
+            match open(dir.path()) {
+                Err(StoreError::Corrupt(message)) => {
+                    assert!(
+                        !ordered,
+                        "batch {batch}, bit {bit}: a flip that kept the order refused: {message}"
+                    );
+                    assert!(message.contains("nothing on disk was changed"), "{message}");
+                    refusals += 1;
+                }
+                Err(e) => panic!("batch {batch}, bit {bit}: not corruption: {e}"),
+                Ok(store) => {
+                    assert!(ordered, "batch {batch}, bit {bit}: started out of order");
+                    let s = store.load("account/a").await.unwrap().unwrap();
+                    assert_eq!(
+                        (s.version, s.state),
+                        (10, b"state 10".to_vec()),
+                        "batch {batch}, bit {bit}: served a wrong state"
+                    );
+                    assert_eq!(store.entries("account/a", 0, 20).await.unwrap().len(), 10);
+                    store.close().await;
+                }
+            }
+        }
+    }
+    assert!(refusals > 12, "only {refusals} of 24 flips refused");
+}
+
+/// A batch whose number falls to or below what fjall has already flushed
+/// to its tables is skipped by fjall's replay as flushed already: its
+/// writes would vanish. The number keeps the journal's own order (it is
+/// its first batch), so only the check of what the replay serves, key by
+/// key, can tell; it refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_numbered_below_the_flushed_tables_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path()).unwrap();
+    let mut version = 0;
+    for _ in 0..5 {
+        commit(&store, version).await;
+        version += 1;
+    }
+    store.close().await;
+    // Flush every keyspace to tables, as fjall does when memtables fill.
+    {
+        let db = fjall::Database::builder(dir.path().join("troupe.fjall"))
+            .open()
+            .unwrap();
+        for name in db.list_keyspace_names() {
+            let space = db
+                .keyspace(&name, fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            space.rotate_memtable_and_wait().unwrap();
+        }
+    }
+    let store = open(dir.path()).unwrap();
+    for _ in 0..3 {
+        commit(&store, version).await;
+        version += 1;
+    }
+    store.close().await;
+    // The five batches flushed are no longer needed: drop them from the
+    // journal, as fjall deletes a journal once its batches are in tables.
+    let path = journals(dir.path()).pop().unwrap();
+    let starts = batch_starts(&path);
+    assert_eq!(starts.len(), 8);
+    let bytes = std::fs::read(&path).unwrap();
+    let mut kept = bytes[starts[5]..].to_vec();
+    kept.resize(bytes.len(), 0);
+    std::fs::write(&path, &kept).unwrap();
+    // The store starts on that journal as it is...
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.entries("account/a", 0, 20).await.unwrap().len(), 8);
+    store.close().await;
+    // ...but not once its first batch is numbered below the flushed ones.
+    let path = journals(dir.path()).pop().unwrap();
+    let first = batch_starts(&path)[0];
+    rewrite(&path, first + 5..first + 13, |_| 0);
+    rewrite(&path, first + 5..first + 6, |_| 1);
+    let message = refused(dir.path());
+    assert!(message.contains("out of order or skipped"), "{message}");
+}
+
+/// Commits `account/a` from `version` to the next.
+async fn commit(store: &EmbeddedStore, version: u64) {
+    let c = Commit {
+        actor: "account/a".into(),
+        expected_version: version,
+        version: version + 1,
+        state: Some(format!("state {}", version + 1).into_bytes()),
+        entries: vec![(version + 1, b"entry".to_vec())],
+        ..Default::default()
+    };
+    store.commit(c).await.unwrap();
+}
+
+/// The journal files, oldest first.
+fn journals(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("troupe.fjall"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let id = p.file_stem()?.to_str()?.parse().ok()?;
+            (p.extension()? == "jnl").then_some((id, p))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// `troupe.acked` deleted, cut short or with a flipped bit: refused, never
+/// read as "nothing acknowledged" (which would let a damaged end of the
+/// journal pass for a torn write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_damaged_acknowledged_count_is_refused() {
+    type Damage = (&'static str, fn(&Path));
+    let damages: [Damage; 4] = [
+        ("deleted", |p| std::fs::remove_file(p).unwrap()),
+        ("cut to 4 bytes", |p| {
+            let bytes = std::fs::read(p).unwrap();
+            std::fs::write(p, &bytes[..4]).unwrap();
+        }),
+        ("emptied", |p| std::fs::write(p, b"").unwrap()),
+        ("a bit flipped", |p| rewrite(p, 7..8, |b| b ^ 1)),
+    ];
+    for (what, damage) in damages {
+        let dir = TempDir::new().unwrap();
+        write(dir.path(), 3).await;
+        let file = dir.path().join("troupe.acked");
+        assert_eq!(
+            std::fs::read(&file).unwrap().len(),
+            16,
+            "a count and its checksum"
+        );
+        damage(&file);
+        let message = refused(dir.path());
+        assert!(message.contains("troupe.acked"), "{what}: {message}");
+    }
+}
+
+/// fjall's format marker deleted: named, not "File exists".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_format_marker_is_named() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), 3).await;
+    std::fs::remove_file(dir.path().join("troupe.fjall/version")).unwrap();
+    let message = refused(dir.path());
+    assert!(message.contains("format marker"), "{message}");
 }

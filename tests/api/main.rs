@@ -8,6 +8,7 @@ mod concurrency;
 mod config;
 mod connections;
 mod crash;
+mod damage;
 mod disk_faults;
 mod durability;
 mod effects;

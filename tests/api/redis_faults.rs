@@ -288,3 +288,42 @@ fn pause_writes(port: u16, ms: u64) {
     std::io::Read::read_exact(&mut stream, &mut ok).unwrap();
     assert_eq!(&ok, b"+OK\r\n");
 }
+
+/// A Redis that may evict keys would lose acknowledged data on its own
+/// (`allkeys-*` anything, `volatile-*` the idempotency records, the only
+/// keys with a time to live): the service refuses to start on one, and
+/// says why. `noeviction` starts, and the settings read are exported.
+#[actix_rt::test]
+async fn a_redis_that_evicts_keys_is_refused_at_start() {
+    for policy in ["allkeys-lru", "volatile-ttl"] {
+        let redis = RedisServer::start_with(&["--maxmemory-policy", policy]);
+        let dir = TempDir::new().unwrap();
+        let mut settings = crate::helpers::test_settings(dir.path());
+        redis.configure(&mut settings);
+        let refused = troupe::startup::Application::build(settings)
+            .await
+            .err()
+            .expect("the service refuses an evicting Redis");
+        let message = format!("{refused:#}");
+        assert!(
+            message.contains(&format!("maxmemory-policy {policy}"))
+                && message.contains("noeviction"),
+            "{message}"
+        );
+    }
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| redis.configure(s)).await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    // What the server promises is on the dashboard too.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let info = metrics
+        .lines()
+        .find(|l| l.starts_with("troupe_redis_settings_info{"))
+        .unwrap_or_else(|| panic!("no Redis settings exported:\n{metrics}"));
+    assert!(
+        info.contains("maxmemory_policy=\"noeviction\"")
+            && info.contains("appendfsync=\"")
+            && info.ends_with(" 1"),
+        "{info}"
+    );
+}

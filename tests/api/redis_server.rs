@@ -18,6 +18,8 @@ pub struct RedisServer {
     _owned: Option<TempDir>,
     child: Option<Child>,
     durable: bool,
+    /// More arguments for redis-server.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -25,17 +27,29 @@ impl RedisServer {
     pub fn start() -> Self {
         let owned = TempDir::new().expect("temp dir");
         let dir = owned.path().to_path_buf();
-        Self::start_on_a_free_port(dir, Some(owned), false)
+        Self::start_on_a_free_port(dir, Some(owned), false, &[])
+    }
+
+    /// A throwaway server with more `args` (`--maxmemory-policy x`).
+    pub fn start_with(args: &[&str]) -> Self {
+        let owned = TempDir::new().expect("temp dir");
+        let dir = owned.path().to_path_buf();
+        Self::start_on_a_free_port(dir, Some(owned), false, args)
     }
 
     /// A server with `appendonly yes` and `appendfsync always` in `dir`.
     pub fn start_durable(dir: &Path) -> Self {
-        Self::start_on_a_free_port(dir.to_path_buf(), None, true)
+        Self::start_on_a_free_port(dir.to_path_buf(), None, true, &[])
     }
 
     /// A port can be taken between `free_port` and redis-server's bind:
     /// then another port is tried.
-    fn start_on_a_free_port(dir: PathBuf, owned: Option<TempDir>, durable: bool) -> Self {
+    fn start_on_a_free_port(
+        dir: PathBuf,
+        owned: Option<TempDir>,
+        durable: bool,
+        extra: &[&str],
+    ) -> Self {
         let mut owned = owned;
         for _ in 0..5 {
             let mut server = Self {
@@ -44,6 +58,7 @@ impl RedisServer {
                 _owned: None,
                 child: None,
                 durable,
+                extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             };
             if server.spawn().is_ok() {
                 server._owned = owned.take();
@@ -74,6 +89,7 @@ impl RedisServer {
                 "--appendfsync",
                 "always",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.child = Some(

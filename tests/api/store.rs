@@ -950,3 +950,122 @@ async fn the_embedded_store_is_ready_when_idle_past_the_stuck_limit_and_while_wr
     assert!(writing.await.unwrap().iter().all(Result::is_ok));
     assert!(pings > 0);
 }
+
+/// Every key, with its value as `DUMP` gives it: the whole server's data.
+async fn dump_all(c: &mut ::redis::aio::MultiplexedConnection) -> Vec<(String, Vec<u8>)> {
+    let mut keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(c).await.unwrap();
+    keys.sort();
+    let mut all = Vec::new();
+    for key in keys {
+        let value: Vec<u8> = ::redis::cmd("DUMP").arg(&key).query_async(c).await.unwrap();
+        all.push((key, value));
+    }
+    all
+}
+
+/// Redis does not roll a script back, so a commit checks, before its first
+/// write, everything a write could fail on. A value of the wrong type at
+/// any key the commit writes fails it as corrupt with nothing written (the
+/// state included); once the key is put right, the same commit applies,
+/// once.
+#[tokio::test]
+async fn a_redis_commit_meeting_a_wrong_typed_key_writes_nothing() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, 16);
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = ["state", "entries", "pending", "facts", "index"];
+    for (i, which) in keys.iter().enumerate() {
+        let actor = format!("account/w{i}");
+        let key = match *which {
+            "pending" => "pipelined:pending".to_owned(),
+            "index" => "pipelined:actors:account".to_owned(),
+            own => format!("pipelined:{{{actor}}}:{own}"),
+        };
+        let first = Commit {
+            facts: vec![("f1".into(), b"1".to_vec())],
+            pending: true,
+            ..commit(&actor, 0, "s1", &[(1, "e1")])
+        };
+        store.commit(first).await.unwrap();
+        let kept: Vec<u8> = ::redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = ::redis::cmd("SET")
+            .arg(&key)
+            .arg("oops")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let second = Commit {
+            idempotency: vec![IdempotencyWrite {
+                key: "k".into(),
+                value: b"r".to_vec(),
+            }],
+            facts: vec![("f2".into(), b"2".to_vec())],
+            pending: false,
+            ..commit(&actor, 1, "s2", &[(2, "e2")])
+        };
+        let before = dump_all(&mut c).await;
+        let refused = store.commit(second.clone()).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Corrupt(m)) if m.contains(&key)),
+            "{which}: {refused:?}"
+        );
+        assert!(
+            before == dump_all(&mut c).await,
+            "{which}: a refused commit wrote something"
+        );
+        let _: () = ::redis::cmd("RESTORE")
+            .arg(&key)
+            .arg(0)
+            .arg(&kept)
+            .arg("REPLACE")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        store.commit(second).await.unwrap();
+        let loaded = store.load(&actor).await.unwrap().unwrap();
+        assert_eq!((loaded.version, loaded.state), (2, b"s2".to_vec()));
+        assert_eq!(store.entries(&actor, 0, 10).await.unwrap().len(), 2);
+        assert_eq!(
+            store.idempotency(&actor, "k").await.unwrap(),
+            Some(b"r".to_vec())
+        );
+        assert!(!store.pending().await.unwrap().contains(&actor));
+    }
+}
+
+/// A version that is not a number is refused the same way.
+#[tokio::test]
+async fn a_redis_commit_meeting_an_unreadable_version_writes_nothing() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, 16);
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    store
+        .commit(commit("account/v", 0, "s1", &[(1, "e1")]))
+        .await
+        .unwrap();
+    let _: () = ::redis::cmd("HSET")
+        .arg("pipelined:{account/v}:state")
+        .arg("v")
+        .arg("one")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let before = dump_all(&mut c).await;
+    let refused = store
+        .commit(commit("account/v", 1, "s2", &[(2, "e2")]))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Corrupt(_))),
+        "{refused:?}"
+    );
+    assert!(
+        before == dump_all(&mut c).await,
+        "a refused commit wrote something"
+    );
+}
