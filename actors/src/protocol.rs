@@ -45,6 +45,9 @@ pub enum ErrorCode {
     Unavailable,
     DeadlineExceeded,
     Internal,
+    /// The actor's durable data is damaged (`500`): refused until it is
+    /// repaired, while the rest is served.
+    Corrupt,
     /// No, malformed or unknown credentials (`401`).
     Unauthorized,
     /// Credentials without the scope or the ids a request needs (`403`).
@@ -71,6 +74,7 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Internal => "internal",
+            Self::Corrupt => "corrupt",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
         }
@@ -81,7 +85,13 @@ impl ErrorCode {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            Self::Overloaded | Self::Unavailable | Self::DeadlineExceeded | Self::Internal
+            Self::Overloaded
+                | Self::Unavailable
+                | Self::DeadlineExceeded
+                | Self::Internal
+                // Damage can be repaired: an effect waits for it, never
+                // gives up as if a rule had refused it.
+                | Self::Corrupt
         )
     }
 }

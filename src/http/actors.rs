@@ -126,7 +126,7 @@ pub async fn list(
         .await
         .map_err(|e| match e {
             // Not worth a retry: stored bytes that do not read.
-            crate::store::StoreError::Corrupt(_) => meta.error(ErrorCode::Internal, e.to_string()),
+            crate::store::StoreError::Corrupt(_) => meta.error(ErrorCode::Corrupt, e.to_string()),
             e => meta.error(ErrorCode::Unavailable, e.to_string()),
         })?;
     let next = if ids.len() > page {

@@ -69,17 +69,26 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// `200` when the store answers and the server is not draining.
+/// `200` when the store answers and the server is not draining, naming the
+/// actors (at most 100, and how many) whose data met damage: those answer
+/// `500` and the rest is served.
 #[utoipa::path(get, path = "/readyz", operation_id = "readiness", tag = "operations",
-    responses((status = 200, description = "{\"status\": \"ready\"}"), (status = 503, body = super::openapi::ErrorBody)))]
+    responses((status = 200, description = "{\"status\": \"ready\", \"store\": \"embedded\", \"damaged\": {\"actors\": [\"account/alice\"], \"count\": 1}}"), (status = 503, body = super::openapi::ErrorBody)))]
 pub async fn readyz(rt: web::Data<Runtime>, meta: RequestMeta) -> Result<HttpResponse, ApiError> {
     if rt.is_draining() {
         return Err(meta.error(ErrorCode::Unavailable, "the server is shutting down"));
     }
     match tokio::time::timeout(Duration::from_secs(2), rt.store().ping()).await {
-        Ok(Ok(())) => Ok(
-            HttpResponse::Ok().json(json!({ "status": "ready", "store": rt.store().backend() }))
-        ),
+        // Damage in some actors' data refuses those actors alone: the rest
+        // is served, so the instance stays ready and names them.
+        Ok(Ok(())) => {
+            let (damaged, count) = rt.store().damaged();
+            Ok(HttpResponse::Ok().json(json!({
+                "status": "ready",
+                "store": rt.store().backend(),
+                "damaged": { "actors": damaged, "count": count },
+            })))
+        }
         Ok(Err(e)) => Err(meta.error(ErrorCode::Unavailable, e.to_string())),
         Err(_) => Err(meta.error(ErrorCode::Unavailable, "the store did not answer in time")),
     }

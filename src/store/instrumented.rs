@@ -1,7 +1,10 @@
 //! The store's instrumentation: a wrapper that times every operation and
-//! counts every error into the Prometheus registry, whatever the backend.
+//! counts every error into the Prometheus registry, whatever the backend,
+//! and keeps the actors whose data met damage for `/readyz`.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -15,6 +18,11 @@ pub struct InstrumentedStore {
     inner: Arc<dyn Store>,
     duration: HistogramVec,
     errors: IntCounterVec,
+    /// Actors whose last operation met damaged data: one actor's damage
+    /// refuses that actor, and the service goes on (ready) for the rest.
+    damaged: Mutex<BTreeSet<String>>,
+    /// How many `damaged` holds, read without the lock on the hot path.
+    damaged_count: AtomicUsize,
 }
 
 impl InstrumentedStore {
@@ -23,7 +31,28 @@ impl InstrumentedStore {
             inner,
             duration,
             errors,
+            damaged: Mutex::new(BTreeSet::new()),
+            damaged_count: AtomicUsize::new(0),
         }
+    }
+
+    /// Notes whether `actor`'s data met damage in an operation that
+    /// concerned it: listed after a `Corrupt`, let go after a success (a
+    /// repaired key, a record written anew).
+    fn note<T>(&self, actor: &str, result: &Result<T, StoreError>) {
+        let corrupt = matches!(result, Err(StoreError::Corrupt(_)));
+        if !corrupt && self.damaged_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Ok(mut damaged) = self.damaged.lock() else {
+            return;
+        };
+        if corrupt {
+            damaged.insert(actor.to_owned());
+        } else if result.is_ok() {
+            damaged.remove(actor);
+        }
+        self.damaged_count.store(damaged.len(), Ordering::Relaxed);
     }
 
     fn observe<T>(&self, op: &str, started: Instant, result: &Result<T, StoreError>) {
@@ -53,17 +82,34 @@ impl Store for InstrumentedStore {
         self.inner.memory()
     }
 
+    fn damaged(&self) -> (Vec<String>, usize) {
+        match self.damaged.lock() {
+            Ok(damaged) => (
+                damaged
+                    .iter()
+                    .take(super::DAMAGED_LISTED)
+                    .cloned()
+                    .collect(),
+                damaged.len(),
+            ),
+            Err(_) => (Vec::new(), 0),
+        }
+    }
+
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
         let started = Instant::now();
         let result = self.inner.load(actor).await;
         self.observe("load", started, &result);
+        self.note(actor, &result);
         result
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let started = Instant::now();
+        let actor = commit.actor.clone();
         let result = self.inner.commit(commit).await;
         self.observe("commit", started, &result);
+        self.note(&actor, &result);
         result
     }
 
@@ -76,6 +122,7 @@ impl Store for InstrumentedStore {
         let started = Instant::now();
         let result = self.inner.entries(actor, after, limit).await;
         self.observe("entries", started, &result);
+        self.note(actor, &result);
         result
     }
 
@@ -83,6 +130,7 @@ impl Store for InstrumentedStore {
         let started = Instant::now();
         let result = self.inner.idempotency(actor, key).await;
         self.observe("idempotency", started, &result);
+        self.note(actor, &result);
         result
     }
 
@@ -90,6 +138,7 @@ impl Store for InstrumentedStore {
         let started = Instant::now();
         let result = self.inner.fact(actor, key).await;
         self.observe("fact", started, &result);
+        self.note(actor, &result);
         result
     }
 

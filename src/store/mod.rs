@@ -22,6 +22,9 @@ pub use embedded::EmbeddedStore;
 pub use instrumented::InstrumentedStore;
 pub use redis::{RedisOptions, RedisStore, ServerSettings};
 
+/// How many damaged actors `/readyz` names at most (it counts them all).
+pub const DAMAGED_LISTED: usize = 100;
+
 /// An actor's durable state and the version it was written at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -84,6 +87,13 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and metrics: `embedded`, `redis`.
     fn backend(&self) -> &'static str;
+
+    /// The actors whose last read or write met damaged data (`Corrupt`),
+    /// at most [`DAMAGED_LISTED`] of them, and how many there are: what
+    /// `/readyz` lists. Empty for a store that does not keep track.
+    fn damaged(&self) -> (Vec<String>, usize) {
+        (Vec::new(), 0)
+    }
 
     /// Memory the store holds in this process, by part, in bytes: what
     /// `/metrics` shows as `troupe_store_memory_bytes`. Empty for stores

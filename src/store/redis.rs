@@ -259,6 +259,17 @@ impl Inner {
         match tokio::time::timeout_at(deadline, op(conn)).await {
             Err(_) => Err(sent(timed_out())),
             Ok(Ok(value)) => Ok(value),
+            // A key holds what this store never wrote there (another type,
+            // a version that is not a number): that actor's data is
+            // damaged, and only that actor's.
+            Ok(Err(e))
+                if e.code() == Some("WRONGTYPE")
+                    || e.kind() == redis::ErrorKind::UnexpectedReturnType =>
+            {
+                Err(StoreError::Corrupt(format!(
+                    "redis {what}: a key holds what troupe never wrote there: {e}"
+                )))
+            }
             // Redis answered with an error: the command did not run.
             Ok(Err(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)

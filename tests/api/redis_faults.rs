@@ -327,3 +327,69 @@ async fn a_redis_that_evicts_keys_is_refused_at_start() {
         "{info}"
     );
 }
+
+/// One account's data damaged in Redis (its stored version no longer a
+/// number): that account answers `500 corrupt` and changes nothing, the
+/// others are served, `/readyz` stays 200 and names it; once the key is
+/// put right, it is served again, as it was, and no longer named.
+#[actix_rt::test]
+async fn one_damaged_account_is_refused_alone_and_named_by_readyz() {
+    let redis = RedisServer::start();
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| redis.configure(s)).await;
+    app.open("alice").await;
+    app.open("bob").await;
+    assert_eq!(app.deposit("alice", 50).await.status(), StatusCode::OK);
+    assert_eq!(app.deposit("bob", 7).await.status(), StatusCode::OK);
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = "troupe:{account/alice}:state";
+    let version: String = ::redis::cmd("HGET")
+        .arg(key)
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    ::redis::cmd("HSET")
+        .arg(key)
+        .arg("v")
+        .arg("not-a-number")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+
+    let refused = app
+        .post_with_key("/v1/accounts/alice/deposits", "d", json!({"amount": 5}))
+        .await;
+    assert_error(refused, StatusCode::INTERNAL_SERVER_ERROR, "corrupt").await;
+    assert_eq!(app.deposit("bob", 1).await.status(), StatusCode::OK);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    let ready = json_of(ready).await;
+    assert_eq!(
+        ready["damaged"]["actors"],
+        json!(["account/alice"]),
+        "{ready}"
+    );
+    assert_eq!(ready["damaged"]["count"], 1);
+
+    ::redis::cmd("HSET")
+        .arg(key)
+        .arg("v")
+        .arg(&version)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let served = crate::helpers::eventually(|| async {
+        app.get("/v1/accounts/alice").await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(served, "alice is not served once her key is put right");
+    assert_eq!(
+        app.balance("alice").await,
+        50,
+        "the refused deposit changed something"
+    );
+    assert_eq!(app.balance("bob").await, 8);
+    let ready = json_of(app.get("/readyz").await).await;
+    assert_eq!(ready["damaged"]["count"], 0, "{ready}");
+}

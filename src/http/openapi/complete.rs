@@ -38,7 +38,7 @@ const OVERLOADED: Common = Common {
 const INTERNAL: Common = Common {
     status: "500",
     description:
-        "internal: a bug; the answer's request_id and trace_id find it in the logs and traces",
+        "internal: a bug; the answer's request_id and trace_id find it in the logs and traces. corrupt: the actor's stored data is damaged; it is refused (and named by /readyz) until repaired, and the rest is served",
 };
 const UNAVAILABLE: Common = Common {
     status: "503",

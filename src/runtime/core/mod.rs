@@ -434,7 +434,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub fn unavailable(e: &StoreError) -> Answer {
     use troupe_actors::ErrorCode;
     match e {
-        StoreError::Corrupt(_) => Answer::error(ErrorCode::Internal, e.to_string()),
+        StoreError::Corrupt(_) => Answer::error(ErrorCode::Corrupt, e.to_string()),
         StoreError::Conflict { .. } => Answer::error(ErrorCode::Unavailable, format!("{e}; retry")),
         StoreError::Unavailable(_) | StoreError::Unknown(_) => {
             Answer::error(ErrorCode::Unavailable, format!("{e}; retry later"))

@@ -37,7 +37,7 @@ enum Recall {
 }
 
 fn unreadable(what: &str, e: &serde_json::Error) -> Answer {
-    Answer::error(ErrorCode::Internal, format!("unreadable {what}: {e}"))
+    Answer::error(ErrorCode::Corrupt, format!("unreadable {what}: {e}"))
 }
 
 impl<B: Behavior, R> Core<B, R> {
