@@ -31,7 +31,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -50,6 +50,9 @@ pub(super) const DIR: &str = "troupe.fjall";
 const ACKED: &str = "troupe.acked";
 /// fjall's format marker in its directory.
 const VERSION_MARKER: &str = "version";
+/// Where a start keeps what fjall would cut or delete, under the data
+/// directory, until its checks have passed.
+const EVIDENCE: &str = "troupe.evidence";
 /// What to do about damage found at start, in every refusal.
 const ADVICE: &str =
     "nothing on disk was changed; restore the data directory from a backup (README: Storage integrity)";
@@ -210,6 +213,14 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir).map_err(|e| unavailable("create data directory", e))?;
         let db = dir.join(DIR);
         let existed = check_marker(&db)?;
+        let evidence = dir.join(EVIDENCE);
+        if evidence.exists() {
+            return Err(StoreError::Corrupt(format!(
+                "an earlier start refused this data directory and kept what fjall would \
+                 have cut or deleted in {}: look there before anything else; {ADVICE}",
+                evidence.display()
+            )));
+        }
         // Created before any database is (a migrated one included).
         let (acked, acknowledged) = Acked::open(&dir.join(ACKED), existed)?;
         super::migrate::from_redb(dir, &options)?;
@@ -217,6 +228,13 @@ impl EmbeddedStore {
             Ok(damage) => StoreError::Corrupt(format!("{damage}; {ADVICE}")),
             Err(e) => unavailable("read the journal", e),
         })?;
+        if acknowledged.is_none() && scan.counts.is_some() {
+            return Err(StoreError::Corrupt(format!(
+                "{ACKED} is empty but the journal holds troupe's batches: how many were \
+                 acknowledged is unknown; {ADVICE}"
+            )));
+        }
+        let acknowledged = acknowledged.unwrap_or(0);
         if let Some((_, last)) = scan.counts {
             // The newest batches are in the newest journal that holds any.
             if last < acknowledged {
@@ -233,19 +251,18 @@ impl EmbeddedStore {
                 )));
             }
         }
-        // fjall cuts a torn batch off when it opens: kept aside until the
-        // checks below have passed, so a start they refuse loses no byte.
-        let evidence = match &scan.torn {
-            Some((path, at, bytes)) => {
-                tracing::warn!(
-                    journal = %path.display(),
-                    offset = at,
-                    "the journal's last batch was torn by a crash and is dropped (it was never acknowledged)"
-                );
-                Some(keep_aside(dir, path, *at, bytes)?)
-            }
-            None => None,
-        };
+        check_keyspaces(&db)?;
+        if let Some((path, at, _)) = &scan.torn {
+            tracing::warn!(
+                journal = %path.display(),
+                offset = at,
+                "the journal's last batch was torn by a crash and is dropped (it was never acknowledged)"
+            );
+        }
+        // What fjall may cut (a torn end) or delete (a sealed journal its
+        // flushes have passed) once it opens is kept aside until the
+        // checks below have passed: a start they refuse loses no byte.
+        keep_aside(&evidence, &scan)?;
         // fjall asserts some of what it reads: a panic there is damage it
         // met, not a reason to take the process down.
         let engine =
@@ -261,20 +278,34 @@ impl EmbeddedStore {
         if batches < acknowledged {
             return Err(StoreError::Corrupt(format!(
                 "{} holds {batches} commit batches but {ACKED} says {acknowledged} were \
-                 acknowledged: the journal lost acknowledged writes{}; {ADVICE}",
+                 acknowledged: the journal lost acknowledged writes (what fjall dropped or \
+                 deleted is in {}); {ADVICE}",
                 db.display(),
-                evidence.as_ref().map_or(String::new(), |e| format!(
-                    " (fjall dropped a damaged end of its journal: its bytes are in {})",
-                    e.display()
-                )),
+                evidence.display()
             )));
         }
-        check_replay(&engine, &scan)?;
-        if let Some(evidence) = evidence {
-            // The torn batch was never acknowledged: nothing to keep.
-            std::fs::remove_file(&evidence)
-                .map_err(|e| unavailable("remove the torn batch kept aside", e))?;
+        if acknowledged == 0 && batches > 0 {
+            // An empty troupe.acked of an earlier version: from now on it
+            // holds the count.
+            tracing::info!(
+                batches,
+                "troupe.acked held no count; it is written from now on"
+            );
         }
+        check_replay(&engine, &scan).map_err(|e| match e {
+            StoreError::Corrupt(m) => StoreError::Corrupt(format!(
+                "{m} (what fjall dropped or deleted is in {})",
+                evidence.display()
+            )),
+            e => e,
+        })?;
+        // Every check passed: what was kept aside is not needed.
+        std::fs::remove_dir_all(&evidence)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| unavailable("remove what was kept aside at start", e))?;
         sync_dir(dir)?;
         let engine = Arc::new(engine);
         let stats = Arc::new(WriterStats::default());
@@ -574,7 +605,7 @@ impl Acked {
     /// Opens the file; returns it with the count it holds. `existed`: the
     /// database was there already, so the file must be too (it is created
     /// before the database is).
-    fn open(path: &Path, existed: bool) -> Result<(Self, u64), StoreError> {
+    fn open(path: &Path, existed: bool) -> Result<(Self, Option<u64>), StoreError> {
         let read = |path: &Path| {
             if !std::fs::metadata(path)?.is_file() {
                 return Err(std::io::Error::other("it is not a regular file"));
@@ -587,7 +618,7 @@ impl Acked {
             Err(e) => return Err(unavailable("read troupe.acked", e)),
         };
         let count = match (bytes.as_deref(), existed) {
-            (None, false) => 0,
+            (None, false) => Some(0),
             (None, true) => {
                 return Err(StoreError::Corrupt(format!(
                     "{} is missing: it counts the batches the journal must hold, and \
@@ -596,39 +627,41 @@ impl Acked {
                     path.display()
                 )))
             }
-            (Some(bytes), _) => Self::decode(bytes).ok_or_else(|| {
+            // Earlier versions created it empty and wrote it at the first
+            // batch: empty is "no count", which the caller accepts only
+            // for a database that holds no batch.
+            (Some([]), _) => None,
+            (Some(bytes), _) => Some(Self::decode(bytes).ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "{} is damaged ({} bytes that are not a count and its checksum); {ADVICE}",
                     path.display(),
                     bytes.len()
                 ))
-            })?,
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| unavailable("open troupe.acked", e))?;
-        let mut acked = Self {
-            file,
-            synced: None,
-            dirty: false,
+            })?),
         };
         if bytes.is_none() {
-            // Created before the database, and made to last, so the
-            // database never exists without it.
-            acked
-                .write(0)
-                .map_err(|e| unavailable("create troupe.acked", e))?;
-            acked
-                .sync()
+            // Created whole (written aside, synced, renamed into place)
+            // before the database, so the database never exists without
+            // it and a crash never leaves it empty.
+            let staged = path.with_extension("acked.new");
+            std::fs::write(&staged, Self::encode(0))
+                .and_then(|()| std::fs::File::open(&staged)?.sync_all())
+                .and_then(|()| std::fs::rename(&staged, path))
                 .map_err(|e| unavailable("create troupe.acked", e))?;
             if let Some(dir) = path.parent() {
                 sync_dir(dir)?;
             }
         }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| unavailable("open troupe.acked", e))?;
+        let acked = Self {
+            file,
+            synced: None,
+            dirty: false,
+        };
         Ok((acked, count))
     }
 
@@ -659,8 +692,10 @@ impl Acked {
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()?;
+        // A failed sync is tried again a second later, not at once: a
+        // disk that refuses every sync must not spin the writer.
         self.synced = Some(std::time::Instant::now());
+        self.file.sync_data()?;
         self.dirty = false;
         Ok(())
     }
@@ -986,9 +1021,8 @@ fn sweep_chunk(engine: &Engine) -> bool {
 
 /// Removes up to [`SWEEP_CHUNK`] expired records; returns how many.
 ///
-/// The deletions are not synced on their own: a crash may bring a swept
-/// record back, and the next sweep deletes it again (reads hide it either
-/// way); the next commit's fdatasync makes them durable.
+/// The deletions are synced (see the batch's comment); a chunk costs one
+/// fdatasync, at most every 100 ms under load.
 fn sweep_expired(engine: &Engine) -> Result<usize, StoreError> {
     let now = unix_now();
     // Expired as reads see it: `expires <= now`.
@@ -999,7 +1033,10 @@ fn sweep_expired(engine: &Engine) -> Result<usize, StoreError> {
         .take(SWEEP_CHUNK)
         .map(|item| item.key().map_err(|e| unavailable("read expiry", e)))
         .collect::<Result<_, _>>()?;
-    let mut batch = engine.db.batch();
+    // Synced like a commit: at most one batch of the journal (the one
+    // being written) is ever not durable, so a power loss tears only the
+    // end, never a batch with another after it.
+    let mut batch = engine.db.batch().durability(Some(PersistMode::SyncData));
     for index_key in &expired {
         batch.remove(&engine.expiry, index_key.clone());
         let Some(record_key) = index_key.get(8..) else {
@@ -1085,8 +1122,14 @@ fn check_replay(engine: &Engine, scan: &journal::Scan) -> Result<(), StoreError>
     ];
     for ((id, key), last) in &scan.expected {
         let Some((name, space)) = spaces.iter().find(|(_, s)| s.id() == *id) else {
-            // fjall's own keyspaces.
-            continue;
+            if *id == 0 {
+                // fjall's own keyspace of keyspaces.
+                continue;
+            }
+            return Err(StoreError::Corrupt(format!(
+                "the journal wrote to keyspace {id}, which the database no longer has (a \
+                 keyspace was lost and started anew); {ADVICE}"
+            )));
         };
         let found = space
             .get(key)
@@ -1121,18 +1164,60 @@ fn read_failed(what: &str, e: fjall::Error) -> StoreError {
     }
 }
 
-/// Copies the bytes fjall is about to cut off a journal to
-/// `troupe.torn-<journal>-<offset>` in the data directory, synced.
-fn keep_aside(dir: &Path, journal: &Path, at: usize, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-    let name = journal
-        .file_name()
-        .map_or_else(|| "journal".into(), |n| n.to_string_lossy().into_owned());
-    let path = dir.join(format!("troupe.torn-{name}-{at}"));
-    std::fs::write(&path, bytes)
-        .and_then(|()| std::fs::File::open(&path)?.sync_all())
-        .map_err(|e| unavailable("keep the torn batch aside", e))?;
-    sync_dir(dir)?;
-    Ok(path)
+/// Keeps in `evidence` what fjall may remove once it opens: the bytes of
+/// a torn end (copied: fjall truncates that file) and every sealed journal
+/// (hard links: fjall deletes them whole once flushed, and never rewrites
+/// them). Nothing is kept when there is nothing to keep.
+fn keep_aside(evidence: &Path, scan: &journal::Scan) -> Result<(), StoreError> {
+    let sealed = scan.journals.split_last().map_or(&[][..], |(_, s)| s);
+    if scan.torn.is_none() && sealed.is_empty() {
+        return Ok(());
+    }
+    let kept = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(evidence)?;
+        for journal in sealed {
+            if let Some(name) = journal.file_name() {
+                std::fs::hard_link(journal, evidence.join(name))?;
+            }
+        }
+        if let Some((journal, at, bytes)) = &scan.torn {
+            let name = journal
+                .file_name()
+                .map_or_else(|| "journal".into(), |n| n.to_string_lossy().into_owned());
+            let path = evidence.join(format!("{name}.torn-at-{at}"));
+            std::fs::write(&path, bytes)?;
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+        std::fs::File::open(evidence)?.sync_all()
+    })();
+    kept.map_err(|e| unavailable("keep the journal's evidence aside", e))?;
+    if let Some(dir) = evidence.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Every keyspace directory must hold its `current` marker: fjall deletes
+/// one without it, with its tables, and starts it anew, empty.
+fn check_keyspaces(db: &Path) -> Result<(), StoreError> {
+    let spaces = match std::fs::read_dir(db.join("keyspaces")) {
+        Ok(spaces) => spaces,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(unavailable("read the keyspaces", e)),
+    };
+    for space in spaces {
+        let space = space
+            .map_err(|e| unavailable("read the keyspaces", e))?
+            .path();
+        if space.is_dir() && !space.join("current").exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} has no `current` marker: fjall would delete it, tables and all, and start \
+                 it empty; {ADVICE}",
+                space.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether an I/O error inside fjall's directory says its files are

@@ -12,9 +12,10 @@
 //! So troupe reads every journal first, changing nothing, and keeps what
 //! it learns for the checks after fjall has opened:
 //! - each batch is decoded and its checksum recomputed; damage followed by
-//!   any readable batch, damage in a journal older than the newest, or a
-//!   bad last batch whose trailer was written (a whole batch, not a torn
-//!   one) refuses the start before fjall can cut anything;
+//!   any readable batch, or damage in a journal older than the newest,
+//!   refuses the start before fjall can cut anything; a bad end of the
+//!   newest journal is a torn write only if it was never acknowledged
+//!   (`embedded` compares troupe's counts with `troupe.acked`);
 //! - sequence numbers must rise in file order, the order the writer
 //!   appended in;
 //! - troupe's batches count themselves (`meta/batches`, inside the
@@ -90,6 +91,8 @@ pub(super) struct Scan {
     pub expected: HashMap<(u64, Vec<u8>), Last>,
     /// Bytes of journal read.
     pub bytes: u64,
+    /// The journal files, oldest first.
+    pub journals: Vec<PathBuf>,
 }
 
 /// Reads every journal in `db` (fjall's directory), oldest first.
@@ -99,7 +102,10 @@ pub(super) struct Scan {
 /// read at all.
 pub(super) fn scan(db: &Path, count_key: &[u8]) -> Result<Scan, Result<Damage, std::io::Error>> {
     let journals = journals(db).map_err(Err)?;
-    let mut scan = Scan::default();
+    let mut scan = Scan {
+        journals: journals.clone(),
+        ..Scan::default()
+    };
     let mut seqno: Option<(u64, PathBuf, usize)> = None;
     for (i, path) in journals.iter().enumerate() {
         let newest = i + 1 == journals.len();
@@ -137,19 +143,24 @@ pub(super) fn scan(db: &Path, count_key: &[u8]) -> Result<Scan, Result<Damage, s
                             format!("{why}, in a journal that was complete when it was sealed"),
                         );
                     }
-                    if contains(&bytes[pos..], MAGIC) {
-                        return damage(
-                            pos,
-                            format!(
-                                "{why}, in a batch whose end was written: \
-                                 a whole batch damaged, not a write torn by a crash"
-                            ),
-                        );
-                    }
+                    // The end of the newest journal: a batch torn by a
+                    // crash, or a damaged last batch. Which one, the
+                    // count of batches acknowledged tells (`embedded`).
                     scan.torn = Some((path.clone(), pos, bytes[pos..].to_vec()));
                     break;
                 }
             };
+            // lsm-tree reserves the top bit; a counter past it fails the
+            // next write.
+            if batch.seqno >= 1 << 63 {
+                return damage(
+                    pos,
+                    format!(
+                        "its batch is numbered {}, past what fjall allows",
+                        batch.seqno
+                    ),
+                );
+            }
             if let Some((before, ref at_path, at)) = seqno {
                 if batch.seqno <= before {
                     return damage(
@@ -347,7 +358,9 @@ fn read(path: &Path) -> std::io::Result<Vec<u8>> {
             Err(nix::errno::Errno::ENXIO) => break,
             Err(_) => return std::fs::read(path),
         };
-        let hole = lseek(&file, data, Whence::SeekHole).map_err(std::io::Error::from)?;
+        let Ok(hole) = lseek(&file, data, Whence::SeekHole) else {
+            return std::fs::read(path);
+        };
         extents.push((data, hole));
         offset = hole;
     }
@@ -382,10 +395,6 @@ fn written(file: &[u8]) -> usize {
         .iter()
         .rposition(|b| *b != 0)
         .map_or(0, |i| i + 1)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 struct Cursor<'a> {

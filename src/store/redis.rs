@@ -447,13 +447,15 @@ impl RedisStore {
                         .await;
                     match got {
                         Ok(pair) => Ok(Some(pair)),
-                        // An error answer: the command is not allowed here.
+                        // An error answer saying the command is not allowed
+                        // here (renamed away, or an ACL without it); not a
+                        // server that wants a password or is still loading.
                         Err(e)
                             if e.kind()
                                 == redis::ErrorKind::Server(
                                     redis::ServerErrorKind::ResponseError,
                                 )
-                                || e.code().is_some() =>
+                                || e.code() == Some("NOPERM") =>
                         {
                             Ok(None)
                         }
