@@ -200,6 +200,10 @@ pub struct EmbeddedStore {
     writer: mpsc::Sender<Request>,
     stats: Arc<WriterStats>,
     opened: std::time::Instant,
+    /// `troupe.lock`, held from before the journals are read until
+    /// `close`: a second process never reads, keeps aside or opens a
+    /// directory another one serves.
+    lock: std::sync::Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
 }
 
 impl EmbeddedStore {
@@ -211,6 +215,7 @@ impl EmbeddedStore {
     /// its journal is damaged before its last batch.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| unavailable("create data directory", e))?;
+        let lock = lock(dir)?;
         let db = dir.join(DIR);
         let existed = check_marker(&db)?;
         let evidence = dir.join(EVIDENCE);
@@ -338,6 +343,7 @@ impl EmbeddedStore {
             writer,
             stats,
             opened,
+            lock: std::sync::Mutex::new(Some(lock)),
         })
     }
 
@@ -586,6 +592,9 @@ impl Store for EmbeddedStore {
             let _ = rx.await;
         }
         self.engine.store(None);
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
     }
 }
 
@@ -1082,6 +1091,26 @@ fn busy_mark(opened: std::time::Instant) -> u64 {
     u64::try_from(opened.elapsed().as_millis())
         .unwrap_or(u64::MAX)
         .saturating_add(1)
+}
+
+/// Takes `troupe.lock` in the data directory (`flock`, released when the
+/// process ends however it ends), or says that another process holds it.
+fn lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
+    let path = dir.join("troupe.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| unavailable("open troupe.lock", e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => {
+                StoreError::Unavailable(format!("{} is in use by another process", dir.display()))
+            }
+            errno => unavailable("lock troupe.lock", errno),
+        },
+    )
 }
 
 /// Whether fjall's database already exists in `db`; refuses one whose

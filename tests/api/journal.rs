@@ -460,3 +460,26 @@ async fn an_empty_acknowledged_count_of_an_earlier_version_is_read_as_no_batch()
     let message = refused(dir.path());
     assert!(message.contains("empty"), "{message}");
 }
+
+/// A second store on a directory another one serves is refused before it
+/// reads or keeps anything: a mistaken second start leaves nothing that
+/// would block the next start of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_opener_is_refused_before_it_touches_anything() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), 3).await;
+    let first = open(dir.path()).unwrap();
+    // A torn end, which a start would keep aside.
+    let (path, _) = journal(dir.path());
+    let mut bytes = written(&path);
+    bytes.extend_from_slice(&[7u8; 4]);
+    std::fs::write(&path, &bytes).unwrap();
+    match open(dir.path()) {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("in use"), "{m}"),
+        Err(e) => panic!("not refused as in use: {e}"),
+        Ok(_) => panic!("two stores on one directory"),
+    }
+    first.close().await;
+    assert!(!dir.path().join("troupe.evidence").exists());
+    open(dir.path()).unwrap().close().await;
+}
