@@ -257,6 +257,13 @@ impl EmbeddedStore {
             }
         }
         check_keyspaces(&db)?;
+        tracing::info!(
+            journals = scan.journals.len(),
+            batches = scan.batches,
+            bytes = scan.bytes,
+            keys = scan.expected.len(),
+            "journals read and checked before opening the database"
+        );
         if let Some((path, at, _)) = &scan.torn {
             tracing::warn!(
                 journal = %path.display(),

@@ -16,6 +16,8 @@ use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 use troupe::store::{Commit, EmbeddedStore, IdempotencyWrite, Store, StoreError, StoreOptions};
 
+use crate::journal::written_len;
+
 const ACTORS: [&str; 3] = ["account/alice", "account/bob", "transfer/t-1"];
 /// Versions each actor reaches: half flushed to tables, half in the
 /// journal only.
@@ -103,7 +105,7 @@ fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
             let len = if path.extension().is_some_and(|e| e == "jnl") {
                 // A few bytes past the end: garbage after the last batch.
                 let bytes = std::fs::read(&path).unwrap();
-                (written(&bytes) + 16).min(bytes.len()) as u64
+                (written_len(&bytes) + 16).min(bytes.len()) as u64
             } else {
                 std::fs::metadata(&path).unwrap().len()
             };
@@ -127,18 +129,6 @@ fn is_manifest(path: &Path) -> bool {
         .is_some_and(|n| n.parse::<u64>().is_ok())
 }
 
-fn written(bytes: &[u8]) -> usize {
-    let zeros = [0u8; 4096];
-    let mut end = bytes.len();
-    while end > 0 && bytes[end.saturating_sub(4096)..end] == zeros[..end.min(4096)] {
-        end = end.saturating_sub(4096);
-    }
-    bytes[..end]
-        .iter()
-        .rposition(|b| *b != 0)
-        .map_or(0, |i| i + 1)
-}
-
 /// Copies `from` to `to`, keeping journals sparse.
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -149,7 +139,7 @@ fn copy(from: &Path, to: &Path) {
             copy(&path, &target);
         } else {
             let bytes = std::fs::read(&path).unwrap();
-            let keep = written(&bytes);
+            let keep = written_len(&bytes);
             std::fs::write(&target, &bytes[..keep]).unwrap();
             std::fs::OpenOptions::new()
                 .write(true)

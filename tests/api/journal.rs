@@ -43,21 +43,25 @@ fn journal(dir: &Path) -> (PathBuf, usize) {
     (path, end)
 }
 
-/// The journal's bytes up to the zeros it ends with (compared a page at a
-/// time: fast in a debug build too).
+/// The journal's bytes up to the zeros it ends with.
 fn written(path: &Path) -> Vec<u8> {
     let mut bytes = std::fs::read(path).unwrap();
+    bytes.truncate(written_len(&bytes));
+    bytes
+}
+
+/// How many bytes precede the zeros `bytes` ends with (fjall preallocates
+/// its journals); compared a page at a time, fast in a debug build too.
+pub(crate) fn written_len(bytes: &[u8]) -> usize {
     let zeros = [0u8; 4096];
     let mut end = bytes.len();
     while end > 0 && bytes[end.saturating_sub(4096)..end] == zeros[..end.min(4096)] {
         end = end.saturating_sub(4096);
     }
-    let end = bytes[..end]
+    bytes[..end]
         .iter()
         .rposition(|b| *b != 0)
-        .map_or(0, |i| i + 1);
-    bytes.truncate(end);
-    bytes
+        .map_or(0, |i| i + 1)
 }
 
 fn rewrite(path: &Path, range: std::ops::Range<usize>, f: impl Fn(u8) -> u8) {
