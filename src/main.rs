@@ -55,6 +55,35 @@ enum Command {
         #[command(subcommand)]
         command: ActorsCommand,
     },
+    /// The embedded store's data directory, with no server running.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Check a data directory as a start would, then read every key and
+    /// value it holds; DIR is only read (the check runs on a copy). Exits
+    /// 0 when intact, 1 when damaged, 2 when it could not check.
+    Verify {
+        /// The data directory (store.path), e.g. ./data.
+        dir: PathBuf,
+        /// Where the copy is made (it needs room for DIR's files).
+        #[arg(long, env = "TMPDIR", default_value = "/tmp")]
+        scratch: PathBuf,
+    },
+    /// Build a new data directory from what is intact in DIR: its history
+    /// up to the first damaged batch of its journals. Acknowledged writes
+    /// after that are lost, and it says how many. DIR is only read.
+    Salvage {
+        /// The damaged data directory.
+        dir: PathBuf,
+        /// The new data directory; it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +216,13 @@ fn main() -> anyhow::Result<()> {
             .block_on(target.list_actors(kind, prefix.as_deref(), &mut out))?;
         return Ok(());
     }
+    if let Some(Command::Store { command }) = &cli.command {
+        let code = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(store_command(command));
+        std::process::exit(code);
+    }
     // The remote layer is read before anything else: it may set any key,
     // the log filter and the listening port included.
     let (settings, sources, remote) = tokio::runtime::Builder::new_current_thread()
@@ -207,6 +243,103 @@ fn main() -> anyhow::Result<()> {
     let result = actix_web::rt::System::new().block_on(serve(settings, sources, &telemetry));
     telemetry.shutdown();
     result
+}
+
+/// `troupe store ...`: prints what it found; returns the exit code (0
+/// intact or salvaged, 1 damaged, 2 not checked).
+async fn store_command(command: &StoreCommand) -> i32 {
+    use troupe::store::StoreError;
+    let result = match command {
+        StoreCommand::Verify { dir, scratch } => troupe::store::verify(dir, scratch)
+            .await
+            .map(|v| print_verified(dir, &v)),
+        StoreCommand::Salvage { dir, to } => troupe::store::salvage(dir, to)
+            .await
+            .map(|s| print_salvaged(dir, to, &s)),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(StoreError::Corrupt(m)) => {
+            eprintln!("damaged: {m}");
+            1
+        }
+        Err(e) => {
+            eprintln!("not checked: {e}");
+            2
+        }
+    }
+}
+
+fn print_inventory(inventory: &troupe::store::Inventory) {
+    let actors: Vec<String> = inventory
+        .actors
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect();
+    println!(
+        "  actors: {}",
+        if actors.is_empty() {
+            "none".into()
+        } else {
+            actors.join(", ")
+        }
+    );
+    for (name, keys, bytes) in &inventory.spaces {
+        println!("  keyspace {name}: {keys} keys, {bytes} bytes, every one read");
+    }
+}
+
+fn print_verified(dir: &std::path::Path, v: &troupe::store::Verified) {
+    println!("{}: intact", dir.display());
+    if v.evidence {
+        println!(
+            "  an earlier start refused this directory and kept bytes aside in \
+             troupe.evidence; they were put back for this check, which they pass"
+        );
+    }
+    println!(
+        "  journals: {} files, {} batches, {} bytes, every batch's checksum recomputed",
+        v.journals, v.journal_batches, v.journal_bytes
+    );
+    println!(
+        "  batches: {} written, {} acknowledged (troupe.acked)",
+        v.inventory.batches, v.acknowledged
+    );
+    print_inventory(&v.inventory);
+}
+
+fn print_salvaged(dir: &std::path::Path, to: &std::path::Path, s: &troupe::store::Salvaged) {
+    if s.cuts.is_empty() {
+        println!(
+            "{}: its journals are intact; nothing was cut",
+            dir.display()
+        );
+    }
+    for (damage, dropped) in &s.cuts {
+        println!("cut: {damage}; {dropped} bytes of journal dropped from there on");
+    }
+    match s.acknowledged {
+        Some(acked) if acked > s.kept => println!(
+            "lost: troupe's batches {} to {acked} were acknowledged and are gone \
+             ({} batches; each holds the commits of one group commit)",
+            s.kept + 1,
+            acked - s.kept
+        ),
+        Some(_) => println!("lost: nothing acknowledged"),
+        None => println!(
+            "lost: unknown ({}/troupe.acked is missing or damaged); the journal kept \
+             troupe's batches up to {}",
+            dir.display(),
+            s.kept
+        ),
+    }
+    println!("{}: built, every key read back", to.display());
+    print_inventory(&s.inventory);
+    println!(
+        "{} is unchanged; serve the new directory (--data-dir {}) once satisfied",
+        dir.display(),
+        to.display()
+    );
 }
 
 /// `troupe config` has no logger: say on stderr why etcd is missing.

@@ -47,17 +47,17 @@ use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 /// The database's directory under the data directory.
 pub(super) const DIR: &str = "troupe.fjall";
 /// The count of batches acknowledged, under the data directory.
-const ACKED: &str = "troupe.acked";
+pub(super) const ACKED: &str = "troupe.acked";
 /// fjall's format marker in its directory.
 const VERSION_MARKER: &str = "version";
 /// Where a start keeps what fjall would cut or delete, under the data
 /// directory, until its checks have passed.
-const EVIDENCE: &str = "troupe.evidence";
+pub(super) const EVIDENCE: &str = "troupe.evidence";
 /// What to do about damage found at start, in every refusal.
 const ADVICE: &str =
     "nothing on disk was changed; restore the data directory from a backup (README: Storage integrity)";
 /// The key of the count of batches written, in the `meta` keyspace.
-const COUNT: &[u8] = b"batches";
+pub(super) const COUNT: &[u8] = b"batches";
 /// Expired idempotency records one sweep batch deletes at most, so a sweep
 /// never holds the writer for long.
 const SWEEP_CHUNK: usize = 512;
@@ -114,6 +114,19 @@ pub(super) struct Engine {
 }
 
 impl Engine {
+    /// Every keyspace, by name.
+    fn spaces(&self) -> [(&'static str, &Keyspace); 7] {
+        [
+            ("state", &self.state),
+            ("entries", &self.entries),
+            ("idempotency", &self.idempotency),
+            ("idempotency_expiry", &self.expiry),
+            ("facts", &self.facts),
+            ("pending", &self.pending),
+            ("meta", &self.meta),
+        ]
+    }
+
     /// Every actor in the `pending` keyspace.
     fn pending_actors(&self) -> Result<HashSet<String>, StoreError> {
         self.pending
@@ -193,6 +206,17 @@ impl Engine {
     }
 }
 
+/// What a data directory holds, read whole by [`EmbeddedStore::inventory`].
+#[derive(Debug, Default)]
+pub struct Inventory {
+    /// troupe's count of commit batches written.
+    pub batches: u64,
+    /// Each keyspace: its name, keys and bytes (keys and values).
+    pub spaces: Vec<(&'static str, u64, u64)>,
+    /// Actors holding state, by kind.
+    pub actors: std::collections::BTreeMap<String, u64>,
+}
+
 pub struct EmbeddedStore {
     /// Taken out by `close`, which releases the directory for another
     /// opener.
@@ -229,10 +253,7 @@ impl EmbeddedStore {
         // Created before any database is (a migrated one included).
         let (acked, acknowledged) = Acked::open(&dir.join(ACKED), existed)?;
         super::migrate::from_redb(dir, &options)?;
-        let scan = journal::scan(&db, COUNT).map_err(|e| match e {
-            Ok(damage) => StoreError::Corrupt(format!("{damage}; {ADVICE}")),
-            Err(e) => unavailable("read the journal", e),
-        })?;
+        let scan = journal::scan(&db, COUNT).map_err(scan_failed)?;
         if acknowledged.is_none() && scan.counts.is_some() {
             return Err(StoreError::Corrupt(format!(
                 "{ACKED} is empty but the journal holds troupe's batches: how many were \
@@ -256,7 +277,7 @@ impl EmbeddedStore {
                 )));
             }
         }
-        check_keyspaces(&db)?;
+        super::keyspaces::check(&db, ADVICE)?;
         tracing::info!(
             journals = scan.journals.len(),
             batches = scan.batches,
@@ -352,6 +373,91 @@ impl EmbeddedStore {
             opened,
             lock: std::sync::Mutex::new(Some(lock)),
         })
+    }
+
+    /// Reads every key and value of every keyspace (each table block is
+    /// checksummed as it is read) and checks that each decodes as troupe
+    /// wrote it: what `troupe store verify` runs. Blocks the caller.
+    ///
+    /// # Errors
+    /// `Corrupt` for the first damage met, naming its keyspace.
+    pub(super) fn inventory(&self) -> Result<Inventory, StoreError> {
+        let engine = self
+            .engine
+            .load_full()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        let mut inventory = Inventory {
+            batches: engine.batches()?,
+            ..Inventory::default()
+        };
+        for (name, space) in engine.spaces() {
+            let (mut keys, mut bytes) = (0u64, 0u64);
+            for item in space.iter() {
+                let (key, value) = item
+                    .into_inner()
+                    .map_err(|e| read_failed(&format!("read keyspace {name}"), e))?;
+                let bad = |why: &str| {
+                    StoreError::Corrupt(format!(
+                        "keyspace {name}: {why} (key {})",
+                        String::from_utf8_lossy(&key)
+                    ))
+                };
+                let actor = match name {
+                    "state" => {
+                        split_u64(&value).map_err(|_| bad("a state shorter than its version"))?;
+                        Some(&key[..])
+                    }
+                    "pending" => Some(&key[..]),
+                    "entries" | "facts" => {
+                        Some(split_pair(&key).ok_or_else(|| bad("a key that is not an actor's"))?)
+                    }
+                    "idempotency" => {
+                        split_u64(&value).map_err(|_| bad("a record shorter than its expiry"))?;
+                        Some(split_pair(&key).ok_or_else(|| bad("a key that is not an actor's"))?)
+                    }
+                    "idempotency_expiry" => {
+                        let (_, rest) =
+                            split_u64(&key).map_err(|_| bad("a key shorter than its expiry"))?;
+                        Some(split_pair(rest).ok_or_else(|| bad("a key that is not an actor's"))?)
+                    }
+                    _ => None,
+                };
+                if let Some(actor) = actor {
+                    std::str::from_utf8(actor)
+                        .map_err(|_| bad("an actor's name that is not UTF-8"))?;
+                }
+                if name == "state" {
+                    let kind = actor
+                        .and_then(|a| a.split(|b| *b == b'/').next())
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default();
+                    *inventory.actors.entry(kind).or_default() += 1;
+                }
+                keys += 1;
+                bytes += (key.len() + value.len()) as u64;
+            }
+            inventory.spaces.push((name, keys, bytes));
+        }
+        Ok(inventory)
+    }
+
+    /// The first keyspace whose sorted tables hold a write numbered past
+    /// `seqno`: data from after a journal's cut that the journal no longer
+    /// holds.
+    pub(super) fn persisted_past(&self, seqno: u64) -> Option<&'static str> {
+        use fjall::AbstractTree;
+        let engine = self.engine.load_full()?;
+        let past = engine
+            .spaces()
+            .into_iter()
+            .find(|(_, space)| {
+                space
+                    .tree
+                    .get_highest_persisted_seqno()
+                    .is_some_and(|s| s > seqno)
+            })
+            .map(|(name, _)| name);
+        past
     }
 
     pub fn stats(&self) -> &WriterStats {
@@ -1085,6 +1191,12 @@ pub(super) fn pair(actor: &str, tail: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The actor of a key made by [`pair`].
+fn split_pair(key: &[u8]) -> Option<&[u8]> {
+    let (len, rest) = key.split_first_chunk::<4>()?;
+    rest.get(..u32::from_be_bytes(*len) as usize)
+}
+
 pub(super) fn split_u64(bytes: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     let (head, rest) = bytes
         .split_first_chunk::<8>()
@@ -1147,15 +1259,7 @@ fn check_marker(db: &Path) -> Result<bool, StoreError> {
 /// number would have replayed the batch out of order (or skipped it as
 /// already flushed) without a word.
 fn check_replay(engine: &Engine, scan: &journal::Scan) -> Result<(), StoreError> {
-    let spaces = [
-        ("state", &engine.state),
-        ("entries", &engine.entries),
-        ("idempotency", &engine.idempotency),
-        ("idempotency_expiry", &engine.expiry),
-        ("facts", &engine.facts),
-        ("pending", &engine.pending),
-        ("meta", &engine.meta),
-    ];
+    let spaces = engine.spaces();
     for ((id, key), last) in &scan.expected {
         let Some((name, space)) = spaces.iter().find(|(_, s)| s.id() == *id) else {
             if *id == 0 {
@@ -1233,27 +1337,48 @@ fn keep_aside(evidence: &Path, scan: &journal::Scan) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Every keyspace directory must hold its `current` marker: fjall deletes
-/// one without it, with its tables, and starts it anew, empty.
-fn check_keyspaces(db: &Path) -> Result<(), StoreError> {
-    let spaces = match std::fs::read_dir(db.join("keyspaces")) {
-        Ok(spaces) => spaces,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(unavailable("read the keyspaces", e)),
-    };
-    for space in spaces {
-        let space = space
-            .map_err(|e| unavailable("read the keyspaces", e))?
-            .path();
-        if space.is_dir() && !space.join("current").exists() {
-            return Err(StoreError::Corrupt(format!(
-                "{} has no `current` marker: fjall would delete it, tables and all, and start \
-                 it empty; {ADVICE}",
-                space.display()
-            )));
-        }
+/// A journal scan that failed, as the store tells it.
+pub(super) fn scan_failed(e: Result<journal::Damage, std::io::Error>) -> StoreError {
+    match e {
+        Ok(damage) => StoreError::Corrupt(format!("{damage}; {ADVICE}")),
+        Err(e) => unavailable("read the journal", e),
     }
-    Ok(())
+}
+
+/// The count `troupe.acked` in `dir` holds; `None` when it is missing or
+/// empty (as an earlier version left it).
+///
+/// # Errors
+/// `Corrupt` when it holds something else than a count and its checksum.
+pub(super) fn acked_count(dir: &Path) -> Result<Option<u64>, StoreError> {
+    let path = dir.join(ACKED);
+    match std::fs::read(&path) {
+        Ok(bytes) if bytes.is_empty() => Ok(None),
+        Ok(bytes) => Acked::decode(&bytes).map(Some).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{} is damaged ({} bytes that are not a count and its checksum); {ADVICE}",
+                path.display(),
+                bytes.len()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(unavailable("read troupe.acked", e)),
+    }
+}
+
+/// Writes `count` to `troupe.acked` in `dir` whole: aside, synced, renamed
+/// into place, the directory synced.
+///
+/// # Errors
+/// When the file cannot be written.
+pub(super) fn write_acked(dir: &Path, count: u64) -> Result<(), StoreError> {
+    let path = dir.join(ACKED);
+    let staged = path.with_extension("acked.new");
+    std::fs::write(&staged, Acked::encode(count))
+        .and_then(|()| std::fs::File::open(&staged)?.sync_all())
+        .and_then(|()| std::fs::rename(&staged, &path))
+        .map_err(|e| unavailable("write troupe.acked", e))?;
+    sync_dir(dir)
 }
 
 /// Whether an I/O error inside fjall's directory says its files are

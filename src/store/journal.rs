@@ -93,6 +93,8 @@ pub(super) struct Scan {
     pub bytes: u64,
     /// The journal files, oldest first.
     pub journals: Vec<PathBuf>,
+    /// The number (fjall's sequence number) of the last whole batch.
+    pub last_seqno: Option<u64>,
 }
 
 /// Reads every journal in `db` (fjall's directory), oldest first.
@@ -209,12 +211,13 @@ pub(super) fn scan(db: &Path, count_key: &[u8]) -> Result<Scan, Result<Damage, s
             pos = batch.end;
         }
     }
+    scan.last_seqno = seqno.map(|(n, _, _)| n);
     Ok(scan)
 }
 
 /// The journal files in `db`, oldest first (fjall names them by a rising
 /// number).
-fn journals(db: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+pub(super) fn journals(db: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     let mut found: Vec<(u64, PathBuf)> = Vec::new();
     let dir = match std::fs::read_dir(db) {
         Ok(dir) => dir,
@@ -378,7 +381,7 @@ fn read(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// How many bytes of `file` precede the zeros it ends with.
-fn written(file: &[u8]) -> usize {
+pub(super) fn written(file: &[u8]) -> usize {
     const PAGE: usize = 4096;
     let zeros = [0u8; PAGE];
     // Whole pages first (compared as slices, which is fast in any build),

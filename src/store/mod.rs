@@ -11,15 +11,18 @@
 mod embedded;
 mod instrumented;
 mod journal;
+mod keyspaces;
 mod migrate;
+mod offline;
 mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, Inventory};
 pub use instrumented::InstrumentedStore;
+pub use offline::{salvage, verify, Salvaged, Verified};
 pub use redis::{RedisOptions, RedisStore, ServerSettings};
 
 /// How many damaged actors `/readyz` names at most (it counts them all).

@@ -5,8 +5,6 @@
 //! reads that depend on the damage. Never a wrong state, a lost entry or
 //! record, or a replay of something no longer there.
 //!
-//! Keyspace manifests are left out: see [`is_manifest`].
-//!
 //! Positions are drawn from a seed: `DAMAGE_POSITIONS` of them (300 here;
 //! `make test-damage` runs thousands), from `DAMAGE_SEED` (0).
 
@@ -101,7 +99,7 @@ fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
         let path = entry.unwrap().path();
         if path.is_dir() {
             found.extend(files(&path));
-        } else if path.file_name().is_some_and(|n| n != "lock") && !is_manifest(&path) {
+        } else if path.file_name().is_some_and(|n| n != "lock") {
             let len = if path.extension().is_some_and(|e| e == "jnl") {
                 // A few bytes past the end: garbage after the last batch.
                 let bytes = std::fs::read(&path).unwrap();
@@ -116,17 +114,6 @@ fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
     }
     found.sort();
     found
-}
-
-/// A keyspace's manifest (`keyspaces/N/vM`): lsm-tree asserts some of
-/// its fields, and a flip there panics while fjall holds a lock whose
-/// poisoning then panics again in a destructor, which aborts the process
-/// (README: Storage integrity, not covered yet).
-fn is_manifest(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix('v'))
-        .is_some_and(|n| n.parse::<u64>().is_ok())
 }
 
 /// Copies `from` to `to`, keeping journals sparse.

@@ -14,7 +14,7 @@ fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
 }
 
 /// Writes `account/a` at versions 1 to `n`, one batch each.
-async fn write(dir: &Path, n: u64) {
+pub(crate) async fn write(dir: &Path, n: u64) {
     let store = open(dir).unwrap();
     for v in 0..n {
         let c = Commit {
@@ -32,7 +32,7 @@ async fn write(dir: &Path, n: u64) {
 
 /// The journal file fjall appends to, and where its data ends (the file
 /// is preallocated with zeros).
-fn journal(dir: &Path) -> (PathBuf, usize) {
+pub(crate) fn journal(dir: &Path) -> (PathBuf, usize) {
     let path = std::fs::read_dir(dir.join("troupe.fjall"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -64,7 +64,7 @@ pub(crate) fn written_len(bytes: &[u8]) -> usize {
         .map_or(0, |i| i + 1)
 }
 
-fn rewrite(path: &Path, range: std::ops::Range<usize>, f: impl Fn(u8) -> u8) {
+pub(crate) fn rewrite(path: &Path, range: std::ops::Range<usize>, f: impl Fn(u8) -> u8) {
     let mut bytes = std::fs::read(path).unwrap();
     for b in &mut bytes[range] {
         *b = f(*b);
@@ -74,7 +74,7 @@ fn rewrite(path: &Path, range: std::ops::Range<usize>, f: impl Fn(u8) -> u8) {
 
 /// Where each whole batch of `path` starts (just past the trailer of the
 /// one before).
-fn batch_starts(path: &Path) -> Vec<usize> {
+pub(crate) fn batch_starts(path: &Path) -> Vec<usize> {
     let bytes = written(path);
     let mut starts = vec![0];
     starts.extend(
@@ -88,7 +88,7 @@ fn batch_starts(path: &Path) -> Vec<usize> {
     starts
 }
 
-fn acked(dir: &Path) -> u64 {
+pub(crate) fn acked(dir: &Path) -> u64 {
     let bytes = std::fs::read(dir.join("troupe.acked")).unwrap();
     u64::from_be_bytes(bytes[..8].try_into().unwrap())
 }
@@ -349,10 +349,22 @@ async fn a_batch_numbered_below_the_flushed_tables_is_refused() {
     assert_eq!(torn, vec![vec![7u8; 4]], "the torn bytes kept aside");
     let again = refused(dir.path());
     assert!(again.contains("an earlier start refused"), "{again}");
+    // `troupe store verify` puts the kept bytes back on its copy and
+    // names the damage itself, changing nothing.
+    let before = crate::offline::snapshot(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(["store", "verify"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("out of order or skipped"), "{stderr}");
+    assert_eq!(crate::offline::snapshot(dir.path()), before);
 }
 
 /// Commits `account/a` from `version` to the next.
-async fn commit(store: &EmbeddedStore, version: u64) {
+pub(crate) async fn commit(store: &EmbeddedStore, version: u64) {
     let c = Commit {
         actor: "account/a".into(),
         expected_version: version,
@@ -365,7 +377,7 @@ async fn commit(store: &EmbeddedStore, version: u64) {
 }
 
 /// The journal files, oldest first.
-fn journals(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn journals(dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("troupe.fjall"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -26,6 +26,7 @@ mod ledger_load;
 mod listing;
 mod metrics;
 mod migrate;
+mod offline;
 mod openapi;
 mod otlp;
 mod redis_faults;

@@ -1,0 +1,303 @@
+//! The embedded store's data directory checked, and what is intact in it
+//! recovered, with no server running: `troupe store verify` and
+//! `troupe store salvage`. Both work on a copy: the directory they are
+//! given is only read, so a check never erases what it found.
+
+use std::path::Path;
+
+use super::embedded::{self, EmbeddedStore, Inventory};
+use super::journal;
+use super::{Store, StoreError, StoreOptions};
+
+/// The files a server keeps in a data directory that the checks read.
+const READ: [&str; 4] = [
+    embedded::DIR,
+    embedded::ACKED,
+    embedded::EVIDENCE,
+    "troupe.redb",
+];
+
+/// What `verify` found in an intact directory.
+#[derive(Debug)]
+pub struct Verified {
+    /// Journal files, batches and bytes read in them.
+    pub journals: usize,
+    pub journal_batches: u64,
+    pub journal_bytes: u64,
+    /// The count of batches `troupe.acked` says were acknowledged.
+    pub acknowledged: u64,
+    /// An earlier start refused the directory and kept evidence aside;
+    /// the check ran with it put back.
+    pub evidence: bool,
+    pub inventory: Inventory,
+}
+
+/// What `salvage` kept and dropped.
+#[derive(Debug)]
+pub struct Salvaged {
+    /// Each cut: the damage found (in the source's terms), and the journal
+    /// bytes dropped from there on.
+    pub cuts: Vec<(String, u64)>,
+    /// troupe's last batch kept, and what the source says was acknowledged
+    /// (`None` when its `troupe.acked` is missing or damaged).
+    pub kept: u64,
+    pub acknowledged: Option<u64>,
+    pub inventory: Inventory,
+}
+
+/// Checks the data directory `dir` as a start would, and then reads every
+/// key and value it holds, on a copy made under `scratch` (removed after).
+///
+/// # Errors
+/// `Corrupt` for damage (the message names it in `dir`'s terms),
+/// `Unavailable` when the directory cannot be read or is in use.
+pub async fn verify(dir: &Path, scratch: &Path) -> Result<Verified, StoreError> {
+    let _lock = lock(dir)?;
+    let work = tempfile::Builder::new()
+        .prefix("troupe-verify-")
+        .tempdir_in(scratch)
+        .map_err(|e| embedded::unavailable("make a scratch directory", e))?;
+    let copy = work.path().join("data");
+    let evidence = stage(dir, &copy)?;
+    let in_dir = |e: StoreError| rename(e, &copy, dir);
+    let acknowledged = embedded::acked_count(&copy).map_err(in_dir)?;
+    let scan = journal::scan(&copy.join(embedded::DIR), embedded::COUNT)
+        .map_err(|e| in_dir(embedded::scan_failed(e)))?;
+    let store = EmbeddedStore::open(&copy, StoreOptions::default()).map_err(in_dir)?;
+    let inventory = store.inventory().map_err(in_dir);
+    store.close().await;
+    Ok(Verified {
+        journals: scan.journals.len(),
+        journal_batches: scan.batches,
+        journal_bytes: scan.bytes,
+        acknowledged: acknowledged.unwrap_or(0),
+        evidence,
+        inventory: inventory?,
+    })
+}
+
+/// Builds at `to` (which must not exist) a data directory holding what is
+/// intact in `dir`: its history up to the first damaged batch of its
+/// journals. Writes acknowledged after that are lost, and `Salvaged` says
+/// how many. Damage elsewhere (a table, a manifest) is not salvaged here.
+///
+/// # Errors
+/// `Corrupt` when what is left after the cut is damaged too, or its
+/// tables already hold writes from after the cut; `Unavailable` when a
+/// directory cannot be read or written, or `to` exists.
+pub async fn salvage(dir: &Path, to: &Path) -> Result<Salvaged, StoreError> {
+    let _lock = lock(dir)?;
+    if to.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "{} exists: salvage builds a new directory and never writes into one",
+            to.display()
+        )));
+    }
+    let name = to
+        .file_name()
+        .ok_or_else(|| StoreError::Unavailable(format!("{} names no directory", to.display())))?;
+    let work = to.with_file_name(format!("{}.salvaging", name.to_string_lossy()));
+    if work.exists() {
+        std::fs::remove_dir_all(&work)
+            .map_err(|e| embedded::unavailable("remove an earlier salvage's leftovers", e))?;
+    }
+    let built = build(dir, &work).await;
+    if built.is_err() {
+        // A salvage that did not finish leaves nothing behind.
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    let (cuts, acknowledged, inventory) = built?;
+    std::fs::rename(&work, to)
+        .map_err(|e| embedded::unavailable("move the salvage into place", e))?;
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        embedded::sync_dir(parent)?;
+    }
+    Ok(Salvaged {
+        cuts,
+        kept: inventory.batches,
+        acknowledged,
+        inventory,
+    })
+}
+
+/// `salvage`'s work in `work`: a copy of `dir`, its journals cut at each
+/// damage found, opened and read whole.
+async fn build(
+    dir: &Path,
+    work: &Path,
+) -> Result<(Vec<(String, u64)>, Option<u64>, Inventory), StoreError> {
+    stage(dir, work)?;
+    let in_dir = |e: StoreError| rename(e, work, dir);
+    let acknowledged = embedded::acked_count(work).ok().flatten();
+    let db = work.join(embedded::DIR);
+    let mut cuts = Vec::new();
+    let scan = loop {
+        match journal::scan(&db, embedded::COUNT) {
+            Ok(scan) => break scan,
+            Err(Ok(damage)) => {
+                let dropped = cut(&damage.journal, damage.offset)
+                    .map_err(|e| embedded::unavailable("cut the journal", e))?;
+                cuts.push((rename_text(&damage.to_string(), work, dir), dropped));
+            }
+            Err(Err(e)) => return Err(in_dir(embedded::unavailable("read the journal", e))),
+        }
+    };
+    // Nothing is known to be acknowledged yet; what the database holds
+    // once opened is, below.
+    embedded::write_acked(work, 0)?;
+    let store = EmbeddedStore::open(work, StoreOptions::default()).map_err(in_dir)?;
+    let checked = (|| {
+        if let (Some(seqno), false) = (scan.last_seqno, cuts.is_empty()) {
+            if let Some(space) = store.persisted_past(seqno) {
+                return Err(StoreError::Corrupt(format!(
+                    "keyspace {space} already holds, in its sorted tables, writes made after \
+                     the damage: what precedes it cannot be rebuilt alone"
+                )));
+            }
+        }
+        store.inventory()
+    })();
+    store.close().await;
+    let inventory = checked.map_err(in_dir)?;
+    embedded::write_acked(work, inventory.batches)?;
+    Ok((cuts, acknowledged, inventory))
+}
+
+/// Shares `troupe.lock` with nobody: a directory a server is using is not
+/// read (a server holds it from before it reads anything until it stops).
+/// A directory without the file is read as it is.
+fn lock(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, StoreError> {
+    if !dir.is_dir() {
+        return Err(StoreError::Unavailable(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    if !READ[..2].iter().any(|name| dir.join(name).exists()) && !dir.join("troupe.redb").exists() {
+        return Err(StoreError::Unavailable(format!(
+            "{} holds no troupe data ({} or troupe.redb)",
+            dir.display(),
+            embedded::DIR
+        )));
+    }
+    let file = match std::fs::File::open(dir.join("troupe.lock")) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(embedded::unavailable("open troupe.lock", e)),
+    };
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(Some)
+        .map_err(|(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => StoreError::Unavailable(format!(
+                "{} is in use by a running troupe: stop it first (or check a copy)",
+                dir.display()
+            )),
+            errno => embedded::unavailable("lock troupe.lock", errno),
+        })
+}
+
+/// Copies what a start reads from `dir` to `to`, then puts back what an
+/// earlier refused start kept aside (a torn end, sealed journals) so the
+/// copy holds every byte that was written. Returns whether there was any.
+fn stage(dir: &Path, to: &Path) -> Result<bool, StoreError> {
+    let copied = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for name in READ {
+            let from = dir.join(name);
+            if from.exists() {
+                copy(&from, &to.join(name))?;
+            }
+        }
+        Ok(())
+    })();
+    copied.map_err(|e| embedded::unavailable(&format!("copy {}", dir.display()), e))?;
+    let evidence = to.join(embedded::EVIDENCE);
+    if !evidence.exists() {
+        return Ok(false);
+    }
+    let restored = (|| -> std::io::Result<()> {
+        let db = to.join(embedded::DIR);
+        for entry in std::fs::read_dir(&evidence)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match name.split_once(".torn-at-") {
+                Some((journal, at)) => {
+                    let at: u64 = at.parse().map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{} is not named as troupe names a torn end", path.display()),
+                        )
+                    })?;
+                    let bytes = std::fs::read(&path)?;
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(db.join(journal))?;
+                    std::os::unix::fs::FileExt::write_all_at(&file, &bytes, at)?;
+                }
+                None => {
+                    std::fs::copy(&path, db.join(&name))?;
+                }
+            }
+        }
+        std::fs::remove_dir_all(&evidence)
+    })();
+    restored.map_err(|e| embedded::unavailable("put back what an earlier start kept aside", e))?;
+    Ok(true)
+}
+
+/// Copies a file, or a directory and everything under it.
+fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
+}
+
+/// Drops a journal from byte `at` on, and every newer journal; returns the
+/// bytes dropped (journals' written bytes, not their preallocated zeros).
+fn cut(journal: &Path, at: usize) -> std::io::Result<u64> {
+    let db = journal.parent().unwrap_or(Path::new("."));
+    let journals = journal::journals(db)?;
+    let mut dropped = 0;
+    let mut after = false;
+    for path in journals {
+        let written = journal::written(&std::fs::read(&path)?) as u64;
+        if path == journal {
+            dropped += written.saturating_sub(at as u64);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)?
+                .set_len(at as u64)?;
+            after = true;
+        } else if after {
+            dropped += written;
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(dropped)
+}
+
+/// A store error whose message names the working copy, told in the
+/// source directory's terms.
+fn rename(e: StoreError, copy: &Path, dir: &Path) -> StoreError {
+    match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(rename_text(&m, copy, dir)),
+        StoreError::Unavailable(m) => StoreError::Unavailable(rename_text(&m, copy, dir)),
+        e => e,
+    }
+}
+
+fn rename_text(text: &str, copy: &Path, dir: &Path) -> String {
+    text.replace(&copy.display().to_string(), &dir.display().to_string())
+}
