@@ -325,13 +325,15 @@ impl EmbeddedStore {
                 "troupe.acked held no count; it is written from now on"
             );
         }
-        check_replay(&engine, &scan).map_err(|e| match e {
-            StoreError::Corrupt(m) => StoreError::Corrupt(format!(
-                "{m} (what fjall dropped or deleted is in {})",
-                evidence.display()
-            )),
-            e => e,
-        })?;
+        check_replay(&engine, &scan)
+            .and_then(|()| check_oldest(&engine, &scan))
+            .map_err(|e| match e {
+                StoreError::Corrupt(m) => StoreError::Corrupt(format!(
+                    "{m} (what fjall dropped or deleted is in {})",
+                    evidence.display()
+                )),
+                e => e,
+            })?;
         // Every check passed: what was kept aside is not needed.
         std::fs::remove_dir_all(&evidence)
             .or_else(|e| match e.kind() {
@@ -1287,6 +1289,41 @@ fn check_replay(engine: &Engine, scan: &journal::Scan) -> Result<(), StoreError>
                 String::from_utf8_lossy(key)
             )));
         }
+    }
+    Ok(())
+}
+
+/// The oldest journal must take up where the tables end: every batch
+/// writes troupe's count in `meta`, so while `meta` has not been flushed
+/// past the first batch the journals hold, its tables must end at the
+/// count just before that batch's. A journal deleted or lost before its
+/// batches reached the tables leaves a gap (once `meta` itself was
+/// flushed past it, the gap is not seen here).
+fn check_oldest(engine: &Engine, scan: &journal::Scan) -> Result<(), StoreError> {
+    use fjall::AbstractTree;
+    let (Some((first, _)), Some(seqno)) = (scan.counts, scan.first_count_seqno) else {
+        return Ok(());
+    };
+    let tree = &engine.meta.tree;
+    if tree
+        .get_highest_persisted_seqno()
+        .is_some_and(|p| p >= seqno)
+    {
+        return Ok(());
+    }
+    // What `meta` held just before that batch: its tables alone.
+    let flushed = match tree
+        .get(COUNT, seqno)
+        .map_err(|e| read_failed("read meta", e.into()))?
+    {
+        Some(v) => split_u64(&v)?.0,
+        None => 0,
+    };
+    if flushed.checked_add(1) != Some(first) {
+        return Err(StoreError::Corrupt(format!(
+            "the oldest journal starts at troupe's batch {first}, but the tables end at its \
+             batch {flushed}: a journal that held the batches between is missing; {ADVICE}"
+        )));
     }
     Ok(())
 }

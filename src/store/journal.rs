@@ -82,6 +82,8 @@ pub(super) struct Scan {
     pub batches: u64,
     /// The first and last of troupe's batch counts found (`meta/batches`).
     pub counts: Option<(u64, u64)>,
+    /// The number (fjall's sequence number) of the batch holding the first.
+    pub first_count_seqno: Option<u64>,
     /// The newest journal's last batch, torn by a crash: fjall drops it.
     /// Its journal, where it starts, and its bytes.
     pub torn: Option<(PathBuf, usize, Vec<u8>)>,
@@ -179,7 +181,10 @@ pub(super) fn scan(db: &Path, count_key: &[u8]) -> Result<Scan, Result<Damage, s
             seqno = Some((batch.seqno, path.clone(), pos));
             if let Some(count) = batch.count {
                 scan.counts = match scan.counts {
-                    None => Some((count, count)),
+                    None => {
+                        scan.first_count_seqno = Some(batch.seqno);
+                        Some((count, count))
+                    }
                     Some((first, prev)) if count == prev + 1 => Some((first, count)),
                     Some((_, prev)) => {
                         return damage(

@@ -499,3 +499,54 @@ async fn a_second_opener_is_refused_before_it_touches_anything() {
     assert!(!dir.path().join("troupe.evidence").exists());
     open(dir.path()).unwrap().close().await;
 }
+
+/// A journal lost before its batches reached the tables: the journals
+/// that remain start past where the tables end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_oldest_journal_is_refused() {
+    let dir = TempDir::new().unwrap();
+    // fjall seals a journal past 64 MB, at its next flush: states of 1 MB
+    // fill memtables, which flush, until it has.
+    let store = open(dir.path()).unwrap();
+    let mut version = 0;
+    while journals(dir.path()).len() < 2 {
+        assert!(version < 200, "no journal was sealed");
+        let c = Commit {
+            actor: "account/a".into(),
+            expected_version: version,
+            version: version + 1,
+            state: Some(vec![version as u8; 1 << 20]),
+            ..Default::default()
+        };
+        store.commit(c).await.unwrap();
+        version += 1;
+    }
+    let c = Commit {
+        actor: "account/b".into(),
+        expected_version: 0,
+        version: 1,
+        state: Some(b"b".to_vec()),
+        ..Default::default()
+    };
+    store.commit(c).await.unwrap();
+    store.close().await;
+    let all = journals(dir.path());
+    assert_eq!(all.len(), 2, "{all:?}");
+    // A copy with both journals starts and holds everything.
+    let intact = TempDir::new().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("."))
+        .arg(intact.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let store = open(intact.path()).unwrap();
+    let a = store.load("account/a").await.unwrap().unwrap();
+    assert_eq!(a.version, version);
+    store.close().await;
+    // Without the sealed one, it is refused.
+    std::fs::remove_file(&all[0]).unwrap();
+    let message = refused(dir.path());
+    assert!(message.contains("is missing"), "{message}");
+}
