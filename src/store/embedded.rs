@@ -67,6 +67,8 @@ const SWEEP_PACE: std::time::Duration = std::time::Duration::from_millis(100);
 /// not ready: fjall stalls writes while its flushes lag, and for good when
 /// a flush failed.
 const STUCK: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest key fjall takes (it asserts it).
+const MAX_KEY: usize = u16::MAX as usize;
 /// How often `troupe.acked` is synced at most (see [`Acked`]).
 const ACKED_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -360,7 +362,7 @@ impl EmbeddedStore {
                     acked,
                     pending,
                 };
-                let closed = writer.run(rx, options.max_batch.max(1));
+                let closed = guarded(&thread_stats, || writer.run(rx, options.max_batch.max(1)));
                 // Release the database before telling `close` it may return.
                 drop(thread_engine);
                 if let Some(done) = closed {
@@ -541,6 +543,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {
+        if actor.is_empty() || actor.len() > MAX_KEY {
+            return Ok(None);
+        }
         self.point(|e| {
             let Some(value) = e
                 .state
@@ -562,7 +567,13 @@ impl Store for EmbeddedStore {
         self.writer
             .send(Request::Commit(commit, tx))
             .await
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+            .map_err(|_| {
+                StoreError::Unavailable(if self.stats.failed.load(Ordering::Relaxed) {
+                    "a write to the store failed and it refuses writes until a restart".into()
+                } else {
+                    "the store is closed".into()
+                })
+            })?;
         rx.await
             .map_err(|_| StoreError::Unknown("the store writer stopped".into()))?
     }
@@ -635,6 +646,10 @@ impl Store for EmbeddedStore {
 
     async fn idempotency(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = pair(actor, key.as_bytes());
+        if k.len() > MAX_KEY {
+            // Never written (see `refuse_keys`); fjall would assert.
+            return Ok(None);
+        }
         self.point(|e| {
             let Some(v) = e
                 .idempotency
@@ -650,6 +665,9 @@ impl Store for EmbeddedStore {
 
     async fn fact(&self, actor: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = pair(actor, key.as_bytes());
+        if k.len() > MAX_KEY {
+            return Ok(None);
+        }
         self.point(|e| {
             let value = e
                 .facts
@@ -1062,6 +1080,32 @@ impl Written<'_> {
 
 /// Adds one commit to the shared batch. The outer `Result` fails the whole
 /// batch; the inner one is this commit's verdict.
+/// fjall takes keys of 1 to 65,535 bytes and asserts it (a panic in the
+/// writer): a commit whose keys it would refuse fails alone, before any of
+/// it joins the batch. The API's ids are far shorter; this guards the
+/// store's own interface.
+fn refuse_keys(c: &Commit) -> Option<StoreError> {
+    const MAX: usize = MAX_KEY;
+    // The longest key a commit makes: an idempotency record's index entry
+    // (its expiry, then the actor's length, the actor and the key).
+    let pair = |tail: usize| 4 + c.actor.len() + tail;
+    let longest = c
+        .idempotency
+        .iter()
+        .map(|w| 8 + pair(w.key.len()))
+        .chain(c.facts.iter().map(|(k, _)| pair(k.len())))
+        .chain([pair(8), c.actor.len()])
+        .max()
+        .unwrap_or(0);
+    (c.actor.is_empty() || longest > MAX).then(|| {
+        StoreError::Unavailable(format!(
+            "a commit of {:?}... makes a key of {longest} bytes: the embedded store takes \
+             1 to {MAX}; nothing of it was written",
+            c.actor.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
 fn apply<'c>(
     engine: &Engine,
     batch: &mut OwnedWriteBatch,
@@ -1070,6 +1114,9 @@ fn apply<'c>(
     expires: u64,
 ) -> Result<Result<(), StoreError>, StoreError> {
     let actor = c.actor.as_str();
+    if let Some(refused) = refuse_keys(c) {
+        return Ok(Err(refused));
+    }
     let found = match written.versions.get(actor) {
         Some(version) => *version,
         None => match engine
@@ -1432,6 +1479,27 @@ fn damaged(e: &std::io::Error) -> bool {
     )
 }
 
+/// Runs the writer's loop. A panic in it (fjall asserts what it is given
+/// and what it reads) ends the writer with the store marked failed: not
+/// ready, every later write refused, until a restart recovers from the
+/// journal. The commits it held are told their outcome is unknown (their
+/// replies are dropped), which the runtime settles by fencing.
+fn guarded<T>(stats: &WriterStats, run: impl FnOnce() -> Option<T>) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+        stats.failed.store(true, Ordering::Relaxed);
+        let cause = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(
+            cause,
+            "the store's writer panicked: writes are refused until a restart"
+        );
+        None
+    })
+}
+
 /// Syncs a directory, so the entries created or renamed in it last.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)
@@ -1448,4 +1516,49 @@ fn unix_now() -> u64 {
 
 pub(super) fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_writer_leaves_the_store_failed() {
+        let stats = WriterStats::default();
+        assert_eq!(guarded(&stats, || Some(1)), Some(1));
+        assert!(!stats.failed.load(Ordering::Relaxed));
+        let out: Option<()> = guarded(&stats, || panic!("an assertion in fjall"));
+        assert_eq!(out, None);
+        assert!(stats.failed.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn keys_fjall_would_assert_on_are_refused() {
+        let ok = Commit {
+            actor: "account/a".into(),
+            ..Commit::default()
+        };
+        assert_eq!(refuse_keys(&ok), None);
+        let empty = Commit::default();
+        assert!(refuse_keys(&empty).is_some());
+        let long = Commit {
+            actor: "a".repeat(65_535),
+            ..Commit::default()
+        };
+        assert!(
+            refuse_keys(&long).is_some(),
+            "an entry's key is longer still"
+        );
+        // The longest key that fits, as an idempotency index entry.
+        let key = |n: usize| Commit {
+            actor: "account/a".into(),
+            idempotency: vec![super::super::IdempotencyWrite {
+                key: "k".repeat(n),
+                value: Vec::new(),
+            }],
+            ..Commit::default()
+        };
+        assert_eq!(refuse_keys(&key(65_535 - 8 - 4 - 9)), None);
+        assert!(refuse_keys(&key(65_535 - 8 - 4 - 9 + 1)).is_some());
+    }
 }

@@ -1069,3 +1069,36 @@ async fn a_redis_commit_meeting_an_unreadable_version_writes_nothing() {
         "a refused commit wrote something"
     );
 }
+
+/// fjall asserts a key's length (a panic in the writer, which took every
+/// later write with it): a commit whose key is too long fails alone, its
+/// batch's other commits land, and the store stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_too_long_for_the_embedded_store_fails_alone() {
+    let s = embedded(Duration::from_secs(60));
+    let long = Commit {
+        facts: vec![("f".repeat(70_000), b"x".to_vec())],
+        ..commit("account/long", 0, "s", &[])
+    };
+    let (refused, landed) = tokio::join!(
+        s.store.commit(long),
+        s.store.commit(commit("account/ok", 0, "s", &[(1, "e")]))
+    );
+    match refused {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("70016 bytes"), "{m}"),
+        other => panic!("a 70 kB key: {other:?}"),
+    }
+    landed.unwrap();
+    assert_eq!(s.store.load("account/long").await.unwrap(), None);
+    assert!(s
+        .store
+        .fact("account/long", &"f".repeat(70_000))
+        .await
+        .unwrap()
+        .is_none());
+    s.store.ping().await.unwrap();
+    s.store
+        .commit(commit("account/ok", 1, "t", &[(2, "e")]))
+        .await
+        .unwrap();
+}
