@@ -328,6 +328,39 @@ async fn a_redis_that_evicts_keys_is_refused_at_start() {
     );
 }
 
+/// A managed Redis that refuses `CONFIG` (here to an ACL user without
+/// it, as managed services do) cannot be checked: the service starts on
+/// it (README says the policy is then the operator's to see to) and
+/// exports no settings it could not read.
+#[actix_rt::test]
+async fn a_redis_that_refuses_config_starts_unchecked() {
+    let redis = RedisServer::start_with(&[
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--user",
+        "troupe",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-config",
+    ]);
+    let app = spawn_app_with(TempDir::new().unwrap(), |s| {
+        redis.configure(s);
+        s.store.redis.url = s.store.redis.url.replace("redis://", "redis://troupe:any@");
+    })
+    .await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !metrics.contains("troupe_redis_settings_info{"),
+        "settings exported that were never read:\n{metrics}"
+    );
+    app.open("alice").await;
+    assert_eq!(app.deposit("alice", 5).await.status(), StatusCode::OK);
+}
+
 /// One account's data damaged in Redis (its stored version no longer a
 /// number): that account answers `500 corrupt` and changes nothing, the
 /// others are served, `/readyz` stays 200 and names it; once the key is
