@@ -294,7 +294,9 @@ fn print_verified(dir: &std::path::Path, v: &troupe::store::Verified) {
     if v.evidence {
         println!(
             "  an earlier start refused this directory and kept bytes aside in \
-             troupe.evidence; they were put back for this check, which they pass"
+             troupe.evidence; with them put back it passes every check, so that refusal \
+             came from something else (its log says what). A start still refuses while \
+             troupe.evidence is there: once you have looked, move it out of the directory"
         );
     }
     println!(

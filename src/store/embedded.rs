@@ -1367,9 +1367,14 @@ fn check_oldest(engine: &Engine, scan: &journal::Scan) -> Result<(), StoreError>
         None => 0,
     };
     if flushed.checked_add(1) != Some(first) {
+        let why = if flushed < first {
+            "a journal that held the batches between is missing"
+        } else {
+            "the journals and the tables disagree (one of them is damaged)"
+        };
         return Err(StoreError::Corrupt(format!(
             "the oldest journal starts at troupe's batch {first}, but the tables end at its \
-             batch {flushed}: a journal that held the batches between is missing; {ADVICE}"
+             batch {flushed}: {why}; {ADVICE}"
         )));
     }
     Ok(())

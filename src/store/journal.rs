@@ -61,6 +61,10 @@ pub(super) struct Damage {
     pub journal: PathBuf,
     pub offset: usize,
     pub what: String,
+    /// An earlier batch the damage may be in instead (its journal and
+    /// where it starts): of two batches numbered out of order, either
+    /// number can be the damaged one.
+    pub or_before: Option<(PathBuf, usize)>,
 }
 
 impl std::fmt::Display for Damage {
@@ -123,6 +127,7 @@ pub(super) fn scan(db: &Path, count_key: &[u8]) -> Result<Scan, Result<Damage, s
                 journal: path.clone(),
                 offset,
                 what,
+                or_before: None,
             }))
         };
         let mut pos = 0;
@@ -167,15 +172,17 @@ pub(super) fn scan(db: &Path, count_key: &[u8]) -> Result<Scan, Result<Damage, s
             }
             if let Some((before, ref at_path, at)) = seqno {
                 if batch.seqno <= before {
-                    return damage(
-                        pos,
-                        format!(
+                    return Err(Ok(Damage {
+                        journal: path.clone(),
+                        offset: pos,
+                        what: format!(
                             "its batch is numbered {} after a batch numbered {before} \
                              (in {} at byte {at}): a batch's number is damaged",
                             batch.seqno,
                             at_path.display()
                         ),
-                    );
+                        or_before: Some((at_path.clone(), at)),
+                    }));
                 }
             }
             seqno = Some((batch.seqno, path.clone(), pos));

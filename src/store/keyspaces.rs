@@ -6,6 +6,7 @@
 //! aborts the process, where troupe must refuse with a message. So the
 //! checksums lsm-tree writes are compared here first.
 
+use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -32,21 +33,41 @@ pub(super) fn check(db: &Path, advice: &str) -> Result<(), StoreError> {
         let space = space
             .map_err(|e| unavailable("read the keyspaces", e))?
             .path();
-        if space.is_dir() {
+        if space.is_dir() && !unborn(&space)? {
             let refuse =
                 |why: String| StoreError::Corrupt(format!("{} {why}; {advice}", space.display()));
-            check_manifest(&space, refuse)?;
-            check_tables(&space, refuse)?;
+            let tables = check_manifest(&space, refuse)?;
+            check_tables(&space, &tables, refuse)?;
         }
     }
     Ok(())
+}
+
+/// A keyspace whose creation a crash cut short: lsm-tree makes the
+/// directory and its `tables/` before it writes a manifest and `current`,
+/// and fjall deletes such a keyspace at start. Nothing was ever in it.
+fn unborn(space: &Path) -> Result<bool, StoreError> {
+    let read = |dir: &Path| match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    };
+    let names = read(space).map_err(|e| unavailable("read a keyspace", e))?;
+    let tables = read(&space.join("tables")).map_err(|e| unavailable("read a keyspace", e))?;
+    Ok(tables.is_empty() && names.iter().all(|n| n == "tables"))
 }
 
 /// A keyspace's `current` marker names its manifest and holds that file's
 /// xxh3-128, which lsm-tree writes and does not compare (it asserts some
 /// of the manifest's fields instead). A keyspace without the marker is
 /// refused too: fjall would delete it, tables and all, and start it empty.
-fn check_manifest(space: &Path, refuse: impl Fn(String) -> StoreError) -> Result<(), StoreError> {
+/// Returns the tables the manifest lists.
+fn check_manifest(
+    space: &Path,
+    refuse: impl Fn(String) -> StoreError,
+) -> Result<HashSet<u64>, StoreError> {
     let current = match std::fs::read(space.join("current")) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -93,7 +114,42 @@ fn check_manifest(space: &Path, refuse: impl Fn(String) -> StoreError) -> Result
              holds"
         )));
     }
-    Ok(())
+    listed(&bytes).ok_or_else(|| {
+        refuse(format!(
+            "has a manifest v{id} whose list of tables cannot be read, though its checksum \
+             matches (written by another version of fjall?)"
+        ))
+    })
+}
+
+/// The tables a manifest lists, from its `tables` section: levels (u8),
+/// then per level its runs (u8), per run its tables (u32), each table its
+/// id (u64), checksum type (u8), checksum (u128) and seqno (u64), all
+/// little-endian (lsm-tree's `version::recovery`).
+fn listed(manifest: &[u8]) -> Option<HashSet<u64>> {
+    let reader = sfa::Reader::from_reader(&mut std::io::Cursor::new(manifest)).ok()?;
+    let section = reader.toc().section(b"tables")?;
+    let from = usize::try_from(section.pos()).ok()?;
+    let to = from.checked_add(usize::try_from(section.len()).ok()?)?;
+    let mut bytes = manifest.get(from..to)?;
+    let mut take = |n: usize| {
+        let (head, rest) = bytes.split_at_checked(n)?;
+        bytes = rest;
+        Some(head)
+    };
+    let mut ids = HashSet::new();
+    let levels = take(1)?[0];
+    for _ in 0..levels {
+        let runs = take(1)?[0];
+        for _ in 0..runs {
+            let tables = u32::from_le_bytes(take(4)?.try_into().ok()?);
+            for _ in 0..tables {
+                ids.insert(u64::from_le_bytes(take(8)?.try_into().ok()?));
+                take(1 + 16 + 8)?;
+            }
+        }
+    }
+    Some(ids)
 }
 
 /// Each table's trailer and table of contents: lsm-tree reserves memory
@@ -101,24 +157,26 @@ fn check_manifest(space: &Path, refuse: impl Fn(String) -> StoreError) -> Result
 /// that table's checksum (a flipped bit in the count asked for 40 GB and
 /// aborted). Only these bytes are read: the blocks carry their own
 /// checksums, checked where they are read.
-fn check_tables(space: &Path, refuse: impl Fn(String) -> StoreError) -> Result<(), StoreError> {
-    let tables = match std::fs::read_dir(space.join("tables")) {
-        Ok(tables) => tables,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(unavailable("read a keyspace's tables", e)),
-    };
-    for table in tables {
-        let path = table
-            .map_err(|e| unavailable("read a keyspace's tables", e))?
-            .path();
-        if !path.is_file() {
-            continue;
-        }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let name = name.unwrap_or_default();
+///
+/// Only the tables the manifest lists: a table a crash left half written
+/// (a flush or a compaction cut short) is not listed, and fjall deletes it.
+fn check_tables(
+    space: &Path,
+    tables: &HashSet<u64>,
+    refuse: impl Fn(String) -> StoreError,
+) -> Result<(), StoreError> {
+    let mut ids: Vec<&u64> = tables.iter().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let path = space.join("tables").join(id.to_string());
         match archive(&path) {
             Ok(Ok(())) => {}
-            Ok(Err(why)) => return Err(refuse(format!("has a damaged table {name}: {why}"))),
+            Ok(Err(why)) => return Err(refuse(format!("has a damaged table {id}: {why}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(refuse(format!(
+                    "has lost table {id}, which its manifest lists"
+                )))
+            }
             Err(e) => return Err(unavailable("read a table", e)),
         }
     }

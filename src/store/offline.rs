@@ -53,13 +53,14 @@ pub struct Salvaged {
 /// `Unavailable` when the directory cannot be read or is in use.
 pub async fn verify(dir: &Path, scratch: &Path) -> Result<Verified, StoreError> {
     let _lock = lock(dir)?;
+    outside(dir, scratch, "--scratch")?;
     let work = tempfile::Builder::new()
         .prefix("troupe-verify-")
         .tempdir_in(scratch)
         .map_err(|e| embedded::unavailable("make a scratch directory", e))?;
     let copy = work.path().join("data");
-    let evidence = stage(dir, &copy)?;
     let in_dir = |e: StoreError| rename(e, &copy, dir);
+    let evidence = stage(dir, &copy).map_err(in_dir)?;
     let acknowledged = embedded::acked_count(&copy).map_err(in_dir)?;
     let scan = journal::scan(&copy.join(embedded::DIR), embedded::COUNT)
         .map_err(|e| in_dir(embedded::scan_failed(e)))?;
@@ -93,25 +94,30 @@ pub async fn salvage(dir: &Path, to: &Path) -> Result<Salvaged, StoreError> {
             to.display()
         )));
     }
+    let parent = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    outside(dir, parent, "--to")?;
+    // Made here, by this run alone (a name no other run picks), so the
+    // rename below is within one filesystem. A salvage killed midway
+    // leaves it behind, named `.NAME.salvaging-*`, for the operator to
+    // delete.
     let name = to
         .file_name()
         .ok_or_else(|| StoreError::Unavailable(format!("{} names no directory", to.display())))?;
-    let work = to.with_file_name(format!("{}.salvaging", name.to_string_lossy()));
-    if work.exists() {
-        std::fs::remove_dir_all(&work)
-            .map_err(|e| embedded::unavailable("remove an earlier salvage's leftovers", e))?;
-    }
-    let built = build(dir, &work).await;
-    if built.is_err() {
-        // A salvage that did not finish leaves nothing behind.
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".{}.salvaging-", name.to_string_lossy()))
+        .tempdir_in(parent)
+        .map_err(|e| embedded::unavailable("make the salvage's work directory", e))?;
+    let (cuts, acknowledged, inventory) = build(dir, work.path()).await?;
+    sync_tree(work.path()).map_err(|e| embedded::unavailable("sync the salvage", e))?;
+    let work = work.keep();
+    if let Err(e) = std::fs::rename(&work, to) {
         let _ = std::fs::remove_dir_all(&work);
+        return Err(embedded::unavailable("move the salvage into place", e));
     }
-    let (cuts, acknowledged, inventory) = built?;
-    std::fs::rename(&work, to)
-        .map_err(|e| embedded::unavailable("move the salvage into place", e))?;
-    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-        embedded::sync_dir(parent)?;
-    }
+    embedded::sync_dir(parent)?;
     Ok(Salvaged {
         cuts,
         kept: inventory.batches,
@@ -126,32 +132,60 @@ async fn build(
     dir: &Path,
     work: &Path,
 ) -> Result<(Vec<(String, u64)>, Option<u64>, Inventory), StoreError> {
-    stage(dir, work)?;
     let in_dir = |e: StoreError| rename(e, work, dir);
+    stage(dir, work).map_err(in_dir)?;
     let acknowledged = embedded::acked_count(work).ok().flatten();
     let db = work.join(embedded::DIR);
     let mut cuts = Vec::new();
     let scan = loop {
-        match journal::scan(&db, embedded::COUNT) {
-            Ok(scan) => break scan,
+        let (journal, at, what) = match journal::scan(&db, embedded::COUNT) {
+            // A torn end is cut too: fjall would drop it, and when it was
+            // acknowledged its writes are lost like any others.
+            Ok(scan) => match scan.torn.clone() {
+                Some((journal, at, _)) => (
+                    journal.clone(),
+                    at,
+                    format!("the last batch of {} is torn or damaged", journal.display()),
+                ),
+                None => break scan,
+            },
             Err(Ok(damage)) => {
-                let dropped = cut(&damage.journal, damage.offset)
-                    .map_err(|e| embedded::unavailable("cut the journal", e))?;
-                cuts.push((rename_text(&damage.to_string(), work, dir), dropped));
+                let what = damage.to_string();
+                let (journal, at) = damage.or_before.unwrap_or((damage.journal, damage.offset));
+                (journal, at, what)
             }
             Err(Err(e)) => return Err(in_dir(embedded::unavailable("read the journal", e))),
+        };
+        let dropped =
+            cut(&journal, at).map_err(|e| in_dir(embedded::unavailable("cut the journal", e)))?;
+        if dropped == 0 {
+            // Each cut drops bytes, so this ends; a cut that drops none
+            // would repeat for ever.
+            return Err(in_dir(StoreError::Unavailable(format!(
+                "{what}, and cutting {} at byte {at} drops nothing",
+                journal.display()
+            ))));
         }
+        let from = format!("{} at byte {at}", journal.display());
+        cuts.push((
+            rename_text(&format!("{what}; cut {from}"), work, dir),
+            dropped,
+        ));
     };
     // Nothing is known to be acknowledged yet; what the database holds
     // once opened is, below.
     embedded::write_acked(work, 0)?;
     let store = EmbeddedStore::open(work, StoreOptions::default()).map_err(in_dir)?;
     let checked = (|| {
-        if let (Some(seqno), false) = (scan.last_seqno, cuts.is_empty()) {
-            if let Some(space) = store.persisted_past(seqno) {
+        if !cuts.is_empty() {
+            // No batch of the journals is kept: the tables alone hold the
+            // history, and nothing says where in it the cut falls.
+            let past = store.persisted_past(scan.last_seqno.unwrap_or(0));
+            if let Some(space) = past {
                 return Err(StoreError::Corrupt(format!(
                     "keyspace {space} already holds, in its sorted tables, writes made after \
-                     the damage: what precedes it cannot be rebuilt alone"
+                     the damage: what precedes it cannot be rebuilt alone; restore the data \
+                     directory from a backup (README: Storage integrity)"
                 )));
             }
         }
@@ -161,6 +195,38 @@ async fn build(
     let inventory = checked.map_err(in_dir)?;
     embedded::write_acked(work, inventory.batches)?;
     Ok((cuts, acknowledged, inventory))
+}
+
+/// Refuses a working directory inside the data directory: the tools never
+/// write there, and a copy into itself would not end.
+fn outside(dir: &Path, target: &Path, flag: &str) -> Result<(), StoreError> {
+    let canonical = |p: &Path| {
+        std::fs::canonicalize(p)
+            .map_err(|e| embedded::unavailable(&format!("resolve {}", p.display()), e))
+    };
+    let (dir_c, target_c) = (canonical(dir)?, canonical(target)?);
+    if target_c.starts_with(&dir_c) {
+        return Err(StoreError::Unavailable(format!(
+            "{flag} {} is inside {}: the data directory is only read",
+            target.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Syncs every file and directory under `root`, so a salvage reported
+/// built survives a power loss.
+fn sync_tree(root: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(root)?.sync_all()
 }
 
 /// Shares `troupe.lock` with nobody: a directory a server is using is not
@@ -189,7 +255,8 @@ fn lock(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, StoreErr
         .map(Some)
         .map_err(|(_, errno)| match errno {
             nix::errno::Errno::EWOULDBLOCK => StoreError::Unavailable(format!(
-                "{} is in use by a running troupe: stop it first (or check a copy)",
+                "{} is in use by a running troupe (or another `troupe store` command): stop it \
+                 first, or check a copy",
                 dir.display()
             )),
             errno => embedded::unavailable("lock troupe.lock", errno),
@@ -259,6 +326,14 @@ fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
             copy(&entry.path(), &to.join(entry.file_name()))?;
         }
         Ok(())
+    } else if from.extension().is_some_and(|e| e == "jnl") {
+        // A journal's preallocated zeros stay a hole in the copy.
+        let bytes = std::fs::read(from)?;
+        std::fs::write(to, &bytes[..journal::written(&bytes)])?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(to)?
+            .set_len(bytes.len() as u64)
     } else {
         std::fs::copy(from, to).map(|_| ())
     }
@@ -291,6 +366,15 @@ fn cut(journal: &Path, at: usize) -> std::io::Result<u64> {
 /// A store error whose message names the working copy, told in the
 /// source directory's terms.
 fn rename(e: StoreError, copy: &Path, dir: &Path) -> StoreError {
+    // Evidence a check of the copy kept aside went with the copy.
+    let kept = format!(
+        " (what fjall dropped or deleted is in {})",
+        copy.join(embedded::EVIDENCE).display()
+    );
+    let e = match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.replace(&kept, "")),
+        e => e,
+    };
     match e {
         StoreError::Corrupt(m) => StoreError::Corrupt(rename_text(&m, copy, dir)),
         StoreError::Unavailable(m) => StoreError::Unavailable(rename_text(&m, copy, dir)),
