@@ -91,6 +91,7 @@ impl Durable {
             version: version + 1,
             state: Some(state),
             pending: self.pending.contains(actor),
+            fence: true,
             ..Commit::default()
         };
         // Read and written in one step: it cannot conflict.

@@ -60,6 +60,10 @@ pub struct Commit {
     pub facts: Vec<(String, Vec<u8>)>,
     /// Whether the actor has unfinished work to resume after a restart.
     pub pending: bool,
+    /// A fence: the state written back as it was read, to settle a commit
+    /// of unknown outcome. A fence over an actor never stored does not
+    /// make it one a listing shows: its first real commit does.
+    pub fence: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,7 @@
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
-//! | `troupe:{kind/id}:state` | hash | `v` = version, `s` = JSON state |
+//! | `troupe:{kind/id}:state` | hash | `v` = version, `s` = JSON state, `u` = 1 while only a fence wrote it (not listed) |
 //! | `troupe:{kind/id}:entries` | sorted set | score = seq, member = JSON entry |
 //! | `troupe:{kind/id}:idem:{key}` | string, `EX` retention | JSON `{fingerprint, outcome}` |
 //! | `troupe:{kind/id}:facts` | hash | field = fact key, value = JSON fact; never expires |
@@ -55,7 +55,9 @@ use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 /// seconds, entry count, fact count, the actor's id (its index member),
 /// (seq, entry)..., (fact key, fact)..., idempotency values in KEYS order.
 /// Returns -1 when applied, else the version found. An actor's first
-/// state joins its kind's index.
+/// state joins its kind's index; has-state is 2 for a fence, which over an
+/// actor never stored marks the state unlisted (field `u`) instead, until
+/// the actor's first real commit lists it.
 ///
 /// Redis does not roll a script back: a command that fails halfway (a key
 /// of another type) would leave the writes before it. So everything a
@@ -76,10 +78,14 @@ if not found then
   return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' holds a version that is not a number; nothing was written')
 end
 if found ~= tonumber(ARGV[1]) then return found end
-if ARGV[3] == '1' then
+if ARGV[3] ~= '0' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[4])
   if ARGV[5] == '1' then redis.call('SADD', KEYS[3], ARGV[6]) else redis.call('SREM', KEYS[3], ARGV[6]) end
-  if found == 0 then redis.call('ZADD', KEYS[5], 0, ARGV[10]) end
+  if ARGV[3] == '2' then
+    if found == 0 then redis.call('HSET', KEYS[1], 'u', '1') end
+  elseif found == 0 or redis.call('HDEL', KEYS[1], 'u') == 1 then
+    redis.call('ZADD', KEYS[5], 0, ARGV[10])
+  end
 end
 local i = 11
 for _ = 1, tonumber(ARGV[8]) do
@@ -294,7 +300,11 @@ impl Inner {
         }
         call.arg(c.expected_version)
             .arg(c.version)
-            .arg(u8::from(c.state.is_some()))
+            .arg(match (&c.state, c.fence) {
+                (None, _) => 0u8,
+                (Some(_), false) => 1,
+                (Some(_), true) => 2,
+            })
             .arg(c.state.as_deref().unwrap_or_default())
             .arg(u8::from(c.pending))
             .arg(&c.actor)

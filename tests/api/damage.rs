@@ -55,6 +55,7 @@ async fn commit_round(store: &EmbeddedStore, v: u64) {
             }],
             facts: vec![(format!("f{v}"), fact(actor, v))],
             pending: v % 2 == 0,
+            fence: false,
         };
         store
             .commit(c)

@@ -69,6 +69,7 @@ fn commit(actor: &str, expected: u64, state: &str, entries: &[(u64, &str)]) -> C
         idempotency: Vec::new(),
         facts: Vec::new(),
         pending: false,
+        fence: false,
     }
 }
 
@@ -1101,4 +1102,56 @@ async fn a_key_too_long_for_the_embedded_store_fails_alone() {
         .commit(commit("account/ok", 1, "t", &[(2, "e")]))
         .await
         .unwrap();
+}
+
+/// A fence over an actor never stored (after a first commit of unknown
+/// outcome that did not land) writes the state back at version 1 so the
+/// late commit cannot land, but does not make the actor one a listing
+/// shows; its first real commit does, and a later fence changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_over_nothing_stored_lists_no_phantom_on_redis() {
+    let s = redis(Duration::from_secs(60));
+    let fence = |expected: u64| Commit {
+        fence: true,
+        ..commit("account/ghost", expected, "{}", &[])
+    };
+    let listed = || async {
+        s.store
+            .list("account", "", None, 100)
+            .await
+            .unwrap()
+            .contains(&"ghost".to_owned())
+    };
+    s.store.commit(fence(0)).await.unwrap();
+    assert_eq!(
+        s.store
+            .load("account/ghost")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    assert!(!listed().await, "a fence over nothing listed the actor");
+    // The late first commit can no longer land.
+    assert!(matches!(
+        s.store
+            .commit(commit("account/ghost", 0, "late", &[]))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    s.store.commit(fence(1)).await.unwrap();
+    assert!(!listed().await, "a second fence listed the actor");
+    s.store
+        .commit(commit("account/ghost", 2, "real", &[]))
+        .await
+        .unwrap();
+    assert!(
+        listed().await,
+        "the first real commit did not list the actor"
+    );
+    s.store.commit(fence(3)).await.unwrap();
+    assert!(listed().await, "a fence over a listed actor unlisted it");
+    let snapshot = s.store.load("account/ghost").await.unwrap().unwrap();
+    assert_eq!((snapshot.version, snapshot.state), (4, b"{}".to_vec()));
 }

@@ -57,6 +57,7 @@ async fn write_fence<B: Behavior>(
             version: version + 1,
             state: Some(bytes),
             pending: B::is_pending(&state),
+            fence: true,
             ..Commit::default()
         };
         match store.commit(fence).await {

@@ -123,6 +123,7 @@ impl<R> Batch<R> {
             idempotency,
             facts: std::mem::take(&mut self.facts),
             pending,
+            fence: false,
         }))
     }
 }
