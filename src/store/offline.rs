@@ -113,11 +113,22 @@ pub async fn salvage(dir: &Path, to: &Path) -> Result<Salvaged, StoreError> {
     let (cuts, acknowledged, inventory) = build(dir, work.path()).await?;
     sync_tree(work.path()).map_err(|e| embedded::unavailable("sync the salvage", e))?;
     let work = work.keep();
-    if let Err(e) = std::fs::rename(&work, to) {
+    // Never over a directory made meanwhile (a rename would replace an
+    // empty one).
+    let placed = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &work,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
+    if let Err(e) = placed {
         let _ = std::fs::remove_dir_all(&work);
         return Err(embedded::unavailable("move the salvage into place", e));
     }
-    embedded::sync_dir(parent)?;
+    if let Err(e) = embedded::sync_dir(parent) {
+        tracing::warn!(error.message = %e, "the salvage is in place, but its directory entry may not be synced");
+    }
     Ok(Salvaged {
         cuts,
         kept: inventory.batches,
@@ -317,9 +328,17 @@ fn stage(dir: &Path, to: &Path) -> Result<bool, StoreError> {
     Ok(true)
 }
 
-/// Copies a file, or a directory and everything under it.
+/// Copies a file, or a directory and everything under it. A symbolic
+/// link is refused: it is not troupe's, and could lead anywhere (a loop).
 fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    if from.is_dir() {
+    let kind = std::fs::symlink_metadata(from)?.file_type();
+    if kind.is_symlink() {
+        return Err(std::io::Error::other(format!(
+            "{} is a symbolic link: copy the data directory without links, and check the copy",
+            from.display()
+        )));
+    }
+    if kind.is_dir() {
         std::fs::create_dir_all(to)?;
         for entry in std::fs::read_dir(from)? {
             let entry = entry?;

@@ -103,6 +103,13 @@ end
 return -1
 ";
 
+/// `reindex`'s step for one state hash (KEYS: it, the kind's index;
+/// ARGV: the id): indexed unless only a fence wrote it.
+const INDEX_UNLESS_FENCED: &str = r"
+if redis.call('HEXISTS', KEYS[1], 'u') == 1 then return 0 end
+return redis.call('ZADD', KEYS[2], 0, ARGV[1])
+";
+
 /// Connection settings, from `store.redis`.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
@@ -655,7 +662,14 @@ impl Store for RedisStore {
                 else {
                     continue;
                 };
-                pipe.cmd("ZADD").arg(inner.index_key(kind)).arg(0).arg(id);
+                // Not an actor only a fence wrote (see COMMIT): that one
+                // is listed by its first real commit.
+                pipe.cmd("EVAL")
+                    .arg(INDEX_UNLESS_FENCED)
+                    .arg(2)
+                    .arg(key)
+                    .arg(inner.index_key(kind))
+                    .arg(id);
                 adds += 1;
             }
             if adds > 0 {

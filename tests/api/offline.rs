@@ -347,7 +347,12 @@ async fn a_table_left_half_written_by_a_crash_is_not_damage() {
     std::fs::write(tables.join("999"), b"half a table, then the crash").unwrap();
     // And a keyspace whose creation was cut short: a directory and its
     // empty `tables/`, nothing else.
-    std::fs::create_dir_all(dir.path().join("troupe.fjall/keyspaces/99/tables")).unwrap();
+    let unborn = dir.path().join("troupe.fjall/keyspaces/99");
+    std::fs::create_dir_all(unborn.join("tables")).unwrap();
+    // Its first manifest written, and `current` cut short in its temporary
+    // file.
+    std::fs::write(unborn.join("v0"), b"a manifest").unwrap();
+    std::fs::write(unborn.join(".tmpAbC123"), b"cur").unwrap();
     let out = troupe(&["store", "verify", path(dir.path())]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let store = EmbeddedStore::open(dir.path(), StoreOptions::default()).unwrap();

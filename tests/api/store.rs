@@ -1133,6 +1133,19 @@ async fn a_fence_over_nothing_stored_lists_no_phantom_on_redis() {
         1
     );
     assert!(!listed().await, "a fence over nothing listed the actor");
+    // Nor does the upgrade pass that indexes what older versions stored.
+    let client = ::redis::Client::open(s._redis.as_ref().unwrap().url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("DEL")
+        .arg("conformance:actors:indexed")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    s.store.reindex().await.unwrap();
+    assert!(
+        !listed().await,
+        "reindexing listed an actor only a fence wrote"
+    );
     // The late first commit can no longer land.
     assert!(matches!(
         s.store
