@@ -54,8 +54,8 @@ const VERSION_MARKER: &str = "version";
 /// directory, until its checks have passed.
 pub(super) const EVIDENCE: &str = "troupe.evidence";
 /// What to do about damage found at start, in every refusal.
-const ADVICE: &str =
-    "nothing on disk was changed; restore the data directory from a backup (README: Storage integrity)";
+const ADVICE: &str = "nothing on disk was changed; restore the data directory from a backup, \
+     or see README, Storage integrity: `troupe store verify` and `troupe store salvage`";
 /// The key of the count of batches written, in the `meta` keyspace.
 pub(super) const COUNT: &[u8] = b"batches";
 /// Expired idempotency records one sweep batch deletes at most, so a sweep
@@ -135,13 +135,9 @@ impl Engine {
             .iter()
             .map(|item| {
                 let k = item.key().map_err(|e| read_failed("read pending", e))?;
-                String::from_utf8(k.to_vec())
-                    .map_err(|_| {
-                        StoreError::Corrupt(
-                            "a pending actor's name is not UTF-8; restore the data directory from a backup"
-                                .into(),
-                        )
-                    })
+                String::from_utf8(k.to_vec()).map_err(|_| {
+                    StoreError::Corrupt(format!("a pending actor's name is not UTF-8; {ADVICE}"))
+                })
             })
             .collect()
     }
