@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 use troupe::store::{Commit, EmbeddedStore, IdempotencyWrite, Store, StoreError, StoreOptions};
 
-use crate::journal::written_len;
+use crate::journal::{flush, written_len};
 
 const ACTORS: [&str; 3] = ["account/alice", "account/bob", "transfer/t-1"];
 /// Versions each actor reaches: half flushed to tables, half in the
@@ -73,17 +73,7 @@ async fn pristine() -> TempDir {
         commit_round(&store, v).await;
     }
     store.close().await;
-    {
-        let db = fjall::Database::builder(dir.path().join("troupe.fjall"))
-            .open()
-            .unwrap();
-        for name in db.list_keyspace_names() {
-            db.keyspace(&name, fjall::KeyspaceCreateOptions::default)
-                .unwrap()
-                .rotate_memtable_and_wait()
-                .unwrap();
-        }
-    }
+    flush(dir.path(), &[]);
     let store = open(dir.path()).unwrap();
     for v in VERSIONS / 2 + 1..=VERSIONS {
         commit_round(&store, v).await;

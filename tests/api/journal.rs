@@ -64,6 +64,28 @@ pub(crate) fn written_len(bytes: &[u8]) -> usize {
         .map_or(0, |i| i + 1)
 }
 
+/// Writes the memtables of `keyspaces` (every one when empty) to tables,
+/// as fjall does when they fill, with the store closed.
+pub(crate) fn flush(dir: &Path, keyspaces: &[&str]) {
+    let db = fjall::Database::builder(dir.join("troupe.fjall"))
+        .open()
+        .unwrap();
+    let names: Vec<String> = if keyspaces.is_empty() {
+        db.list_keyspace_names()
+            .into_iter()
+            .map(|n| n.to_string())
+            .collect()
+    } else {
+        keyspaces.iter().map(|n| (*n).to_owned()).collect()
+    };
+    for name in names {
+        db.keyspace(&name, fjall::KeyspaceCreateOptions::default)
+            .unwrap()
+            .rotate_memtable_and_wait()
+            .unwrap();
+    }
+}
+
 pub(crate) fn rewrite(path: &Path, range: std::ops::Range<usize>, f: impl Fn(u8) -> u8) {
     let mut bytes = std::fs::read(path).unwrap();
     for b in &mut bytes[range] {
@@ -294,17 +316,7 @@ async fn a_batch_numbered_below_the_flushed_tables_is_refused() {
     }
     store.close().await;
     // Flush every keyspace to tables, as fjall does when memtables fill.
-    {
-        let db = fjall::Database::builder(dir.path().join("troupe.fjall"))
-            .open()
-            .unwrap();
-        for name in db.list_keyspace_names() {
-            let space = db
-                .keyspace(&name, fjall::KeyspaceCreateOptions::default)
-                .unwrap();
-            space.rotate_memtable_and_wait().unwrap();
-        }
-    }
+    flush(dir.path(), &[]);
     let store = open(dir.path()).unwrap();
     for _ in 0..3 {
         commit(&store, version).await;
@@ -439,15 +451,7 @@ async fn a_keyspace_without_its_marker_is_refused_before_fjall_deletes_it() {
     // Its writes in tables: a keyspace without tables and without its
     // marker loses nothing when fjall deletes it (its writes are in the
     // journal, replayed and read back), and is let through.
-    {
-        let db = fjall::Database::builder(dir.path().join("troupe.fjall"))
-            .open()
-            .unwrap();
-        db.keyspace("state", fjall::KeyspaceCreateOptions::default)
-            .unwrap()
-            .rotate_memtable_and_wait()
-            .unwrap();
-    }
+    flush(dir.path(), &["state"]);
     let spaces = dir.path().join("troupe.fjall/keyspaces");
     let space = std::fs::read_dir(&spaces)
         .unwrap()

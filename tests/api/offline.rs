@@ -13,7 +13,7 @@ use std::process::Output;
 use tempfile::TempDir;
 use troupe::store::{EmbeddedStore, Store, StoreOptions};
 
-use crate::journal::{acked, batch_starts, commit, journal, journals, rewrite, write};
+use crate::journal::{acked, batch_starts, commit, flush, journal, journals, rewrite, write};
 
 fn troupe(args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
@@ -210,15 +210,7 @@ async fn salvage_refuses_when_tables_already_hold_writes_from_after_the_cut() {
     write(dir.path(), 3).await;
     // Only the entries reach a table (fjall flushes each keyspace when its
     // memtable fills): the journal stays, for the state it still holds.
-    {
-        let db = fjall::Database::builder(dir.path().join("troupe.fjall"))
-            .open()
-            .unwrap();
-        db.keyspace("entries", fjall::KeyspaceCreateOptions::default)
-            .unwrap()
-            .rotate_memtable_and_wait()
-            .unwrap();
-    }
+    flush(dir.path(), &["entries"]);
     let store = EmbeddedStore::open(dir.path(), StoreOptions::default()).unwrap();
     commit(&store, 3).await;
     store.close().await;
@@ -244,15 +236,7 @@ async fn salvage_refuses_when_tables_already_hold_writes_from_after_the_cut() {
 async fn a_damaged_table_of_contents_is_refused_not_an_abort() {
     let dir = TempDir::new().unwrap();
     write(dir.path(), 3).await;
-    {
-        let db = fjall::Database::builder(dir.path().join("troupe.fjall"))
-            .open()
-            .unwrap();
-        db.keyspace("state", fjall::KeyspaceCreateOptions::default)
-            .unwrap()
-            .rotate_memtable_and_wait()
-            .unwrap();
-    }
+    flush(dir.path(), &["state"]);
     let tables: Vec<PathBuf> = std::fs::read_dir(dir.path().join("troupe.fjall/keyspaces"))
         .unwrap()
         .flat_map(|space| {
