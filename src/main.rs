@@ -44,7 +44,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the effective settings and the layer each came from.
-    Config,
+    Config {
+        #[command(subcommand)]
+        command: Option<ConfigCommand>,
+    },
     /// API keys (auth.keys_file).
     Keys {
         #[command(subcommand)]
@@ -60,6 +63,14 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print every setting's default as TOML (config/default.toml).
+    Defaults,
+    /// Print the reference of every setting as a Markdown table.
+    Reference,
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +194,19 @@ impl Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Config {
+        command: Some(what),
+    }) = &cli.command
+    {
+        print!(
+            "{}",
+            match what {
+                ConfigCommand::Defaults => troupe::settings::table::defaults_toml(),
+                ConfigCommand::Reference => troupe::settings::table::reference_markdown(),
+            }
+        );
+        return Ok(());
+    }
     if let Some(Command::Keys {
         command: KeysCommand::New { name, scopes, ids },
     }) = &cli.command
@@ -229,7 +253,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(troupe::remote::resolve(cli.sources()))?;
-    if let Some(Command::Config) = cli.command {
+    if let Some(Command::Config { .. }) = cli.command {
         remote_note(&remote);
         for (key, value, layer) in describe(&sources)? {
             println!("{key} = {value}    # {layer}");

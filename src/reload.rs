@@ -21,13 +21,9 @@ use crate::runtime::Runtime;
 use crate::settings::{Settings, Sources};
 use crate::telemetry::{set_sampling_ratio, FilterSetter};
 
-/// Keys applied while running; a key matches by prefix.
-const RELOADABLE: [&str; 3] = ["log.filter", "telemetry.otlp.sampling_ratio", "runtime."];
-
+/// Whether the settings table says `key` is applied while running.
 fn reloadable(key: &str) -> bool {
-    RELOADABLE
-        .iter()
-        .any(|p| key == *p || (p.ends_with('.') && key.starts_with(p)))
+    crate::settings::table::lookup(key).is_some_and(|s| s.reload)
 }
 
 /// What the reloader changes, and where it reads its layers.
@@ -175,5 +171,19 @@ mod tests {
         assert!(!reloadable("server.port"));
         assert!(!reloadable("store.backend"));
         assert!(!reloadable("log.format"));
+        assert!(!reloadable("runtime"));
+    }
+
+    /// What the table calls live is what `Reloader::reload` applies: a
+    /// key marked live with nothing applying it would be logged as
+    /// reloaded and ignored.
+    #[test]
+    fn every_live_setting_is_applied() {
+        for setting in crate::settings::table::SETTINGS {
+            let applied = setting.key == "log.filter"
+                || setting.key == "telemetry.otlp.sampling_ratio"
+                || setting.key.starts_with("runtime.");
+            assert_eq!(setting.reload, applied, "{}", setting.key);
+        }
     }
 }

@@ -12,7 +12,8 @@
 //! on a request's path.
 //!
 //! etcd is reached over plain gRPC, so it may not set what decides where
-//! the ledger's data goes or whom the service trusts ([`HOST_ONLY`]): those
+//! the ledger's data goes or whom the service trusts (the settings table's
+//! `remote` column): those
 //! come only from files, the environment and flags.
 
 //!
@@ -21,24 +22,12 @@
 
 use crate::settings::{Settings, SettingsError, Sources};
 
-/// Settings etcd may not set (a key equal to one, or under one ending in
-/// `.`): the store (where acknowledged writes go, how long retries are
-/// recognised), the remote layer itself, the listening address and its
-/// certificate, the trace collector and who may call the API.
-pub const HOST_ONLY: [&str; 6] = [
-    "store.",
-    "remote.",
-    "server.bind",
-    "server.tls.",
-    "auth.",
-    "telemetry.otlp.endpoint",
-];
-
-/// Whether etcd may set `key`.
+/// Whether etcd may set `key`: the settings table says, per setting (not
+/// the store, the remote layer itself, the listening address and its
+/// certificate, the trace collector, nor who may call the API). An unknown
+/// key passes here and is refused by validation with the rest.
 pub fn settable_remotely(key: &str) -> bool {
-    !HOST_ONLY
-        .iter()
-        .any(|denied| key == *denied || (denied.ends_with('.') && key.starts_with(denied)))
+    crate::settings::table::lookup(key).is_none_or(|s| s.remote)
 }
 
 /// What start-up got from the remote layer. Read before logging is set up

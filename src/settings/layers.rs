@@ -10,10 +10,8 @@ use std::path::PathBuf;
 
 use config::{Config, ConfigError, Environment, File, FileFormat, Source, Value, ValueKind};
 
-use super::{Settings, SettingsError, Sources, DEFAULTS};
-
-/// Settings that are lists (their environment form is comma-separated).
-const LIST_KEYS: [&str; 1] = ["remote.etcd.endpoints"];
+use super::table::{self, defaults_toml};
+use super::{Settings, SettingsError, Sources};
 
 impl Sources {
     pub(super) fn environment(&self) -> String {
@@ -32,7 +30,7 @@ impl Sources {
         let mut layers = vec![(
             "defaults (built in)".to_owned(),
             Config::builder()
-                .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+                .add_source(File::from_str(&defaults_toml(), FileFormat::Toml))
                 .build()?,
         )];
         for name in ["default".to_owned(), self.environment(), "local".to_owned()] {
@@ -52,7 +50,7 @@ impl Sources {
             .separator("__")
             .try_parsing(true)
             .list_separator(",");
-        for key in LIST_KEYS {
+        for key in table::list_keys() {
             env = env.with_list_parse_key(key);
         }
         let env = env.source(self.environment.clone());
@@ -133,14 +131,11 @@ pub fn describe(sources: &Sources) -> Result<Vec<(String, String, String)>, Sett
         .collect())
 }
 
-/// Hides passwords: whole values of secret-looking keys, and the password
-/// part of URLs (`redis://user:secret@host` -> `redis://user:***@host`).
+/// Hides secrets: the whole value of a setting the table marks secret, and
+/// the password part of URLs in any other (`redis://user:secret@host` ->
+/// `redis://user:***@host`).
 pub fn redact(key: &str, value: &str) -> String {
-    let last = key.rsplit('.').next().unwrap_or(key);
-    if ["password", "secret", "token"]
-        .iter()
-        .any(|s| last.contains(s))
-    {
+    if table::lookup(key).is_some_and(|s| s.secret) {
         return "***".into();
     }
     if value.contains("://") {
@@ -211,11 +206,11 @@ fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<Stri
 
 #[cfg(test)]
 mod tests {
-    use super::{redact, LIST_KEYS};
-    use crate::settings::{Settings, Sources};
+    use super::redact;
+    use crate::settings::{table, Settings, Sources};
 
     /// Every list setting takes the comma-separated environment form: a
-    /// list setting added without joining `LIST_KEYS` fails here.
+    /// list setting the table does not call a list fails here.
     #[test]
     fn every_list_setting_has_the_environment_form() {
         let sources = Sources {
@@ -232,7 +227,10 @@ mod tests {
             .collect();
         assert!(!lists.is_empty());
         for key in lists {
-            assert!(LIST_KEYS.contains(&key.as_str()), "{key} is a list setting");
+            assert!(
+                table::list_keys().any(|k| k == key),
+                "{key} is a list setting"
+            );
         }
         let mut environment = std::collections::HashMap::new();
         environment.insert(
@@ -257,7 +255,8 @@ mod tests {
             redact("store.redis.url", "redis://h:6379"),
             "redis://h:6379"
         );
-        assert_eq!(redact("remote.etcd.password", "x"), "***");
+        assert_eq!(redact("auth.jwt.hs256_secret", "x"), "***");
+        assert_eq!(redact("auth.jwt.issuer", "x"), "x");
         assert_eq!(
             redact(
                 "remote.etcd.endpoints",

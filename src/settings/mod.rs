@@ -4,6 +4,7 @@
 //!
 //! The defaults are also compiled in, so the binary runs from any directory.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,10 +15,9 @@ use crate::runtime::{RestartPolicy, RuntimeOptions};
 use crate::store::{RedisOptions, StoreOptions};
 
 mod layers;
+pub mod table;
 
 pub use layers::{describe, redact, Origins};
-
-const DEFAULTS: &str = include_str!("../../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -305,7 +305,7 @@ pub enum SettingsError {
     Invalid {
         key: &'static str,
         value: String,
-        reason: &'static str,
+        reason: Cow<'static, str>,
         layer: String,
     },
 }
@@ -355,123 +355,20 @@ impl Settings {
         Ok((settings, origins))
     }
 
+    /// Every value against its range or choices in the settings table,
+    /// then the rules that tie settings together.
     fn validate(&self) -> Result<(), SettingsError> {
-        const MAX_RETENTION_S: u64 = 10 * 365 * 24 * 60 * 60;
-        let positive: [(&'static str, u64); 19] = [
-            (
-                "remote.etcd.connect_timeout_ms",
-                self.remote.etcd.connect_timeout_ms,
-            ),
-            ("store.redis.pool_size", self.store.redis.pool_size as u64),
-            (
-                "store.redis.connect_timeout_ms",
-                self.store.redis.connect_timeout_ms,
-            ),
-            (
-                "store.redis.command_timeout_ms",
-                self.store.redis.command_timeout_ms,
-            ),
-            ("server.max_body_bytes", self.server.max_body_bytes as u64),
-            ("server.max_connections", self.server.max_connections as u64),
-            ("store.max_batch", self.store.max_batch as u64),
-            ("store.queue", self.store.queue as u64),
-            (
-                "runtime.mailbox_capacity",
-                self.runtime.mailbox_capacity as u64,
-            ),
-            (
-                "runtime.shard_mailbox_capacity",
-                self.runtime.shard_mailbox_capacity as u64,
-            ),
-            ("runtime.idle_timeout_ms", self.runtime.idle_timeout_ms),
-            (
-                "runtime.default_timeout_ms",
-                self.runtime.default_timeout_ms,
-            ),
-            ("runtime.effect_timeout_ms", self.runtime.effect_timeout_ms),
-            (
-                "runtime.ask_min_backoff_ms",
-                self.runtime.ask_min_backoff_ms,
-            ),
-            (
-                "runtime.ask_max_backoff_ms",
-                self.runtime.ask_max_backoff_ms,
-            ),
-            ("runtime.retry_interval_ms", self.runtime.retry_interval_ms),
-            (
-                "runtime.max_activations",
-                self.runtime.max_activations as u64,
-            ),
-            (
-                "runtime.wake_concurrency",
-                self.runtime.wake_concurrency as u64,
-            ),
-            (
-                "runtime.supervision.window_ms",
-                self.runtime.supervision.window_ms,
-            ),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
+        let flat = self.flattened();
+        for setting in table::SETTINGS {
+            let Some(value) = flat.get(setting.key) else {
+                continue;
+            };
+            if let Some(reason) = setting.problem(value) {
                 return Err(SettingsError::Invalid {
-                    key,
-                    value: value.to_string(),
-                    reason: "must be at least 1",
+                    key: setting.key,
+                    value: value.clone(),
+                    reason: reason.into(),
                     layer: String::new(),
-                });
-            }
-        }
-        let ratio = self.telemetry.otlp.sampling_ratio;
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(SettingsError::Invalid {
-                key: "telemetry.otlp.sampling_ratio",
-                value: ratio.to_string(),
-                layer: String::new(),
-                reason: "must be between 0.0 and 1.0",
-            });
-        }
-        if !matches!(
-            self.telemetry.otlp.protocol.as_str(),
-            "" | "grpc" | "http/protobuf"
-        ) {
-            return Err(SettingsError::Invalid {
-                key: "telemetry.otlp.protocol",
-                value: self.telemetry.otlp.protocol.clone(),
-                layer: String::new(),
-                reason: "must be grpc or http/protobuf",
-            });
-        }
-        // Ten years: past it, deadlines overflow the store's clocks (Redis
-        // refuses `EX` beyond them, and half a commit would be applied).
-        if self.store.idempotency_retention_s > MAX_RETENTION_S {
-            return Err(SettingsError::Invalid {
-                key: "store.idempotency_retention_s",
-                value: self.store.idempotency_retention_s.to_string(),
-                layer: String::new(),
-                reason: "must be at most 315360000 (ten years)",
-            });
-        }
-        let sizes = [
-            (
-                "store.cache_mb",
-                self.store.cache_mb,
-                0..=1 << 20,
-                "must be at most 1048576 (1 TiB)",
-            ),
-            (
-                "store.memtable_mb",
-                self.store.memtable_mb,
-                1..=1024,
-                "must be between 1 and 1024",
-            ),
-        ];
-        for (key, value, range, reason) in sizes {
-            if !range.contains(&value) {
-                return Err(SettingsError::Invalid {
-                    key,
-                    value: value.to_string(),
-                    layer: String::new(),
-                    reason,
                 });
             }
         }
@@ -480,7 +377,7 @@ impl Settings {
                 key: "runtime.max_timeout_ms",
                 value: self.runtime.max_timeout_ms.to_string(),
                 layer: String::new(),
-                reason: "must not be below runtime.default_timeout_ms",
+                reason: "must not be below runtime.default_timeout_ms".into(),
             });
         }
         let tls = &self.server.tls;
@@ -489,7 +386,7 @@ impl Settings {
                 key: "server.tls.key_file",
                 value: tls.key_file.clone(),
                 layer: String::new(),
-                reason: "server.tls.cert_file and server.tls.key_file are set together",
+                reason: "server.tls.cert_file and server.tls.key_file are set together".into(),
             });
         }
         self.validate_jwt()?;
@@ -499,7 +396,7 @@ impl Settings {
                 key: "server.bind",
                 value: self.server.bind.clone(),
                 layer: String::new(),
-                reason: "must be an IP address",
+                reason: "must be an IP address".into(),
             });
         }
         Ok(())
@@ -513,7 +410,7 @@ impl Settings {
                 key,
                 value,
                 layer: String::new(),
-                reason,
+                reason: reason.into(),
             }),
         }
     }
