@@ -3,7 +3,8 @@
 //!
 //! Adding a kind means: a module with a [`Behavior`] implementation, a
 //! variant in [`Kind`] and in [`AnyCommand`]; the compiler then points at
-//! every `match` that must learn it (here, the runtime's shard).
+//! every place that must learn it (`Kind::ALL`, `Kind::as_str`, [`parse`]
+//! and [`catalog`] here, the runtime's shard).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -51,16 +52,17 @@ pub fn parse(kind: Kind, message: &str, payload: Value) -> Result<AnyCommand, Pa
     }
 }
 
-/// Every kind with its messages and their payload schemas.
+/// Every kind with its messages and their payload schemas, in
+/// [`Kind::ALL`]'s order.
 pub fn catalog() -> Vec<KindSpec> {
-    vec![
-        KindSpec {
-            kind: Kind::Account,
-            messages: Account::messages(),
-        },
-        KindSpec {
-            kind: Kind::Transfer,
-            messages: Transfer::messages(),
-        },
-    ]
+    Kind::ALL
+        .into_iter()
+        .map(|kind| KindSpec {
+            kind,
+            messages: match kind {
+                Kind::Account => Account::messages(),
+                Kind::Transfer => Transfer::messages(),
+            },
+        })
+        .collect()
 }
