@@ -37,10 +37,9 @@ sim-breaks: ## Breaks the runtime's core on purpose, one way at a time, and name
 bench: ## Criterion benches: in-process round trip, domain apply
 	$(CARGO) bench --workspace
 
-bench-http: ## Release build + wrk: troupe vs the Go + Gin peer (../shared/peers), then baseline vs reads vs deposits, 1 and 2 workers
+bench-http: ## Release build + wrk: troupe vs the Go + Gin peer (benches/peers), then baseline vs reads vs deposits, 1 and 2 workers
 	scripts/deps.sh bench
-	@if [ -x "$${PEERS:-../shared/peers}/compare.sh" ]; then scripts/compare-table.sh both; \
-	else echo "../shared/peers not found: no comparison with the Go + Gin peer"; fi
+	scripts/compare-table.sh both
 	scripts/bench-http.sh
 
 bench-auth: ## Release build + wrk: what API keys, JWTs (HS256, RS256) and TLS cost per read

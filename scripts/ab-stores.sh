@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Two builds of troupe, interleaved in one session (A B A B), on the ledger
-# scenarios of the shared peers' bench: each server pinned to core 0 with
-# its own checkout's config/, wrk on core 1, seeded with the peers' seed.sh.
+# scenarios of benches/peers/bench.sh: each server pinned to core 0 with
+# its own checkout's config/, wrk on core 1, seeded with benches/peers/seed.sh.
 #
 #   scripts/ab-stores.sh CHECKOUT_A CHECKOUT_B      e.g. a worktree of an older commit, and .
 #
-# Env: PEERS (../shared/peers), ROUNDS (2), BACKEND (embedded; redis: each
+# Env: ROUNDS (2), BACKEND (embedded; redis: each
 # run gets its own redis-server with AOF everysec, as compare.sh gives the
 # peer). Prints one Markdown table.
 set -euo pipefail
 A=$(cd "${1:?usage: ab-stores.sh CHECKOUT_A CHECKOUT_B}" && pwd)
 B=$(cd "${2:?usage: ab-stores.sh CHECKOUT_A CHECKOUT_B}" && pwd)
-PEERS=$(cd "${PEERS:-$(dirname "$0")/../../shared/peers}" && pwd)
+PEERS=$(cd "$(dirname "$0")/../benches/peers" && pwd)
 export WRK_PREFIX="taskset -c 1"
 for checkout in "$A" "$B"; do (cd "$checkout" && cargo build --release --quiet --bin troupe); done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -67,7 +67,7 @@ measure() {
   rows+=("| $workers | ${label}GET /healthz (baseline) | $b_rps | $b_p99 | 100% | 0 |")
   local scenario
   for scenario in "GET account|$BASE/v1/accounts/hot|" \
-                  "POST deposit, 1 hot account|$BASE/v1/accounts/hot/deposits|$WRK/deposit.lua" \
+                  "POST deposit, 1 hot account|$BASE/v1/accounts/hot/deposits|$WRK/deposit_hot.lua" \
                   "POST deposit, 10,000 accounts|$BASE|$WRK/deposit_many.lua"; do
     IFS='|' read -r name url script <<<"$scenario"
     read -r rps p99 err < <(run "$name" "$workers" "$url" "$script")
@@ -108,7 +108,7 @@ if [ -z "${SKIP_TELEMETRY:-}" ]; then
     start 1 "${env[@]}"
     setup_accounts
     read -r r_rps r_p99 _ < <(run read 1 "$BASE/v1/accounts/hot")
-    read -r h_rps h_p99 _ < <(run hot 1 "$BASE/v1/accounts/hot/deposits" "$WRK/deposit.lua")
+    read -r h_rps h_p99 _ < <(run hot 1 "$BASE/v1/accounts/hot/deposits" "$WRK/deposit_hot.lua")
     stop
     trows+=("$mode $r_rps $r_p99 $h_rps $h_p99")
   done

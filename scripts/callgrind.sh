@@ -2,7 +2,8 @@
 # Instructions per request of one ledger scenario under callgrind: the same
 # count for the same binary and input whatever else the machine does, where
 # wall-clock A/Bs on a small VM spread by a quarter. Starts BIN under
-# valgrind, seeds it with the peers' seed.sh, warms the scenario up for 3 s,
+# valgrind, seeds it with benches/peers/seed.sh, warms the scenario (one of
+# scripts/wrk/*.lua: get_many, deposit_hot, deposit_many, transfer_many) up for 3 s,
 # zeroes the counters, runs wrk -t1 -c64 for SECS, dumps and divides.
 #
 #   scripts/callgrind.sh BIN [SCENARIO] [SECS]   e.g. target/release/troupe deposit_many 10
@@ -13,11 +14,11 @@
 # and its compare-and-set reads; the rest is fjall's background threads,
 # timers and the runtime. KEEP=DIR keeps the profile.
 #
-# Env: PEERS (../shared/peers). Needs valgrind, wrk, curl.
+# Needs valgrind, wrk, curl, python3.
 set -euo pipefail
 BIN=${1:?usage: callgrind.sh BIN [SCENARIO] [SECS]}
 SC=${2:-deposit_many}; SECS=${3:-10}
-PEERS=$(cd "${PEERS:-$(dirname "$0")/../../shared/peers}" && pwd)
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d /tmp/callgrind-XXXX)
 PID=""
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP:-}" ] && cp "$DIR"/cg.* "$KEEP"/ 2>/dev/null; rm -rf "$DIR"' EXIT
@@ -25,10 +26,10 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.%p" "$BIN" --bind 127.0.0.1 --port "$port" \
   --data-dir "$DIR/data" >"$DIR/log" 2>&1 & PID=$!
 for _ in $(seq 600); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
-"$PEERS/seed.sh" "http://127.0.0.1:$port" >/dev/null
-wrk -t1 -c64 -d3s -s "$PEERS/wrk/$SC.lua" "http://127.0.0.1:$port/" >/dev/null 2>&1
+"$REPO/benches/peers/seed.sh" "http://127.0.0.1:$port" >/dev/null
+wrk -t1 -c64 -d3s -s "$REPO/scripts/wrk/$SC.lua" "http://127.0.0.1:$port/" >/dev/null 2>&1
 callgrind_control -z "$PID" >/dev/null
-out=$(wrk -t1 -c64 -d"${SECS}s" -s "$PEERS/wrk/$SC.lua" "http://127.0.0.1:$port/" 2>&1)
+out=$(wrk -t1 -c64 -d"${SECS}s" -s "$REPO/scripts/wrk/$SC.lua" "http://127.0.0.1:$port/" 2>&1)
 callgrind_control -d "$PID" >/dev/null
 sleep 1
 reqs=$(awk '/requests in/ {print $1}' <<<"$out")

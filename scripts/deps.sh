@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a target needs, when missing.
 #   scripts/deps.sh test    what the test suite needs
-#   scripts/deps.sh bench   what `make bench-http` needs (wrk, curl)
+#   scripts/deps.sh bench     what `make bench-http` needs (wrk, curl, redis,
+#                             Go with gin, redigo and lib/pq for benches/peers/go-gin)
+#   scripts/deps.sh bench-pg  bench, and a Postgres server for the peer's pg mode
 set -euo pipefail
 need=()
 case "${1:-test}" in
@@ -22,27 +24,36 @@ case "${1:-test}" in
     # is generated from it (both from PyPI, pinned).
     command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
     ;;
-  bench)
+  bench|bench-pg)
     command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
     command -v curl >/dev/null 2>&1 || need+=(curl)
     # auth-cost.sh signs its tokens and certificate with openssl.
     command -v openssl >/dev/null 2>&1 || need+=(openssl)
-    # The Go + Gin peer that compare-table.sh measures troupe against.
-    if [ -d "$(dirname "$0")/../../shared/peers" ]; then
-      command -v go >/dev/null 2>&1 || need+=(golang-go)
-      [ -d /usr/share/gocode/src/github.com/gin-gonic/gin ] || need+=(golang-github-gin-gonic-gin-dev)
-      [ -d /usr/share/gocode/src/github.com/gomodule/redigo ] || need+=(golang-github-gomodule-redigo-dev)
+    # The Go + Gin peer (benches/peers/go-gin) that compare-table.sh
+    # measures troupe against, built from Debian's Go packages (GOPATH
+    # mode, no module proxy); seed.sh is Python.
+    command -v go >/dev/null 2>&1 || need+=(golang-go)
+    [ -d /usr/share/gocode/src/github.com/gin-gonic/gin ] || need+=(golang-github-gin-gonic-gin-dev)
+    [ -d /usr/share/gocode/src/github.com/gomodule/redigo ] || need+=(golang-github-gomodule-redigo-dev)
+    [ -d /usr/share/gocode/src/github.com/lib/pq ] || need+=(golang-github-lib-pq-dev)
+    command -v python3 >/dev/null 2>&1 || need+=(python3)
+    if [ "$1" = bench-pg ]; then
+      ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
     fi
     ;;
-  *) echo "usage: $0 test|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 test|bench|bench-pg" >&2; exit 2 ;;
 esac
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   echo "installing: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian starts a default cluster on install; compare.sh runs its own, pinned.
+  case " ${need[*]} " in
+    *" postgresql "*) $SUDO service postgresql stop >/dev/null 2>&1 || true ;;
+  esac
 fi
 if [ "${1:-test}" = test ]; then
   python3 -c 'import openapi_spec_validator, openapi_python_client' 2>/dev/null ||

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Overload on one hot account: durable deposits of 1 with 64 connections,
 # then with each of CONNS (256 2000), DUR seconds each, server pinned to
-# core 0 and wrk to core 1 (as ../shared/peers/compare.sh). Prints goodput
+# core 0 and wrk to core 1 (as benches/peers/compare.sh). Prints goodput
 # (2xx per second) per row and its ratio to the 64-connection row, the
 # answers that were not 2xx by status (from /metrics), and whether
 # anything acknowledged was lost, as a net check: the account's balance
@@ -54,7 +54,7 @@ base=""
 for c in 64 $CONNS; do
   before=$(balance); seen=$(statuses); cpu0=$(cpu_ticks)
   t0=$(date +%s%N)
-  out=$(taskset -c 1 wrk -t1 -c"$c" -d"${DUR}s" --timeout 10s --latency -s scripts/wrk/deposit.lua "$BASE/v1/accounts/hot/deposits")
+  out=$(taskset -c 1 wrk -t1 -c"$c" -d"${DUR}s" --timeout 10s --latency -s scripts/wrk/deposit_hot.lua "$BASE/v1/accounts/hot/deposits")
   busy=$(awk -v t="$(cpu_ticks)" -v t0="$cpu0" -v n="$(date +%s%N)" -v n0="$t0" -v hz="$(getconf CLK_TCK)" \
     'BEGIN { printf "%.0f%%", 100 * (t - t0) / hz / ((n - n0) / 1e9) }')
   sleep 1

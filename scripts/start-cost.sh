@@ -12,7 +12,7 @@ ready() { for i in $(seq 1 4000); do curl -sf localhost:18080/readyz >/dev/null 
 run() { "$1" >"$D/$2.log" 2>&1 & PID=$!; }
 run $NEW fill; ready
 curl -s -XPUT localhost:18080/v1/accounts/hot -H 'Content-Type: application/json' -d '{"currency":"EUR"}' >/dev/null
-taskset -c 1 wrk -t1 -c32 -d${SECS:-20}s -s scripts/wrk/deposit.lua http://localhost:18080/v1/accounts/hot/deposits | grep -E "Requests/sec|Non-2xx"
+taskset -c 1 wrk -t1 -c32 -d${SECS:-20}s -s scripts/wrk/deposit_hot.lua http://localhost:18080/v1/accounts/hot/deposits | grep -E "Requests/sec|Non-2xx"
 kill -9 $PID; wait $PID 2>/dev/null
 for f in $D/data/troupe.fjall/*.jnl; do echo "$f: $(python3 -c "
 b=open('$f','rb').read();i=len(b)

@@ -1,14 +1,24 @@
 -- Durable transfers of 1 between two distinct accounts chosen at random
--- among b-1 .. b-ACCOUNTS (default 10,000), each with a fresh id.
+-- among b-1 .. b-ACCOUNTS (default 10,000), each with a fresh id (unique
+-- across runs: the thread and eight bytes of /dev/urandom prefix it).
+-- Usage: wrk -t1 -c64 -d8s --latency -s transfer_many.lua http://HOST:PORT/
 local accounts = tonumber(os.getenv("ACCOUNTS") or "10000")
 local counter = 0
 function setup(thread)
   counter = counter + 1
   thread:set("tid", counter)
 end
+-- Eight random bytes as hex, or the time when /dev/urandom cannot be read.
+local function token()
+  local f = io.open("/dev/urandom", "rb")
+  if not f then return tostring(os.time()) end
+  local bytes = f:read(8)
+  f:close()
+  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
 function init(args)
   math.randomseed(os.time() * 1000 + (tid or 0))
-  prefix = "s" .. os.time() .. "-" .. (tid or 0) .. "-"
+  prefix = "s" .. token() .. "-" .. (tid or 0) .. "-"
   n = 0
 end
 function request()
