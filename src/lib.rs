@@ -1,5 +1,5 @@
 //! troupe: an actor-based message-passing service whose flagship business is
-//! a ledger. See README.md for the architecture.
+//! a ledger. See docs/ (the book) for the architecture.
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -8,7 +8,7 @@ use troupe::startup::{Application, Controls};
 
 /// mimalloc instead of glibc's malloc: the request path allocates per
 /// message, and glibc's allocator took a fifth of the HTTP worker's time
-/// under load (README, Performance).
+/// under load (docs/src/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -65,209 +65,48 @@ impl Application {
     /// # Errors
     /// When the store cannot be opened or the address cannot be bound.
     pub async fn build_with(settings: Settings, mut controls: Controls) -> anyhow::Result<Self> {
-        let (keys, jwt) = load_credentials(&settings)?;
-        let certificates = match settings.server.tls.is_enabled() {
-            true => Some(Arc::new(
-                crate::tls::Certificates::load(&settings.server.tls)
-                    .context("loading the TLS certificate")?,
-            )),
-            false => None,
-        };
-        let mut redis_settings = None;
-        let store: Arc<dyn Store> = match settings.store.backend {
-            StoreBackend::Redis => {
-                let redis = RedisStore::new(&settings.redis_options(), &settings.store_options())
-                    .context("configuring the Redis store")?;
-                redis_settings = check_redis(&redis).await?;
-                Arc::new(redis)
-            }
-            StoreBackend::Embedded => {
-                let store = EmbeddedStore::open(settings.data_dir(), settings.store_options())
-                    .with_context(|| {
-                        format!("opening the store in {}", settings.data_dir().display())
-                    })?;
-                Arc::new(store)
-            }
-        };
-        // A store that cannot answer yet (Redis down at start) is checked
-        // by nobody: legacy transfers are then merely never resumed.
-        match crate::upgrade::check(&*store).await {
-            Err(crate::upgrade::UpgradeError::Store(e)) => {
-                tracing::warn!(error.message = %e, "cannot check the store for transfers of an earlier version");
-            }
-            other => other.context("checking the data of earlier versions")?,
-        }
-        let store = match controls.store_layer.take() {
-            Some(layer) => layer(store),
-            None => store,
-        };
+        let credentials = Credentials::load(&settings)?;
+        let certificates = load_certificates(&settings)?;
         let metrics = Metrics::new();
-        if let Some(server) = &redis_settings {
-            metrics.redis_settings(server);
-        }
-        let store = metrics.instrument(store);
+        let store = open_store(&settings, &metrics, controls.store_layer.take()).await?;
         let background = Background::new();
-        let auth = Arc::new(Auth::new(
-            settings.auth.enabled,
-            keys,
-            jwt,
-            crate::auth::AuthMetrics {
-                denied: metrics.auth_denied.clone(),
-                keys: metrics.auth_keys.clone(),
-                reloads: metrics.auth_reloads.clone(),
-            },
-        ));
-        let mut watchers = Vec::new();
-        if settings.auth.enabled {
-            let path = settings.auth.keys_file.trim();
-            if !path.is_empty() {
-                match auth.watch_keys(&background, PathBuf::from(path)) {
-                    Ok(w) => watchers.push(w),
-                    Err(e) => {
-                        tracing::warn!(file = path, error.message = %e, "cannot watch the keys file; keys are not reloaded");
-                    }
-                }
-            }
-            match auth.watch_jwt_key(&background) {
-                Some(Ok(w)) => watchers.push(w),
-                Some(Err(e)) => {
-                    tracing::warn!(error.message = %e, "cannot watch the JWT public key file; it is not reloaded");
-                }
-                None => {}
-            }
-        }
-        spawn_sweeper(
-            &background,
-            store.clone(),
-            Duration::from_secs(settings.store.sweep_interval_s.max(1)),
-        );
-        let workers = Settings::threads(settings.server.workers);
-        let runtime = Runtime::new(store, settings.runtime_options(), workers);
-        // The metrics actor lives on the system thread, off the workers.
-        let sink = MetricsActor::new(metrics.clone()).start();
-        runtime.set_metrics_sink(sink.recipient());
-        let listener = TcpListener::bind((settings.server.bind.as_str(), settings.server.port))
-            .with_context(|| {
-                format!("binding {}:{}", settings.server.bind, settings.server.port)
-            })?;
-        let port = listener.local_addr()?.port();
-        let ops_listener = match settings.server.ops_bind.trim() {
-            "" => None,
-            address => Some(
-                TcpListener::bind(address)
-                    .with_context(|| format!("binding server.ops_bind {address}"))?,
-            ),
-        };
-        let ops_address = match &ops_listener {
-            Some(l) => Some(l.local_addr()?),
-            None => None,
-        };
-        let ops_port = ops_address.map(|a| a.port());
-
+        let (auth, mut watchers) = start_auth(&settings, credentials, &metrics, &background);
+        let runtime = start_runtime(&settings, store, &metrics, &background);
+        let listeners = Listeners::bind(&settings)?;
         let tls = match &certificates {
             Some(certificates) => {
-                let tls_metrics = crate::tls::TlsMetrics {
-                    reloads: metrics.tls_reloads.clone(),
-                    expiry: metrics.tls_expiry.clone(),
-                };
-                match certificates.watch(&background, tls_metrics) {
-                    Ok(w) => watchers.push(w),
-                    Err(e) => {
-                        tracing::warn!(error.message = %e, "cannot watch the TLS files; the certificate is not reloaded");
-                    }
-                }
+                watchers.extend(watch_certificates(certificates, &metrics, &background));
                 Some(certificates.server_config()?)
             }
             None => None,
         };
-
-        let limits = HttpLimits {
-            max_body_bytes: settings.server.max_body_bytes,
-            retry_after_s: settings.server.retry_after_s,
-        };
         let current = Arc::new(ArcSwap::from_pointee(settings.clone()));
-        let data = (
-            web::Data::new(runtime.clone()),
-            web::Data::new(metrics.clone()),
-            web::Data::new(limits),
-            web::Data::from(current.clone()),
-            web::Data::from(auth),
-            web::Data::new(http::ops::OpsAddress(ops_address)),
-        );
-        let http_metrics_on = settings.telemetry.http_metrics;
-        let server = HttpServer::new(move || {
-            // Runs once on each worker thread: the worker hosts a shard.
-            data.0.host_shard_here();
-            App::new()
-                .app_data(data.0.clone())
-                .app_data(data.1.clone())
-                .app_data(data.2.clone())
-                .app_data(data.3.clone())
-                .app_data(data.4.clone())
-                .app_data(data.5.clone())
-                .wrap(middleware::from_fn(crate::auth::check))
-                .wrap(middleware::from_fn(http::ops::split))
-                .wrap(middleware::from_fn(context::request_ids))
-                .wrap(middleware::Condition::new(
-                    http_metrics_on,
-                    middleware::from_fn(http_metrics::record),
-                ))
-                .wrap(TracingLogger::<context::RootSpan>::new())
-                .configure(http::routes)
-                .default_service(web::to(http::not_found))
-        })
-        .workers(workers)
-        .max_connections(settings.server.max_connections)
-        // A client that closes its side has gone: its request's future is
-        // dropped, and with it the work still queued for it.
-        .h1_allow_half_closed(false)
-        .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000));
-        // TLS on every listener: the operations one carries keys too.
-        let mut server = match &tls {
-            Some(config) => server.listen_rustls_0_23(listener, config.clone())?,
-            None => server.listen(listener)?,
+        let data = AppData {
+            runtime: web::Data::new(runtime.clone()),
+            metrics: web::Data::new(metrics.clone()),
+            limits: web::Data::new(HttpLimits {
+                max_body_bytes: settings.server.max_body_bytes,
+                retry_after_s: settings.server.retry_after_s,
+            }),
+            settings: web::Data::from(current.clone()),
+            auth: web::Data::from(auth),
+            ops: web::Data::new(http::ops::OpsAddress(listeners.ops_address()?)),
         };
-        if let Some(ops) = ops_listener {
-            server = match &tls {
-                Some(config) => server.listen_rustls_0_23(ops, config.clone())?,
-                None => server.listen(ops)?,
-            };
-        }
-        let server = server.run();
-        if let Some(ops) = ops_port {
-            tracing::info!(
-                port = ops,
-                "operations listener: /metrics, /config and health"
-            );
-        }
-
+        let (port, ops_port) = (listeners.port()?, listeners.ops_port()?);
+        let server = serve(&settings, data, listeners, tls)?;
         spawn_resume(&background, runtime.clone());
         spawn_reindex(&background, runtime.store().clone());
-        let watcher = match controls.sources {
-            Some(sources) => {
-                let dir = sources
-                    .config_dir
-                    .clone()
-                    .unwrap_or_else(|| "config".into());
-                let reloader = Reloader::new(
-                    sources,
-                    current,
-                    runtime.clone(),
-                    controls.log_filter,
-                    metrics.config_reloads.clone(),
-                );
-                crate::remote::spawn(&background, &settings, reloader.clone());
-                match reloader.watch(&background, dir.clone()) {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error.message = %e, "cannot watch the configuration; live reload from files is off");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let watcher = controls.sources.and_then(|sources| {
+            watch_settings(
+                &settings,
+                sources,
+                current,
+                &runtime,
+                controls.log_filter,
+                &metrics,
+                &background,
+            )
+        });
         Ok(Self {
             port,
             ops_port,
@@ -336,6 +175,318 @@ impl Application {
         runtime.store().close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// What every HTTP worker's application shares: the handlers' data.
+#[derive(Clone)]
+struct AppData {
+    runtime: web::Data<Runtime>,
+    metrics: web::Data<Metrics>,
+    limits: web::Data<HttpLimits>,
+    /// The running settings, replaced on reload.
+    settings: web::Data<ArcSwap<Settings>>,
+    auth: web::Data<Auth>,
+    ops: web::Data<http::ops::OpsAddress>,
+}
+
+impl AppData {
+    fn register(&self, config: &mut web::ServiceConfig) {
+        config
+            .app_data(self.runtime.clone())
+            .app_data(self.metrics.clone())
+            .app_data(self.limits.clone())
+            .app_data(self.settings.clone())
+            .app_data(self.auth.clone())
+            .app_data(self.ops.clone());
+    }
+}
+
+/// The API keys and the JWT verifier in force at start.
+struct Credentials {
+    keys: KeyRing,
+    jwt: Option<Jwt>,
+}
+
+impl Credentials {
+    /// A keys file or a JWT key that cannot be read stops start-up, and so
+    /// does authentication turned on with neither a key nor a JWT key.
+    fn load(settings: &Settings) -> anyhow::Result<Self> {
+        let none = Self {
+            keys: KeyRing::default(),
+            jwt: None,
+        };
+        if !settings.auth.enabled {
+            if settings.environment == "production" {
+                tracing::warn!("auth.enabled is false in production: every route is open to anyone who can reach the port");
+            } else if !settings.auth.keys_file.trim().is_empty()
+                || settings.auth.jwt.is_configured()
+            {
+                tracing::warn!("auth.keys_file or auth.jwt is set but auth.enabled is false: no credentials are checked");
+            }
+            return Ok(none);
+        }
+        let keys = match settings.auth.keys_file.trim() {
+            "" => KeyRing::default(),
+            path => KeyRing::load(Path::new(path)).context("reading auth.keys_file")?,
+        };
+        let jwt = Jwt::from_settings(&settings.auth.jwt).context("configuring auth.jwt")?;
+        if keys.is_empty() && jwt.is_none() {
+            anyhow::bail!(
+                "auth.enabled is true but no API key is configured: run `troupe keys new --name NAME \
+                 --scopes ledger:read,ledger:write`, put the [[key]] block it prints in a file, and \
+                 point auth.keys_file (TROUPE__AUTH__KEYS_FILE) at it (or configure auth.jwt for an \
+                 identity provider's tokens)"
+            );
+        }
+        tracing::info!(keys = keys.len(), jwt = jwt.is_some(), "credentials loaded");
+        Ok(Self { keys, jwt })
+    }
+}
+
+/// The TLS certificate and key, when configured; files that do not load
+/// stop start-up.
+fn load_certificates(settings: &Settings) -> anyhow::Result<Option<Arc<crate::tls::Certificates>>> {
+    if !settings.server.tls.is_enabled() {
+        return Ok(None);
+    }
+    let certificates = crate::tls::Certificates::load(&settings.server.tls)
+        .context("loading the TLS certificate")?;
+    Ok(Some(Arc::new(certificates)))
+}
+
+/// Opens the configured store, checks the data of earlier versions, and
+/// wraps it in the caller's layer (a test's fault injector) and in
+/// metrics. The only place that names a concrete store.
+async fn open_store(
+    settings: &Settings,
+    metrics: &Metrics,
+    layer: Option<StoreLayer>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match settings.store.backend {
+        StoreBackend::Redis => {
+            let redis = RedisStore::new(&settings.redis_options(), &settings.store_options())
+                .context("configuring the Redis store")?;
+            if let Some(server) = check_redis(&redis).await? {
+                metrics.redis_settings(&server);
+            }
+            Arc::new(redis)
+        }
+        StoreBackend::Embedded => {
+            let store = EmbeddedStore::open(settings.data_dir(), settings.store_options())
+                .with_context(|| {
+                    format!("opening the store in {}", settings.data_dir().display())
+                })?;
+            Arc::new(store)
+        }
+    };
+    // A store that cannot answer yet (Redis down at start) is checked
+    // by nobody: legacy transfers are then merely never resumed.
+    match crate::upgrade::check(&*store).await {
+        Err(crate::upgrade::UpgradeError::Store(e)) => {
+            tracing::warn!(error.message = %e, "cannot check the store for transfers of an earlier version");
+        }
+        other => other.context("checking the data of earlier versions")?,
+    }
+    let store = match layer {
+        Some(layer) => layer(store),
+        None => store,
+    };
+    Ok(metrics.instrument(store))
+}
+
+/// Who may call the API, and the watchers that reload its keys.
+fn start_auth(
+    settings: &Settings,
+    credentials: Credentials,
+    metrics: &Metrics,
+    background: &Background,
+) -> (Arc<Auth>, Vec<notify::RecommendedWatcher>) {
+    let auth = Arc::new(Auth::new(
+        settings.auth.enabled,
+        credentials.keys,
+        credentials.jwt,
+        crate::auth::AuthMetrics {
+            denied: metrics.auth_denied.clone(),
+            keys: metrics.auth_keys.clone(),
+            reloads: metrics.auth_reloads.clone(),
+        },
+    ));
+    let mut watchers = Vec::new();
+    if !settings.auth.enabled {
+        return (auth, watchers);
+    }
+    let path = settings.auth.keys_file.trim();
+    if !path.is_empty() {
+        match auth.watch_keys(background, PathBuf::from(path)) {
+            Ok(w) => watchers.push(w),
+            Err(e) => {
+                tracing::warn!(file = path, error.message = %e, "cannot watch the keys file; keys are not reloaded");
+            }
+        }
+    }
+    match auth.watch_jwt_key(background) {
+        Some(Ok(w)) => watchers.push(w),
+        Some(Err(e)) => {
+            tracing::warn!(error.message = %e, "cannot watch the JWT public key file; it is not reloaded");
+        }
+        None => {}
+    }
+    (auth, watchers)
+}
+
+/// The actor runtime over `store`, its metrics actor, and the sweeper of
+/// expired idempotency records.
+fn start_runtime(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    metrics: &Metrics,
+    background: &Background,
+) -> Runtime {
+    spawn_sweeper(
+        background,
+        store.clone(),
+        Duration::from_secs(settings.store.sweep_interval_s.max(1)),
+    );
+    let workers = Settings::threads(settings.server.workers);
+    let runtime = Runtime::new(store, settings.runtime_options(), workers);
+    // The metrics actor lives on the system thread, off the workers.
+    let sink = MetricsActor::new(metrics.clone()).start();
+    runtime.set_metrics_sink(sink.recipient());
+    runtime
+}
+
+/// The main listener and the operations one (`server.ops_bind`), bound
+/// before anything is served so port 0 is known at once.
+struct Listeners {
+    main: TcpListener,
+    ops: Option<TcpListener>,
+}
+
+impl Listeners {
+    fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        let server = &settings.server;
+        let main = TcpListener::bind((server.bind.as_str(), server.port))
+            .with_context(|| format!("binding {}:{}", server.bind, server.port))?;
+        let ops = match server.ops_bind.trim() {
+            "" => None,
+            address => Some(
+                TcpListener::bind(address)
+                    .with_context(|| format!("binding server.ops_bind {address}"))?,
+            ),
+        };
+        Ok(Self { main, ops })
+    }
+
+    fn port(&self) -> std::io::Result<u16> {
+        Ok(self.main.local_addr()?.port())
+    }
+
+    fn ops_address(&self) -> std::io::Result<Option<std::net::SocketAddr>> {
+        self.ops.as_ref().map(TcpListener::local_addr).transpose()
+    }
+
+    fn ops_port(&self) -> std::io::Result<Option<u16>> {
+        Ok(self.ops_address()?.map(|a| a.port()))
+    }
+}
+
+/// Reloads the TLS files when they change.
+fn watch_certificates(
+    certificates: &Arc<crate::tls::Certificates>,
+    metrics: &Metrics,
+    background: &Background,
+) -> Option<notify::RecommendedWatcher> {
+    let tls_metrics = crate::tls::TlsMetrics {
+        reloads: metrics.tls_reloads.clone(),
+        expiry: metrics.tls_expiry.clone(),
+    };
+    match certificates.watch(background, tls_metrics) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error.message = %e, "cannot watch the TLS files; the certificate is not reloaded");
+            None
+        }
+    }
+}
+
+/// The HTTP server on both listeners, TLS on each when configured; every
+/// worker hosts a shard of the actors.
+fn serve(
+    settings: &Settings,
+    data: AppData,
+    listeners: Listeners,
+    tls: Option<rustls::ServerConfig>,
+) -> anyhow::Result<Server> {
+    let http_metrics_on = settings.telemetry.http_metrics;
+    let server = HttpServer::new(move || {
+        // Runs once on each worker thread: the worker hosts a shard.
+        data.runtime.host_shard_here();
+        let data = data.clone();
+        App::new()
+            .configure(move |config| data.register(config))
+            .wrap(middleware::from_fn(crate::auth::check))
+            .wrap(middleware::from_fn(http::ops::split))
+            .wrap(middleware::from_fn(context::request_ids))
+            .wrap(middleware::Condition::new(
+                http_metrics_on,
+                middleware::from_fn(http_metrics::record),
+            ))
+            .wrap(TracingLogger::<context::RootSpan>::new())
+            .configure(http::routes)
+            .default_service(web::to(http::not_found))
+    })
+    .workers(Settings::threads(settings.server.workers))
+    .max_connections(settings.server.max_connections)
+    // A client that closes its side has gone: its request's future is
+    // dropped, and with it the work still queued for it.
+    .h1_allow_half_closed(false)
+    .disable_signals()
+    .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000));
+    // TLS on every listener: the operations one carries keys too.
+    let mut server = match &tls {
+        Some(config) => server.listen_rustls_0_23(listeners.main, config.clone())?,
+        None => server.listen(listeners.main)?,
+    };
+    if let Some(ops) = listeners.ops {
+        let port = ops.local_addr()?.port();
+        server = match &tls {
+            Some(config) => server.listen_rustls_0_23(ops, config.clone())?,
+            None => server.listen(ops)?,
+        };
+        tracing::info!(port, "operations listener: /metrics, /config and health");
+    }
+    Ok(server.run())
+}
+
+/// Live reload: the config directory watched, and etcd when configured.
+fn watch_settings(
+    settings: &Settings,
+    sources: Sources,
+    current: Arc<ArcSwap<Settings>>,
+    runtime: &Runtime,
+    log_filter: Option<FilterSetter>,
+    metrics: &Metrics,
+    background: &Background,
+) -> Option<notify::RecommendedWatcher> {
+    let dir = sources
+        .config_dir
+        .clone()
+        .unwrap_or_else(|| "config".into());
+    let reloader = Reloader::new(
+        sources,
+        current,
+        runtime.clone(),
+        log_filter,
+        metrics.config_reloads.clone(),
+    );
+    crate::remote::spawn(background, settings, reloader.clone());
+    match reloader.watch(background, dir.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error.message = %e, "cannot watch the configuration; live reload from files is off");
+            None
+        }
     }
 }
 
@@ -428,43 +579,10 @@ fn spawn_sweeper(background: &Background, store: Arc<dyn Store>, every: Duration
     });
 }
 
-/// The API keys and the JWT verifier in force at start: a keys file or a
-/// JWT key that cannot be read stops start-up, and so does authentication
-/// turned on with neither a key nor a JWT key.
-fn load_credentials(settings: &Settings) -> anyhow::Result<(KeyRing, Option<Jwt>)> {
-    if !settings.auth.enabled {
-        if settings.environment == "production" {
-            tracing::warn!("auth.enabled is false in production: every route is open to anyone who can reach the port");
-        } else if !settings.auth.keys_file.trim().is_empty() || settings.auth.jwt.is_configured() {
-            tracing::warn!("auth.keys_file or auth.jwt is set but auth.enabled is false: no credentials are checked");
-        }
-        return Ok((KeyRing::default(), None));
-    }
-    let ring = match settings.auth.keys_file.trim() {
-        "" => KeyRing::default(),
-        path => KeyRing::load(Path::new(path))
-            .map_err(anyhow::Error::msg)
-            .context("reading auth.keys_file")?,
-    };
-    let jwt = Jwt::from_settings(&settings.auth.jwt)
-        .map_err(anyhow::Error::msg)
-        .context("configuring auth.jwt")?;
-    if ring.is_empty() && jwt.is_none() {
-        anyhow::bail!(
-            "auth.enabled is true but no API key is configured: run `troupe keys new --name NAME \
-             --scopes ledger:read,ledger:write`, put the [[key]] block it prints in a file, and \
-             point auth.keys_file (TROUPE__AUTH__KEYS_FILE) at it (or configure auth.jwt for an \
-             identity provider's tokens)"
-        );
-    }
-    tracing::info!(keys = ring.len(), jwt = jwt.is_some(), "credentials loaded");
-    Ok((ring, jwt))
-}
-
 /// Refuses a Redis that would delete acknowledged data on its own, and
 /// logs what its persistence settings promise. A Redis down at start, or
 /// one that refuses `CONFIG GET`, cannot be checked: that is logged, and
-/// the operator's to see to (README, Redis store).
+/// the operator's to see to (docs/src/operations/storage.md, The Redis store).
 async fn check_redis(redis: &RedisStore) -> anyhow::Result<Option<ServerSettings>> {
     match redis.server_settings().await {
         Ok(Some(server)) => {

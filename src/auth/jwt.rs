@@ -87,18 +87,33 @@ pub fn looks_like_jwt(token: &str) -> bool {
     token.split('.').count() == 3
 }
 
+/// Why the JWT settings or key file give no verifier.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    /// Settings that cannot verify safely ([`JwtSettings::problem`]).
+    #[error("{key}: {reason}")]
+    Settings {
+        key: &'static str,
+        reason: &'static str,
+    },
+    #[error("auth.jwt.hs256_secret: {0}")]
+    Secret(jsonwebtoken::errors::Error),
+    #[error("auth.jwt.public_key_file {path}: {problem}")]
+    KeyFile { path: String, problem: String },
+}
+
 impl Jwt {
     /// The verifier `settings` describe, or `None` when they name no key.
     ///
     /// # Errors
     /// A key file that cannot be read or parsed, a secret too short, an
     /// issuer or audience missing: the message says which.
-    pub fn from_settings(settings: &JwtSettings) -> Result<Option<Self>, String> {
+    pub fn from_settings(settings: &JwtSettings) -> Result<Option<Self>, JwtError> {
         if !settings.is_configured() {
             return Ok(None);
         }
         if let Some((key, _, reason)) = settings.problem() {
-            return Err(format!("{key}: {reason}"));
+            return Err(JwtError::Settings { key, reason });
         }
         let verifiers = build(settings)?;
         Ok(Some(Self {
@@ -121,7 +136,7 @@ impl Jwt {
     ///
     /// # Errors
     /// As [`Jwt::from_settings`].
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), JwtError> {
         self.verifiers.store(Arc::new(build(&self.settings)?));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -238,12 +253,12 @@ impl Jwt {
 
 /// The keys and the validation settings describe (checked by
 /// [`JwtSettings::problem`]: exactly one of a secret and a key file).
-fn build(settings: &JwtSettings) -> Result<Vec<Verifier>, String> {
+fn build(settings: &JwtSettings) -> Result<Vec<Verifier>, JwtError> {
     let keys = if settings.hs256_secret.is_empty() {
         public_keys(Path::new(settings.public_key_file.trim()))?
     } else {
-        let key = DecodingKey::from_secret(settings.hs256_secret.as_bytes())
-            .map_err(|e| format!("auth.jwt.hs256_secret: {e}"))?;
+        let key =
+            DecodingKey::from_secret(settings.hs256_secret.as_bytes()).map_err(JwtError::Secret)?;
         vec![(key, vec![Algorithm::HS256])]
     };
     Ok(keys
@@ -268,8 +283,11 @@ fn validation(settings: &JwtSettings, algorithms: Vec<Algorithm>) -> Validation 
 
 /// Every RSA or EC public key of a PEM file, each with the algorithms it
 /// verifies. A block that is no such key refuses the whole file.
-fn public_keys(path: &Path) -> Result<Vec<(DecodingKey, Vec<Algorithm>)>, String> {
-    let failed = |what: String| format!("auth.jwt.public_key_file {}: {what}", path.display());
+fn public_keys(path: &Path) -> Result<Vec<(DecodingKey, Vec<Algorithm>)>, JwtError> {
+    let failed = |problem: String| JwtError::KeyFile {
+        path: path.display().to_string(),
+        problem,
+    };
     let text = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
     let blocks = pem::parse_many(&text).map_err(|e| failed(e.to_string()))?;
     if blocks.is_empty() {

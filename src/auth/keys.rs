@@ -36,6 +36,39 @@ pub struct Key {
     pub ids: Option<String>,
 }
 
+/// Why a keys file was refused. Any one problem refuses the whole file,
+/// so a typo never leaves some keys in force and others not.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: {problem}")]
+    InFile {
+        path: String,
+        problem: Box<KeysError>,
+    },
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("a key has an empty name")]
+    EmptyName,
+    #[error("key {0}: sha256 must be 64 hex digits")]
+    Digest(String),
+    #[error("key {name}: unknown scope {scope:?} (known: {known})")]
+    UnknownScope {
+        name: String,
+        scope: String,
+        known: String,
+    },
+    #[error("a key may not be named none (the metrics' label for no key)")]
+    NamedNone,
+    #[error("key {0}: ids is empty; leave it out for a key without a prefix")]
+    EmptyIds(String),
+    #[error("two keys are named {0}")]
+    DuplicateName(String),
+    #[error("key {0} has the digest of another key")]
+    DuplicateDigest(String),
+}
+
 /// Every key of the keys file.
 #[derive(Debug, Default)]
 pub struct KeyRing {
@@ -48,49 +81,51 @@ impl KeyRing {
     /// # Errors
     /// An unreadable file, bad TOML, a digest that is not 64 hex digits,
     /// an unknown scope, a duplicate name or digest: the message says which.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, KeysError> {
+        let text = std::fs::read_to_string(path).map_err(|error| KeysError::Read {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Self::parse(&text).map_err(|problem| KeysError::InFile {
+            path: path.display().to_string(),
+            problem: Box::new(problem),
+        })
     }
 
     /// # Errors
     /// As [`KeyRing::load`].
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let file: KeysFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, KeysError> {
+        let file: KeysFile = toml::from_str(text)?;
         let mut keys: Vec<Key> = Vec::with_capacity(file.key.len());
         for entry in file.key {
             let name = entry.name.trim().to_owned();
             if name.is_empty() {
-                return Err("a key has an empty name".into());
+                return Err(KeysError::EmptyName);
             }
-            let digest = parse_digest(&entry.sha256)
-                .ok_or_else(|| format!("key {name}: sha256 must be 64 hex digits"))?;
+            let digest =
+                parse_digest(&entry.sha256).ok_or_else(|| KeysError::Digest(name.clone()))?;
             let scopes = entry
                 .scopes
                 .iter()
                 .map(|s| {
-                    Scope::parse(s).ok_or_else(|| {
-                        format!(
-                            "key {name}: unknown scope {s:?} (known: {})",
-                            Scope::ALL.map(Scope::as_str).join(", ")
-                        )
+                    Scope::parse(s).ok_or_else(|| KeysError::UnknownScope {
+                        name: name.clone(),
+                        scope: s.clone(),
+                        known: Scope::ALL.map(Scope::as_str).join(", "),
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if name == "none" {
-                return Err("a key may not be named none (the metrics' label for no key)".into());
+                return Err(KeysError::NamedNone);
             }
             if entry.ids.as_deref() == Some("") {
-                return Err(format!(
-                    "key {name}: ids is empty; leave it out for a key without a prefix"
-                ));
+                return Err(KeysError::EmptyIds(name));
             }
             if keys.iter().any(|k| k.name == name) {
-                return Err(format!("two keys are named {name}"));
+                return Err(KeysError::DuplicateName(name));
             }
             if keys.iter().any(|k| k.digest == digest) {
-                return Err(format!("key {name} has the digest of another key"));
+                return Err(KeysError::DuplicateDigest(name));
             }
             keys.push(Key {
                 name,

@@ -4,7 +4,7 @@
 //! A write is an append to fjall's journal; memtables are flushed to sorted
 //! tables and compacted by fjall's background threads, so a commit costs an
 //! append rather than the several rewritten pages of a copy-on-write
-//! B-tree (the numbers are in README).
+//! B-tree (the numbers are in benches/results/).
 //!
 //! One writer thread makes every write. It takes all the commits queued
 //! while the previous batch was being made durable and writes them as one
@@ -55,7 +55,8 @@ const VERSION_MARKER: &str = "version";
 pub(super) const EVIDENCE: &str = "troupe.evidence";
 /// What to do about damage found at start, in every refusal.
 const ADVICE: &str = "nothing on disk was changed; restore the data directory from a backup, \
-     or see README, Storage integrity: `troupe store verify` and `troupe store salvage`";
+     or see the book's Storage chapter (docs/src/operations/storage.md): `troupe store verify` \
+     and `troupe store salvage`";
 /// The key of the count of batches written, in the `meta` keyspace.
 pub(super) const COUNT: &[u8] = b"batches";
 /// Expired idempotency records one sweep batch deletes at most, so a sweep
@@ -482,8 +483,8 @@ impl EmbeddedStore {
     /// A point lookup, on the caller's thread: fjall answers it from its
     /// memtables, block cache, bloom filters and the page cache in
     /// microseconds, where a hop to the blocking pool and back costs tens
-    /// of them on small VMs (three such lookups per transfer: README,
-    /// Performance). What it costs instead: a lookup that must read the
+    /// of them on small VMs (three such lookups per transfer: the book's
+    /// performance chapter). What it costs instead: a lookup that must read the
     /// disk (a cold key, a filter block not cached, many level-0 tables
     /// behind a lagging compaction) holds the worker for that read, and a
     /// lookup can wait for the tree's version lock while a flush or a

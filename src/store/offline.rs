@@ -196,7 +196,7 @@ async fn build(
                 return Err(StoreError::Corrupt(format!(
                     "keyspace {space} already holds, in its sorted tables, writes made after \
                      the damage: what precedes it cannot be rebuilt alone; restore the data \
-                     directory from a backup (README: Storage integrity)"
+                     directory from a backup (docs/src/operations/storage.md)"
                 )));
             }
         }

@@ -319,7 +319,7 @@ async fn an_invalid_etcd_value_at_start_leaves_the_local_layers_in_force() {
 }
 
 /// The environment form with one endpoint (no comma) is a list of one,
-/// as README shows it: the binary reads etcd through it.
+/// as the configuration chapter shows it: the binary reads etcd through it.
 #[actix_rt::test]
 async fn one_endpoint_in_the_environment_form_reaches_etcd() {
     let data = TempDir::new().unwrap();

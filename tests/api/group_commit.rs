@@ -1,6 +1,6 @@
 //! Group commit, deadlines and supervision seen from outside, through a store whose
 //! loads can be held at a gate: every message sent while an actor waits for
-//! its state lands in one mailbox drain, so what README claims about a
+//! its state lands in one mailbox drain, so what the docs claim about a
 //! batch (one commit for all of it, replies only after it, a crash in the
 //! middle of it) can be asserted exactly.
 

@@ -313,7 +313,7 @@ async fn json_log_lines_inside_a_request_carry_its_trace_and_span_ids() {
 async fn only_internal_errors_write_a_log_line_per_request() {
     assert_one_line_per_internal_error("info").await;
     // A line per request under `debug` cost deposits a third of their
-    // throughput (README, Performance): per-message lines are `trace`.
+    // throughput (docs/src/performance.md): per-message lines are `trace`.
     assert_one_line_per_internal_error("info,troupe=debug").await;
 
     // RUST_LOG wins over log.filter.

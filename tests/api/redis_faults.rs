@@ -330,7 +330,7 @@ async fn a_redis_that_evicts_keys_is_refused_at_start() {
 
 /// A managed Redis that refuses `CONFIG` (here to an ACL user without
 /// it, as managed services do) cannot be checked: the service starts on
-/// it (README says the policy is then the operator's to see to) and
+/// it (the Storage chapter says the policy is then the operator's to see to) and
 /// exports no settings it could not read.
 #[actix_rt::test]
 async fn a_redis_that_refuses_config_starts_unchecked() {

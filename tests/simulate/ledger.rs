@@ -1,5 +1,5 @@
 //! The ledger's clients and promises, for the simulator: the example of
-//! what the author of a kind writes (see README, "Simulating a kind").
+//! what the author of a kind writes (docs/src/development/testing.md).
 //!
 //! Every money movement a client asks for has an amount no other request
 //! uses, so the journal tells which request each entry came from: a keyed
