@@ -19,6 +19,8 @@ RUN mkdir -p src actors/src benches \
  && rm -rf src actors/src benches
 
 COPY . .
+# The build context has no .git: `make docker` passes the commit.
+ARG TROUPE_COMMIT=""
 RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
  && cargo build --release --locked --features etcd --bin troupe
 

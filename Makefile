@@ -65,7 +65,7 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 docker: ## Build the image troupe:latest (needs a Docker engine)
-	docker build -t troupe:latest .
+	docker build --build-arg TROUPE_COMMIT=$$(git rev-parse HEAD 2>/dev/null) -t troupe:latest .
 
 up: ## Start troupe, Redis, Jaeger, Prometheus and Grafana (needs a Docker engine)
 	docker compose up -d --build

@@ -17,3 +17,8 @@ pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod watch;
+
+/// The version of this build (Cargo.toml's).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit it was built from (`build.rs`), or `unknown`.
+pub const COMMIT: &str = env!("TROUPE_COMMIT");

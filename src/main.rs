@@ -14,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// An actor-based ledger service.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TROUPE_COMMIT"), ")"), about)]
 struct Cli {
     /// Address to listen on (server.bind).
     #[arg(long, global = true)]
@@ -386,6 +386,11 @@ async fn serve(
         store_layer: None,
     };
     let app = Application::build_with(settings, controls).await?;
-    tracing::info!(port = app.port(), "troupe listening");
+    tracing::info!(
+        port = app.port(),
+        version = troupe::VERSION,
+        commit = troupe::COMMIT,
+        "troupe listening"
+    );
     app.run_until_stopped().await
 }

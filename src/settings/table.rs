@@ -135,7 +135,7 @@ pub const SETTINGS: &[Setting] = &[
     local("store.memtable_mb", int(1, 1024), "8",
         "Embedded: what each keyspace holds in memory before writing a sorted table, in MiB (up to four sealed ones may wait for the flush thread too). Fixed when the store is created: a later change is ignored."),
     local("store.redis.url", Type::Text, "\"redis://127.0.0.1:6379\"",
-        "The Redis server (`redis://`, or `rediss://` for TLS), with `user:password@` when it needs them; the password is never shown."),
+        "The Redis server, `redis://[user:password@]host:port[/db]` (plain TCP: the build has no TLS to Redis); the password is never shown."),
     local("store.redis.pool_size", int(1, ANY), "16",
         "Pooled connections to Redis."),
     local("store.redis.connect_timeout_ms", int(1, ANY), "1000",

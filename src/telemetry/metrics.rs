@@ -124,6 +124,20 @@ impl Metrics {
             redis_settings: gauge(&r, "troupe_redis_settings_info", "1, labelled with the Redis settings read at start that decide what survives of an acknowledged write (maxmemory_policy, appendonly, appendfsync, save); absent on the embedded store or where CONFIG GET is refused.", &["maxmemory_policy", "appendonly", "appendfsync", "save"]),
             registry: r,
         }
+        .with_build_info()
+    }
+
+    /// `troupe_build_info{version, commit} 1`: which build runs.
+    fn with_build_info(self) -> Self {
+        gauge(
+            &self.registry,
+            "troupe_build_info",
+            "1, labelled with the running build's version and commit.",
+            &["version", "commit"],
+        )
+        .with_label_values(&[crate::VERSION, crate::COMMIT])
+        .set(1);
+        self
     }
 
     /// Exports the Redis settings read at start.

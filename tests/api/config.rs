@@ -292,6 +292,34 @@ max_restarts = 0
 /// effective setting with the layer it came from, and a bad value stops
 /// start-up with a message naming the key, the value and the layer, before
 /// anything binds a port.
+/// `troupe --version` names the version and the commit it was built from
+/// (this checkout is a git repository, so the commit is known).
+#[tokio::test]
+async fn the_binary_names_its_version_and_commit() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Outside a git checkout (a source archive) the commit is `unknown`.
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |out| String::from_utf8_lossy(&out.stdout)[..12].to_owned(),
+        );
+    assert_eq!(
+        text.trim(),
+        format!("troupe {} ({commit})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
 #[tokio::test]
 async fn the_binary_prints_its_settings_and_refuses_a_bad_value() {
     let binary = env!("CARGO_BIN_EXE_troupe");

@@ -37,5 +37,6 @@ mod runtime;
 mod store;
 mod supervision;
 mod tls;
+mod tour;
 mod trace_export;
 mod transfers;

@@ -40,6 +40,12 @@ async fn metrics_pass_promtool_and_counters_move() {
     }
     assert_eq!(sample(&text, deposits), Some(1.0), "{text}");
     assert_eq!(sample(&text, messages), Some(1.0));
+    let build = format!(
+        r#"troupe_build_info{{commit="{}",version="{}"}}"#,
+        troupe::COMMIT,
+        troupe::VERSION
+    );
+    assert_eq!(sample(&text, &build), Some(1.0), "{text}");
     assert!(sample(
         &text,
         r#"troupe_http_requests_total{method="GET",route="/v1/accounts/{id}",status="404"}"#
