@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run run-etcd test test-damage simulate sim-breaks bench bench-http bench-auth soak lint fmt clean deps docker up down mutants
+.PHONY: help run run-etcd test test-damage simulate sim-breaks bench bench-http bench-auth soak lint docs fmt clean deps docker up down mutants
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,11 @@ lint: ## fmt --check, clippy -D warnings, Dockerfile/compose/Prometheus/Grafana 
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	scripts/lint-deploy.sh
+
+docs: ## Build the book into docs/book (mdBook) and check every link of it, README, CHANGELOG and benches (lychee, offline)
+	@scripts/deps.sh docs
+	mdbook build docs
+	lychee --offline --include-fragments --no-progress --exclude-path docs/book/404.html README.md CHANGELOG.md 'docs/src/**/*.md' 'benches/**/*.md' docs/book
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -4,6 +4,7 @@
 #   scripts/deps.sh bench     what `make bench-http` needs (wrk, curl, redis,
 #                             Go with gin, redigo and lib/pq for benches/peers/go-gin)
 #   scripts/deps.sh bench-pg  bench, and a Postgres server for the peer's pg mode
+#   scripts/deps.sh docs      mdBook and lychee (`make docs`), built by cargo
 set -euo pipefail
 need=()
 case "${1:-test}" in
@@ -43,7 +44,13 @@ case "${1:-test}" in
       ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
     fi
     ;;
-  *) echo "usage: $0 test|bench|bench-pg" >&2; exit 2 ;;
+  docs)
+    # Neither is packaged by Debian: cargo builds them once, pinned.
+    command -v mdbook >/dev/null 2>&1 || cargo install --locked mdbook --version 0.5.4
+    command -v lychee >/dev/null 2>&1 || cargo install --locked lychee --version 0.24.2
+    exit 0
+    ;;
+  *) echo "usage: $0 test|bench|bench-pg|docs" >&2; exit 2 ;;
 esac
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo

@@ -37,3 +37,23 @@ if command -v promtool >/dev/null 2>&1; then
   promtool check config deploy/prometheus/prometheus.yml >/dev/null && echo "prometheus.yml: promtool ok"
 fi
 python3 -m json.tool deploy/grafana/dashboards/troupe.json >/dev/null && echo "dashboard: valid JSON"
+python3 - <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open("deploy/kubernetes/troupe.yaml")) if d]
+kinds = {d.get("kind") for d in docs}
+for d in docs:
+    if not (d.get("apiVersion") and d.get("kind") and (d.get("metadata") or {}).get("name")):
+        sys.exit(f"deploy/kubernetes/troupe.yaml: a document lacks apiVersion, kind or metadata.name: {d}")
+if not {"StatefulSet", "Service"} <= kinds:
+    sys.exit(f"deploy/kubernetes/troupe.yaml: expected a StatefulSet and a Service, found {sorted(kinds)}")
+print("kubernetes: well-formed", ", ".join(sorted(kinds)))
+PY
+if command -v systemd-analyze >/dev/null 2>&1; then
+  # The binary is not installed here: verify a copy that runs /bin/true.
+  unit_dir=$(mktemp -d)
+  sed 's|^ExecStart=.*|ExecStart=/bin/true|' deploy/systemd/troupe.service > "$unit_dir/troupe.service"
+  systemd-analyze verify "$unit_dir/troupe.service" && echo "troupe.service: systemd-analyze ok"
+  rm -rf "$unit_dir"
+else
+  grep -q '^ExecStart=' deploy/systemd/troupe.service && echo "troupe.service: has ExecStart (no systemd-analyze here)"
+fi

@@ -68,8 +68,14 @@ impl Application {
         let credentials = Credentials::load(&settings)?;
         let certificates = load_certificates(&settings)?;
         let metrics = Metrics::new();
-        let store = open_store(&settings, &metrics, controls.store_layer.take()).await?;
         let background = Background::new();
+        let store = open_store(
+            &settings,
+            &metrics,
+            &background,
+            controls.store_layer.take(),
+        )
+        .await?;
         let (auth, mut watchers) = start_auth(&settings, credentials, &metrics, &background);
         let runtime = start_runtime(&settings, store, &metrics, &background);
         let listeners = Listeners::bind(&settings)?;
@@ -261,16 +267,28 @@ fn load_certificates(settings: &Settings) -> anyhow::Result<Option<Arc<crate::tl
 async fn open_store(
     settings: &Settings,
     metrics: &Metrics,
+    background: &Background,
     layer: Option<StoreLayer>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match settings.store.backend {
         StoreBackend::Redis => {
             let redis = RedisStore::new(&settings.redis_options(), &settings.store_options())
                 .context("configuring the Redis store")?;
+            let redis = Arc::new(redis);
             if let Some(server) = check_redis(&redis).await? {
                 metrics.redis_settings(&server);
             }
-            Arc::new(redis)
+            // One instance per prefix: serve only while holding its lease.
+            let lease = Duration::from_millis(settings.store.redis.lease_ms);
+            match redis.hold_lease(lease).await {
+                Ok(state) => crate::store::log_lease(&state, &settings.store.redis.prefix),
+                Err(e) => tracing::warn!(
+                    error.message = %e,
+                    "cannot take the Redis lease at start (Redis is unavailable); not ready until it is taken"
+                ),
+            }
+            redis.keep_lease(background);
+            redis
         }
         StoreBackend::Embedded => {
             let store = EmbeddedStore::open(settings.data_dir(), settings.store_options())

@@ -236,6 +236,7 @@ pub struct RedisSettings {
     pub connect_timeout_ms: u64,
     pub command_timeout_ms: u64,
     pub prefix: String,
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

@@ -144,6 +144,8 @@ pub const SETTINGS: &[Setting] = &[
         "Bound on every Redis command, and on the wait for a pooled connection."),
     local("store.redis.prefix", Type::Text, "\"troupe\"",
         "Prefix of every key, so several deployments can share one Redis. One running instance per prefix."),
+    local("store.redis.lease_ms", int(100, ANY), "10000",
+        "The instance lease on the prefix: an instance serves only while it holds it, renewing it a third of this apart. A second instance on the same prefix stays not ready until the first stops; after a crash, the next start waits up to this long."),
     // runtime
     live("runtime.mailbox_capacity", int(1, ANY), "1024",
         "Bounded mailbox of each actor; a full one answers 429. A change applies to actors activated after it."),

@@ -12,6 +12,7 @@ mod embedded;
 mod instrumented;
 mod journal;
 mod keyspaces;
+mod lease;
 mod migrate;
 mod offline;
 mod redis;
@@ -22,8 +23,9 @@ use async_trait::async_trait;
 
 pub use embedded::{EmbeddedStore, Inventory};
 pub use instrumented::InstrumentedStore;
+pub use lease::LeaseState;
 pub use offline::{salvage, verify, Salvaged, Verified};
-pub use redis::{RedisOptions, RedisStore, ServerSettings};
+pub use redis::{log_lease, RedisOptions, RedisStore, ServerSettings};
 
 /// How many damaged actors `/readyz` names at most (it counts them all).
 pub const DAMAGED_LISTED: usize = 100;

@@ -1,5 +1,5 @@
-//! The Redis store, through a deadpool-redis connection pool, so several
-//! instances can share state.
+//! The Redis store, through a deadpool-redis connection pool. One
+//! instance serves a prefix at a time (`super::lease`).
 //!
 //! Layout (prefix `troupe` by default; the braces mark one actor's keys).
 //! One primary, not Redis Cluster: a commit also writes the pending set
@@ -14,6 +14,8 @@
 //! | `troupe:pending` | set | `kind/id` of actors with unfinished work |
 //! | `troupe:actors:<kind>` | sorted set | every id of the kind with state, all scores 0 (a lexicographic index for listing) |
 //! | `troupe:actors:indexed` | string | set once every actor stored before the index existed is in it |
+//! | `troupe:instance` | string, `PX` lease | the id of the instance serving the prefix |
+//! | `troupe:instance:epoch` | string | counts the lease's acquisitions |
 //!
 //! A commit is one Lua script (atomic, whatever the actor's batch holds):
 //! it checks the version, then writes the state, the entries, the
@@ -47,13 +49,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use troupe_actors::{ActorId, Kind};
 
+use super::lease::{self, Lease, LeaseState};
 use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 
 /// Compare-and-set commit. KEYS: state, entries, pending, facts, the
-/// kind's index, idempotency keys...; ARGV: expected version, new
-/// version, has state (1/0), state, pending (1/0), actor, retention
-/// seconds, entry count, fact count, the actor's id (its index member),
+/// kind's index, the instance lease, idempotency keys...; ARGV: expected
+/// version, new version, has state (1/0), state, pending (1/0), actor,
+/// retention seconds, entry count, fact count, the actor's id (its index
+/// member), the lease's id this instance holds (empty: none kept),
 /// (seq, entry)..., (fact key, fact)..., idempotency values in KEYS order.
+/// A commit from an instance that does not hold the lease writes nothing.
 /// Returns -1 when applied, else the version found. An actor's first
 /// state joins its kind's index; has-state is 2 for a fence, which over an
 /// actor never stored marks the state unlisted (field `u`) instead, until
@@ -66,6 +71,9 @@ use super::{Commit, Snapshot, Store, StoreError, StoreOptions};
 /// error before anything is written. (`SET` replaces a key of any type,
 /// and the other writes take arguments this store formats itself.)
 const COMMIT: &str = r"
+if ARGV[11] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[11] then
+  return redis.error_reply('FENCED this instance does not hold ' .. KEYS[6] .. '; nothing was written')
+end
 local types = {'hash', 'zset', 'set', 'hash', 'zset'}
 for k = 1, 5 do
   local t = redis.call('TYPE', KEYS[k])['ok']
@@ -87,7 +95,7 @@ if ARGV[3] ~= '0' then
     redis.call('ZADD', KEYS[5], 0, ARGV[10])
   end
 end
-local i = 11
+local i = 12
 for _ = 1, tonumber(ARGV[8]) do
   redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -96,7 +104,7 @@ for _ = 1, tonumber(ARGV[9]) do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-for k = 6, #KEYS do
+for k = 7, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[7])
   i = i + 1
 end
@@ -142,6 +150,9 @@ struct Inner {
     stats: PipelineStats,
     /// Commits waiting for their outcome, for `close`.
     in_flight: std::sync::atomic::AtomicUsize,
+    lease: Lease,
+    acquire: Script,
+    release: Script,
 }
 
 /// Counts a commit out of `in_flight` however its wait ends.
@@ -195,9 +206,80 @@ impl RedisStore {
                 queue: options.queue.max(1),
                 stats: PipelineStats::default(),
                 in_flight: std::sync::atomic::AtomicUsize::new(0),
+                lease: Lease::new(&redis.prefix),
+                acquire: Script::new(lease::ACQUIRE),
+                release: Script::new(lease::RELEASE),
             }),
             queues: ThreadLocal::new(),
         })
+    }
+
+    /// Keeps this prefix's instance lease from now on (`super::lease`):
+    /// one attempt now, then [`RedisStore::keep_lease`] renews it.
+    ///
+    /// # Errors
+    /// When Redis cannot be asked; the lease is then taken by the renewals.
+    pub async fn hold_lease(&self, ttl: Duration) -> Result<LeaseState, StoreError> {
+        self.inner.lease.enable(ttl);
+        self.renew_lease().await
+    }
+
+    async fn renew_lease(&self) -> Result<LeaseState, StoreError> {
+        let inner = &self.inner;
+        let sent = inner.lease.sent();
+        let mut call = inner.acquire.prepare_invoke();
+        call.key(inner.lease_key())
+            .key(format!("{}:epoch", inner.lease_key()))
+            .arg(&inner.lease.id)
+            .arg(inner.lease.ttl_ms());
+        let answer: (String, String) = inner
+            .run(
+                "lease",
+                |mut c| async move { call.invoke_async(&mut c).await },
+            )
+            .await?;
+        Ok(inner.lease.answered(sent, answer))
+    }
+
+    async fn release_lease(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut call = inner.release.prepare_invoke();
+        call.key(inner.lease_key()).arg(&inner.lease.id);
+        inner
+            .run("lease", |mut c| async move {
+                call.invoke_async::<i64>(&mut c).await
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Renews the lease a third of its length apart until `background`
+    /// stops, saying when it changes hands.
+    pub fn keep_lease(self: &Arc<Self>, background: &crate::background::Background) {
+        let store = self.clone();
+        background.spawn(async move {
+            let every = Duration::from_millis(store.inner.lease.ttl_ms() / 3)
+                .max(Duration::from_millis(10));
+            let mut last: Option<LeaseState> = None;
+            loop {
+                tokio::time::sleep(every).await;
+                let state = match store.renew_lease().await {
+                    Ok(state) => state,
+                    Err(e) => {
+                        tracing::debug!(error.message = %e, "cannot renew the Redis lease");
+                        continue;
+                    }
+                };
+                if last.as_ref() != Some(&state) {
+                    log_lease(&state, &store.inner.prefix);
+                }
+                let lost = state == LeaseState::Lost;
+                last = Some(state);
+                if lost {
+                    return;
+                }
+            }
+        });
     }
 
     /// How many commits went in how many round trips.
@@ -243,6 +325,10 @@ impl Inner {
         format!("{}:pending", self.prefix)
     }
 
+    fn lease_key(&self) -> String {
+        format!("{}:instance", self.prefix)
+    }
+
     /// The index of a kind's ids, for listing.
     fn index_key(&self, kind: &str) -> String {
         format!("{}:actors:{kind}", self.prefix)
@@ -254,6 +340,9 @@ impl Inner {
         F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        if what != "lease" {
+            self.lease.check()?;
+        }
         let deadline = tokio::time::Instant::now() + self.command_timeout;
         let timed_out = || format!("redis {what}: timed out after {:?}", self.command_timeout);
         // Until a connection is in hand, nothing was sent.
@@ -301,7 +390,8 @@ impl Inner {
             .key(self.key(&c.actor, "entries"))
             .key(self.pending_key())
             .key(self.key(&c.actor, "facts"))
-            .key(self.index_key(kind_of(&c.actor)));
+            .key(self.index_key(kind_of(&c.actor)))
+            .key(self.lease_key());
         for w in &c.idempotency {
             call.key(self.key(&c.actor, &format!("idem:{}", w.key)));
         }
@@ -318,7 +408,8 @@ impl Inner {
             .arg(self.retention_s)
             .arg(c.entries.len())
             .arg(c.facts.len())
-            .arg(id_of(&c.actor));
+            .arg(id_of(&c.actor))
+            .arg(self.lease.fence());
         for (seq, entry) in &c.entries {
             call.arg(*seq).arg(entry.as_slice());
         }
@@ -757,7 +848,34 @@ impl Store for RedisStore {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        if self.inner.lease.enabled() {
+            if let Err(e) = self.release_lease().await {
+                tracing::warn!(error.message = %e, "cannot release the Redis lease; the next instance waits for it to expire");
+            }
+        }
         self.inner.pool.close();
+    }
+}
+
+/// Says what an attempt on the lease found.
+pub fn log_lease(state: &LeaseState, prefix: &str) {
+    match state {
+        LeaseState::Held => tracing::info!(
+            prefix,
+            "serving this Redis prefix (the instance lease is ours)"
+        ),
+        LeaseState::Other(holder) => tracing::warn!(
+            prefix,
+            holder = %holder,
+            "another troupe instance serves this Redis prefix: this one stays not ready and \
+             answers 503 until it stops (one instance per prefix until troupe runs as a \
+             cluster; give each instance its own store.redis.prefix to run both)"
+        ),
+        LeaseState::Lost => tracing::error!(
+            prefix,
+            "another troupe instance served this Redis prefix while this one was paused past \
+             its lease: this instance serves nothing more; restart it"
+        ),
     }
 }
 
@@ -771,7 +889,8 @@ fn script_failed(e: &redis::RedisError) -> StoreError {
     if e.code() == Some("CORRUPT") {
         return StoreError::Corrupt(format!("redis commit: {e}"));
     }
-    const REFUSED: [&str; 8] = [
+    const REFUSED: [&str; 9] = [
+        "FENCED",
         "NOSCRIPT",
         "BUSY",
         "LOADING",

@@ -30,6 +30,7 @@ mod offline;
 mod openapi;
 mod otlp;
 mod redis_faults;
+mod redis_lease;
 mod redis_server;
 mod restart;
 mod retries;
