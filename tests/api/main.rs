@@ -4,6 +4,7 @@
 mod accounts;
 mod actors;
 mod auth;
+mod backup;
 mod concurrency;
 mod config;
 mod connections;

@@ -119,6 +119,12 @@ impl RedisServer {
         Err(format!("redis-server on port {} did not answer", self.port))
     }
 
+    /// Whether the next start or restart runs with `appendonly yes` (a
+    /// restore loads an RDB with it off).
+    pub fn set_appendonly(&mut self, on: bool) {
+        self.durable = on;
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
