@@ -10,7 +10,7 @@ WORKDIR /src
 
 # Dependency layer: compile every dependency against stub sources, so that
 # a change to troupe's own code does not rebuild them.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY actors/Cargo.toml actors/
 RUN mkdir -p src actors/src benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
@@ -28,7 +28,7 @@ FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="troupe" \
       org.opencontainers.image.description="An actor-based ledger service: accounts, deposits, withdrawals and all-or-nothing transfers" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="0.1.0"
+      org.opencontainers.image.version="0.2.0-dev"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \

@@ -73,7 +73,7 @@ docker: ## Build the image troupe:latest (needs a Docker engine)
 	docker build --build-arg TROUPE_COMMIT=$$(git rev-parse HEAD 2>/dev/null) -t troupe:latest .
 
 up: ## Start troupe, Redis, Jaeger, Prometheus and Grafana (needs a Docker engine)
-	docker compose up -d --build
+	TROUPE_COMMIT=$$(git rev-parse HEAD 2>/dev/null) docker compose up -d --build
 	@echo "troupe http://localhost:8080  Jaeger http://localhost:16686  Prometheus http://localhost:9090  Grafana http://localhost:3000"
 
 down: ## Stop the stack

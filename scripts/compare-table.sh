@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11's comparison: troupe against the Go + Gin peer of
+# troupe against the Go + Gin peer of
 # benches/peers/go-gin in one run of benches/peers/compare.sh (server pinned
 # to core 0, wrk on core 1, order troupe A, peer, troupe B), summarised as
 # one table per backend: req/s of each, the ratio of troupe's mean to the

@@ -22,12 +22,23 @@
 
 use crate::settings::{Settings, SettingsError, Sources};
 
-/// Whether etcd may set `key`: the settings table says, per setting (not
-/// the store, the remote layer itself, the listening address and its
-/// certificate, the trace collector, nor who may call the API). An unknown
-/// key passes here and is refused by validation with the rest.
+/// Whether etcd may set `key`: only a setting the table names, exactly,
+/// and marks settable (not the store, the remote layer itself, the
+/// listening address and its certificate, the trace collector, nor who may
+/// call the API). Anything else is ignored, so no spelling the
+/// configuration library would also accept (`remote.etcd.endpoints[0]`)
+/// reaches a setting etcd may not set.
 pub fn settable_remotely(key: &str) -> bool {
-    crate::settings::table::lookup(key).is_none_or(|s| s.remote)
+    crate::settings::table::lookup(key).is_some_and(|s| s.remote)
+}
+
+/// Why the remote layer could not be read at start.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("etcd unreachable ({0})")]
+    Unreachable(String),
+    #[error("remote.etcd.endpoints is set but this binary was built without the etcd feature")]
+    NotBuilt,
 }
 
 /// What start-up got from the remote layer. Read before logging is set up
@@ -104,7 +115,7 @@ pub async fn resolve(mut sources: Sources) -> Result<(Settings, Sources, AtStart
                 }
             }
         }
-        Err(why) => Ok((local, sources, AtStart::Unavailable(why))),
+        Err(why) => Ok((local, sources, AtStart::Unavailable(why.to_string()))),
     }
 }
 
@@ -118,14 +129,13 @@ mod disabled {
     ///
     /// # Errors
     /// When endpoints are configured all the same.
-    pub async fn fetch(settings: &Settings) -> Result<Option<Vec<(String, String)>>, String> {
+    pub async fn fetch(
+        settings: &Settings,
+    ) -> Result<Option<Vec<(String, String)>>, super::FetchError> {
         if settings.remote.etcd.endpoints.is_empty() {
             return Ok(None);
         }
-        Err(
-            "remote.etcd.endpoints is set but this binary was built without the etcd feature"
-                .into(),
-        )
+        Err(super::FetchError::NotBuilt)
     }
 
     pub fn spawn(_background: &Background, _settings: &Settings, _reloader: Reloader) {}
@@ -243,7 +253,9 @@ mod enabled {
     /// # Errors
     /// Why etcd could not be read in time (the service then starts on its
     /// local layers and the background task keeps trying).
-    pub async fn fetch(settings: &Settings) -> Result<Option<Vec<(String, String)>>, String> {
+    pub async fn fetch(
+        settings: &Settings,
+    ) -> Result<Option<Vec<(String, String)>>, super::FetchError> {
         let etcd = &settings.remote.etcd;
         if etcd.endpoints.is_empty() {
             return Ok(None);
@@ -258,7 +270,7 @@ mod enabled {
         .await
         {
             Ok((_, values, _)) => Ok(Some(values.into_iter().collect())),
-            Err(e) => Err(format!("etcd unreachable ({e})")),
+            Err(e) => Err(super::FetchError::Unreachable(e.to_string())),
         }
     }
 
@@ -376,6 +388,17 @@ mod tests {
         }
         for key in ["log.filter", "runtime.mailbox_capacity", "server.port"] {
             assert!(settable_remotely(key), "{key}");
+        }
+        // Another spelling of a setting etcd may not set, or no setting.
+        for key in [
+            "remote.etcd.endpoints[0]",
+            "auth",
+            "store",
+            "Log.filter",
+            "log.filter.x",
+            "runtime.supervision",
+        ] {
+            assert!(!settable_remotely(key), "{key}");
         }
     }
 }

@@ -69,13 +69,7 @@ impl Application {
         let certificates = load_certificates(&settings)?;
         let metrics = Metrics::new();
         let background = Background::new();
-        let store = open_store(
-            &settings,
-            &metrics,
-            &background,
-            controls.store_layer.take(),
-        )
-        .await?;
+        let (store, lease) = open_store(&settings, &metrics, controls.store_layer.take()).await?;
         let (auth, mut watchers) = start_auth(&settings, credentials, &metrics, &background);
         let runtime = start_runtime(&settings, store, &metrics, &background);
         let listeners = Listeners::bind(&settings)?;
@@ -100,6 +94,11 @@ impl Application {
         };
         let (port, ops_port) = (listeners.port()?, listeners.ops_port()?);
         let server = serve(&settings, data, listeners, tls)?;
+        // Renewed only once nothing can fail start-up any more: a failed
+        // start leaves no task renewing a lease nobody serves.
+        if let Some((redis, now)) = lease {
+            redis.keep_lease(&background, now);
+        }
         spawn_resume(&background, runtime.clone());
         spawn_reindex(&background, runtime.store().clone());
         let watcher = controls.sources.and_then(|sources| {
@@ -264,12 +263,15 @@ fn load_certificates(settings: &Settings) -> anyhow::Result<Option<Arc<crate::tl
 /// Opens the configured store, checks the data of earlier versions, and
 /// wraps it in the caller's layer (a test's fault injector) and in
 /// metrics. The only place that names a concrete store.
+/// The Redis store whose lease is to be kept, and what its first attempt found.
+type LeaseKeeper = (Arc<RedisStore>, Option<crate::store::LeaseState>);
+
 async fn open_store(
     settings: &Settings,
     metrics: &Metrics,
-    background: &Background,
     layer: Option<StoreLayer>,
-) -> anyhow::Result<Arc<dyn Store>> {
+) -> anyhow::Result<(Arc<dyn Store>, Option<LeaseKeeper>)> {
+    let mut keeper = None;
     let store: Arc<dyn Store> = match settings.store.backend {
         StoreBackend::Redis => {
             let redis = RedisStore::new(&settings.redis_options(), &settings.store_options())
@@ -280,14 +282,20 @@ async fn open_store(
             }
             // One instance per prefix: serve only while holding its lease.
             let lease = Duration::from_millis(settings.store.redis.lease_ms);
-            match redis.hold_lease(lease).await {
-                Ok(state) => crate::store::log_lease(&state, &settings.store.redis.prefix),
-                Err(e) => tracing::warn!(
-                    error.message = %e,
-                    "cannot take the Redis lease at start (Redis is unavailable); not ready until it is taken"
-                ),
-            }
-            redis.keep_lease(background);
+            let now = match redis.hold_lease(lease).await {
+                Ok(state) => {
+                    crate::store::log_lease(&state, &settings.store.redis.prefix);
+                    Some(state)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error.message = %e,
+                        "cannot take the Redis lease at start (Redis is unavailable); not ready until it is taken"
+                    );
+                    None
+                }
+            };
+            keeper = Some((redis.clone(), now));
             redis
         }
         StoreBackend::Embedded => {
@@ -310,7 +318,7 @@ async fn open_store(
         Some(layer) => layer(store),
         None => store,
     };
-    Ok(metrics.instrument(store))
+    Ok((metrics.instrument(store), keeper))
 }
 
 /// Who may call the API, and the watchers that reload its keys.

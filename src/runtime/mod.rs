@@ -310,6 +310,10 @@ impl Runtime {
         idempotency: Option<IdempotencyRequest>,
         internal: bool,
     ) -> Answer {
+        // An instance that may not serve answers nothing from memory either.
+        if let Err(e) = self.inner.store.serving() {
+            return Answer::error(ErrorCode::Unavailable, e.to_string());
+        }
         let index = shard_of(&address, self.inner.shards.len());
         let Some(shard) = self.shard(index, deadline).await else {
             return Answer::error(ErrorCode::Unavailable, "the runtime is starting");
@@ -333,6 +337,9 @@ impl Runtime {
         deadline: Instant,
         idempotency: Option<IdempotencyRequest>,
     ) -> Result<Pending, Answer> {
+        if let Err(e) = self.inner.store.serving() {
+            return Err(Answer::error(ErrorCode::Unavailable, e.to_string()));
+        }
         let index = shard_of(&address, self.inner.shards.len());
         let Some(shard) = self.inner.shards[index].addr.load_full() else {
             return Err(Answer::error(

@@ -373,6 +373,16 @@ impl Settings {
                 });
             }
         }
+        // A renewal may wait a command timeout: the lease outlasts several.
+        let redis = &self.store.redis;
+        if redis.lease_ms < redis.command_timeout_ms.saturating_mul(4) {
+            return Err(SettingsError::Invalid {
+                key: "store.redis.lease_ms",
+                value: redis.lease_ms.to_string(),
+                layer: String::new(),
+                reason: "must be at least 4 times store.redis.command_timeout_ms (a renewal may wait that long)".into(),
+            });
+        }
         if self.runtime.max_timeout_ms < self.runtime.default_timeout_ms {
             return Err(SettingsError::Invalid {
                 key: "runtime.max_timeout_ms",

@@ -144,8 +144,8 @@ pub const SETTINGS: &[Setting] = &[
         "Bound on every Redis command, and on the wait for a pooled connection."),
     local("store.redis.prefix", Type::Text, "\"troupe\"",
         "Prefix of every key, so several deployments can share one Redis. One running instance per prefix."),
-    local("store.redis.lease_ms", int(100, ANY), "10000",
-        "The instance lease on the prefix: an instance serves only while it holds it, renewing it a third of this apart. A second instance on the same prefix stays not ready until the first stops; after a crash, the next start waits up to this long."),
+    local("store.redis.lease_ms", int(100, 86_400_000), "10000",
+        "The instance lease on the prefix: an instance serves only while it holds it, renewing it a third of this apart; at least four times `command_timeout_ms`. A second instance on the same prefix stays not ready until the first stops; after a crash, the next start waits up to this long."),
     // runtime
     live("runtime.mailbox_capacity", int(1, ANY), "1024",
         "Bounded mailbox of each actor; a full one answers 429. A change applies to actors activated after it."),
@@ -208,7 +208,7 @@ pub const SETTINGS: &[Setting] = &[
         "Bound on connecting to each endpoint."),
     // auth
     local("auth.enabled", Type::Bool, "false",
-        "Every route but `/healthz`, `/readyz` and `/openapi.json` needs a credential (`Authorization: Bearer <token>`) with the route's scope. Production turns it on and refuses to start without a key."),
+        "Every route but `/healthz`, `/readyz`, `/openapi.json` and `/docs` needs a credential (`Authorization: Bearer <token>`) with the route's scope. Production turns it on and refuses to start without a key."),
     local("auth.keys_file", Type::Path, "\"\"",
         "The TOML file of API keys (`[[key]]`: name, sha256, scopes, ids), made by `troupe keys new`; reloaded when it changes. Empty: none."),
     local("auth.jwt.issuer", Type::Text, "\"\"",
@@ -444,6 +444,20 @@ mod tests {
         expect_test::expect_file!["../../config/default.toml"].assert_eq(&defaults_toml());
         expect_test::expect_file!["../../docs/src/operations/settings.md"]
             .assert_eq(&reference_markdown());
+    }
+
+    /// A setting named like a secret is marked one, so nothing prints it.
+    #[test]
+    fn settings_named_like_secrets_are_secret() {
+        for s in SETTINGS {
+            let last = s.key.rsplit('.').next().unwrap_or(s.key);
+            if ["password", "secret", "token"]
+                .iter()
+                .any(|w| last.contains(w))
+            {
+                assert!(s.secret, "{} is a secret", s.key);
+            }
+        }
     }
 
     #[test]

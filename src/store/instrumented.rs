@@ -82,6 +82,10 @@ impl Store for InstrumentedStore {
         self.inner.memory()
     }
 
+    fn serving(&self) -> Result<(), StoreError> {
+        self.inner.serving()
+    }
+
     fn damaged(&self) -> (Vec<String>, usize) {
         match self.damaged.lock() {
             Ok(damaged) => (

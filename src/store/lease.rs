@@ -63,6 +63,8 @@ pub(super) struct Lease {
     lost: AtomicBool,
     /// Who else held the lease when last asked.
     other: Mutex<Option<String>>,
+    /// Why the last attempt got no answer, until one answers.
+    failure: Mutex<Option<String>>,
     prefix: String,
 }
 
@@ -87,6 +89,7 @@ impl Lease {
             epoch: AtomicU64::new(0),
             lost: AtomicBool::new(false),
             other: Mutex::new(None),
+            failure: Mutex::new(None),
             prefix: prefix.to_owned(),
         }
     }
@@ -126,19 +129,29 @@ impl Lease {
         if self.lost.load(Ordering::Acquire) {
             return LeaseState::Lost;
         }
+        if let Ok(mut failure) = self.failure.lock() {
+            *failure = None;
+        }
         let (what, value) = answer;
         if what != "held" {
+            // Whatever this instance believed, another holds it now.
+            self.until_ms.store(0, Ordering::Release);
             if let Ok(mut other) = self.other.lock() {
                 *other = Some(value.clone());
             }
             return LeaseState::Other(value);
         }
+        if let Ok(mut other) = self.other.lock() {
+            *other = None;
+        }
         let epoch: u64 = value.parse().unwrap_or(0);
         let mine = self.epoch.load(Ordering::Acquire);
-        // A renewal answers the current epoch; a new acquisition the next
-        // one. Anything further means another instance acquired between.
-        // (One below is a Redis that lost its data, counting again.)
-        if mine != 0 && epoch > mine + 1 {
+        // A renewal answers the current epoch; a new acquisition after this
+        // instance's own lease lapsed, the next one. Anything else: another
+        // instance acquired in between, or Redis lost or went back on what
+        // it held (a restart without persistence, a restored backup), and
+        // what this instance holds in memory may no longer be Redis's.
+        if mine != 0 && epoch != mine && epoch != mine + 1 {
             self.lost.store(true, Ordering::Release);
             self.until_ms.store(0, Ordering::Release);
             return LeaseState::Lost;
@@ -147,6 +160,13 @@ impl Lease {
         self.until_ms
             .fetch_max(sent.saturating_add(self.ttl_ms()).max(1), Ordering::AcqRel);
         LeaseState::Held
+    }
+
+    /// Records an attempt that got no answer.
+    pub(super) fn failed(&self, why: &StoreError) {
+        if let Ok(mut failure) = self.failure.lock() {
+            *failure = Some(why.to_string());
+        }
     }
 
     /// The time an attempt is sent, for [`Lease::answered`].
@@ -173,14 +193,18 @@ impl Lease {
             return Ok(());
         }
         let other = self.other.lock().ok().and_then(|o| o.clone());
-        Err(StoreError::Unavailable(match other {
-            Some(holder) => format!(
+        let failure = self.failure.lock().ok().and_then(|f| f.clone());
+        Err(StoreError::Unavailable(match (other, failure) {
+            (Some(holder), _) => format!(
                 "another troupe instance ({holder}) serves this Redis under store.redis.prefix \
                  {:?}: one instance per prefix until troupe runs as a cluster. This instance \
                  takes over when that one stops; to run both, give each its own prefix",
                 self.prefix
             ),
-            None => "this instance does not hold its Redis lease yet".to_owned(),
+            (None, Some(failure)) => {
+                format!("this instance's Redis lease is not renewed ({failure})")
+            }
+            (None, None) => "this instance does not hold its Redis lease yet".to_owned(),
         }))
     }
 }
@@ -235,6 +259,39 @@ mod tests {
             lease.answered(lease.sent(), ("held".into(), "6".into())),
             LeaseState::Lost
         );
+    }
+
+    #[test]
+    fn an_epoch_that_went_back_is_a_redis_that_forgot_and_stops_this_one() {
+        for answer in ["0", "2"] {
+            let lease = lease();
+            lease.answered(lease.sent(), ("held".into(), "3".into()));
+            assert_eq!(
+                lease.answered(lease.sent(), ("held".into(), answer.into())),
+                LeaseState::Lost,
+                "epoch {answer} after 3"
+            );
+            assert!(lease.check().is_err());
+        }
+    }
+
+    #[test]
+    fn another_holder_ends_this_ones_lease_at_once_and_a_failure_is_named() {
+        let lease = lease();
+        lease.answered(lease.sent(), ("held".into(), "1".into()));
+        assert!(lease.check().is_ok());
+        lease.answered(lease.sent(), ("other".into(), "b pid 2".into()));
+        assert!(
+            lease.check().is_err(),
+            "a held lease ends when another holds it"
+        );
+        let quiet = Lease::new("p");
+        quiet.enable(Duration::from_secs(60));
+        quiet.failed(&StoreError::Unavailable(
+            "redis lease: connection refused".into(),
+        ));
+        let message = quiet.check().unwrap_err().to_string();
+        assert!(message.contains("connection refused"), "{message}");
     }
 
     #[test]

@@ -107,6 +107,17 @@ pub trait Store: Send + Sync + 'static {
     /// Memory the store holds in this process, by part, in bytes: what
     /// `/metrics` shows as `troupe_store_memory_bytes`. Empty for stores
     /// that keep their data elsewhere.
+    /// Whether this instance may serve from the store at all, checked
+    /// before every message reaches an actor (what an actor holds in
+    /// memory included): the Redis store serves only while it holds its
+    /// prefix's lease. Cheap: no I/O.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`], saying why.
+    fn serving(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn memory(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }

@@ -232,13 +232,19 @@ impl RedisStore {
             .key(format!("{}:epoch", inner.lease_key()))
             .arg(&inner.lease.id)
             .arg(inner.lease.ttl_ms());
-        let answer: (String, String) = inner
+        let answer: Result<(String, String), StoreError> = inner
             .run(
                 "lease",
                 |mut c| async move { call.invoke_async(&mut c).await },
             )
-            .await?;
-        Ok(inner.lease.answered(sent, answer))
+            .await;
+        match answer {
+            Ok(answer) => Ok(inner.lease.answered(sent, answer)),
+            Err(e) => {
+                inner.lease.failed(&e);
+                Err(e)
+            }
+        }
     }
 
     async fn release_lease(&self) -> Result<(), StoreError> {
@@ -254,30 +260,47 @@ impl RedisStore {
     }
 
     /// Renews the lease a third of its length apart until `background`
-    /// stops, saying when it changes hands.
-    pub fn keep_lease(self: &Arc<Self>, background: &crate::background::Background) {
+    /// stops (while another instance holds it, asks every half second at
+    /// most, to take over soon after that one stops), saying when it
+    /// changes hands.
+    pub fn keep_lease(
+        self: &Arc<Self>,
+        background: &crate::background::Background,
+        now: Option<LeaseState>,
+    ) {
         let store = self.clone();
         background.spawn(async move {
-            let every = Duration::from_millis(store.inner.lease.ttl_ms() / 3)
+            let renew = Duration::from_millis(store.inner.lease.ttl_ms() / 3)
                 .max(Duration::from_millis(10));
-            let mut last: Option<LeaseState> = None;
+            let wait = renew.min(Duration::from_millis(500));
+            let mut last = now;
+            let mut failing = false;
             loop {
-                tokio::time::sleep(every).await;
+                let pause = match last {
+                    Some(LeaseState::Held) => renew,
+                    _ => wait,
+                };
+                tokio::time::sleep(pause).await;
                 let state = match store.renew_lease().await {
                     Ok(state) => state,
                     Err(e) => {
-                        tracing::debug!(error.message = %e, "cannot renew the Redis lease");
+                        if !failing {
+                            tracing::warn!(error.message = %e, "cannot renew the Redis lease; not ready once it lapses");
+                        }
+                        failing = true;
                         continue;
                     }
                 };
+                failing = false;
                 if last.as_ref() != Some(&state) {
                     log_lease(&state, &store.inner.prefix);
                 }
-                let lost = state == LeaseState::Lost;
-                last = Some(state);
-                if lost {
+                if state == LeaseState::Lost {
+                    // Free the prefix for the next instance at once.
+                    let _ = store.release_lease().await;
                     return;
                 }
+                last = Some(state);
             }
         });
     }
@@ -614,6 +637,10 @@ fn id_of(actor: &str) -> &str {
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
         "redis"
+    }
+
+    fn serving(&self) -> Result<(), StoreError> {
+        self.inner.lease.check()
     }
 
     async fn load(&self, actor: &str) -> Result<Option<Snapshot>, StoreError> {

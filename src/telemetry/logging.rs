@@ -29,7 +29,16 @@ pub fn span_counters() -> Option<&'static SpanCounters> {
 }
 
 /// Replaces the log filter directive while running.
-pub type FilterSetter = std::sync::Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub type FilterSetter = std::sync::Arc<dyn Fn(&str) -> Result<(), FilterError> + Send + Sync>;
+
+/// Why a log filter was not applied; the one in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("log filter: {0}")]
+    Parse(#[from] tracing_subscriber::filter::ParseError),
+    #[error("log filter not applied: {0}")]
+    Reload(#[from] tracing_subscriber::reload::Error),
+}
 
 /// The installed subscriber's handles: flush traces on the way out,
 /// change the log filter while running.
@@ -43,7 +52,7 @@ impl Telemetry {
     ///
     /// # Errors
     /// When the directive does not parse; the old filter stays.
-    pub fn set_log_filter(&self, directive: &str) -> Result<(), String> {
+    pub fn set_log_filter(&self, directive: &str) -> Result<(), FilterError> {
         (self.set_filter)(directive)
     }
 
@@ -91,8 +100,8 @@ pub fn init(settings: &Settings) -> anyhow::Result<Telemetry> {
     }
     let (filter, handle) = reload::Layer::new(env_filter(&settings.log.filter));
     let set_filter: FilterSetter = std::sync::Arc::new(move |directive| {
-        let parsed = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
-        handle.reload(parsed).map_err(|e| e.to_string())
+        let parsed = EnvFilter::try_new(directive)?;
+        Ok(handle.reload(parsed)?)
     });
     let logs = log_layer(settings.log.format);
     let otel = traces.as_ref().map(|t| {

@@ -5,6 +5,6 @@ mod logging;
 mod metrics;
 mod traces;
 
-pub use logging::{init, init_logging, span_counters, FilterSetter, Telemetry};
+pub use logging::{init, init_logging, span_counters, FilterError, FilterSetter, Telemetry};
 pub use metrics::{Metrics, MetricsActor};
 pub use traces::{set_sampling_ratio, SpanCounters};

@@ -152,6 +152,7 @@ async fn an_rdb_backup_of_redis_restores_what_was_acknowledged_before_it() {
         move |s: &mut troupe::settings::Settings| {
             s.store.backend = troupe::settings::StoreBackend::Redis;
             s.store.redis.url = url;
+            s.store.redis.command_timeout_ms = 200;
             s.store.redis.lease_ms = 1_000;
         }
     };

@@ -288,12 +288,8 @@ max_restarts = 0
     );
 }
 
-/// Through the binary, as an operator runs it: `troupe config` prints every
-/// effective setting with the layer it came from, and a bad value stops
-/// start-up with a message naming the key, the value and the layer, before
-/// anything binds a port.
 /// `troupe --version` names the version and the commit it was built from
-/// (this checkout is a git repository, so the commit is known).
+/// (`unknown` outside a git checkout).
 #[tokio::test]
 async fn the_binary_names_its_version_and_commit() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
@@ -320,6 +316,10 @@ async fn the_binary_names_its_version_and_commit() {
     );
 }
 
+/// Through the binary, as an operator runs it: `troupe config` prints every
+/// effective setting with the layer it came from, and a bad value stops
+/// start-up with a message naming the key, the value and the layer, before
+/// anything binds a port.
 #[tokio::test]
 async fn the_binary_prints_its_settings_and_refuses_a_bad_value() {
     let binary = env!("CARGO_BIN_EXE_troupe");

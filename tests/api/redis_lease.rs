@@ -17,12 +17,17 @@ use troupe::store::{
 use crate::helpers::{spawn_app_with, Child, TestApp};
 use crate::redis_server::RedisServer;
 
+/// Short enough for a frozen instance's lease to lapse soon, four command
+/// timeouts long as the settings require.
 const LEASE_MS: u64 = 600;
+const COMMAND_TIMEOUT_MS: u64 = 150;
 
-fn on(redis: &RedisServer) -> impl Fn(&mut Settings) + '_ {
+/// A lease far longer than the test waits: a takeover within the wait is
+/// the first instance's release, not its lease's expiry.
+fn on_long_lease(redis: &RedisServer) -> impl Fn(&mut Settings) + '_ {
     move |s: &mut Settings| {
         redis.configure(s);
-        s.store.redis.lease_ms = LEASE_MS;
+        s.store.redis.lease_ms = 20_000;
     }
 }
 
@@ -58,11 +63,11 @@ async fn balance(app: &TestApp, id: &str) -> Value {
 async fn a_second_instance_on_one_prefix_stays_not_ready_changes_nothing_and_takes_over_after_the_first(
 ) {
     let redis = RedisServer::start();
-    let first = spawn_app_with(TempDir::new().unwrap(), on(&redis)).await;
+    let first = spawn_app_with(TempDir::new().unwrap(), on_long_lease(&redis)).await;
     first.open("x").await;
     assert_eq!(first.deposit("x", 100).await.status(), StatusCode::OK);
 
-    let second = spawn_app_with(TempDir::new().unwrap(), on(&redis)).await;
+    let second = spawn_app_with(TempDir::new().unwrap(), on_long_lease(&redis)).await;
     let (status, body) = readyz(&second.client, &second.address).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(
@@ -85,7 +90,7 @@ async fn a_second_instance_on_one_prefix_stays_not_ready_changes_nothing_and_tak
 
     // Another prefix on the same Redis is another deployment.
     let other = spawn_app_with(TempDir::new().unwrap(), |s| {
-        on(&redis)(s);
+        on_long_lease(&redis)(s);
         s.store.redis.prefix = "elsewhere".into();
     })
     .await;
@@ -94,10 +99,13 @@ async fn a_second_instance_on_one_prefix_stays_not_ready_changes_nothing_and_tak
         StatusCode::OK
     );
 
-    // The first stops (its lease is released): the second takes over and
-    // reads what the first acknowledged.
+    // The first stops (its lease is released): the second takes over, long
+    // before the lease could have expired, and reads what the first
+    // acknowledged.
     first.stop().await;
+    let stopped = std::time::Instant::now();
     until_ready_is(&second.client, &second.address, StatusCode::OK).await;
+    assert!(stopped.elapsed() < Duration::from_secs(5));
     assert_eq!(balance(&second, "x").await, json!(100));
     assert_eq!(second.deposit("x", 5).await.status(), StatusCode::OK);
     assert_eq!(balance(&second, "x").await, json!(105));
@@ -112,12 +120,14 @@ async fn an_instance_frozen_past_its_lease_serves_and_writes_nothing_when_it_wak
     let url = redis.url();
     let data = TempDir::new().unwrap();
     let lease = LEASE_MS.to_string();
+    let command_timeout = COMMAND_TIMEOUT_MS.to_string();
     let frozen = Child::start(
         data.path(),
         &[
             ("TROUPE__STORE__BACKEND", "redis"),
             ("TROUPE__STORE__REDIS__URL", &url.clone()),
             ("TROUPE__STORE__REDIS__LEASE_MS", &lease),
+            ("TROUPE__STORE__REDIS__COMMAND_TIMEOUT_MS", &command_timeout),
         ],
     )
     .await;
@@ -130,6 +140,13 @@ async fn an_instance_frozen_past_its_lease_serves_and_writes_nothing_when_it_wak
         .await
         .unwrap();
     assert_eq!(open.status(), StatusCode::CREATED);
+    // x is now in the frozen instance's memory.
+    let read = client
+        .get(format!("{base}/v1/accounts/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
     let pid = nix::unistd::Pid::from_raw(frozen.process.id().expect("running") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
 
@@ -137,7 +154,7 @@ async fn an_instance_frozen_past_its_lease_serves_and_writes_nothing_when_it_wak
     let settings = move |s: &mut Settings| {
         s.store.backend = troupe::settings::StoreBackend::Redis;
         s.store.redis.url = url;
-        s.store.redis.command_timeout_ms = 500;
+        s.store.redis.command_timeout_ms = COMMAND_TIMEOUT_MS;
         s.store.redis.lease_ms = LEASE_MS;
     };
     // The other instance, on an actix system of its own.
@@ -150,7 +167,7 @@ async fn an_instance_frozen_past_its_lease_serves_and_writes_nothing_when_it_wak
             tx.send(next.address.clone()).unwrap();
             // Serve until the test is done with it, then stop (releasing
             // the lease).
-            tokio::time::sleep(Duration::from_millis(2_000)).await;
+            tokio::time::sleep(Duration::from_millis(4_000)).await;
             next.stop().await;
         })
     });
@@ -159,6 +176,14 @@ async fn an_instance_frozen_past_its_lease_serves_and_writes_nothing_when_it_wak
         .expect("the other instance served");
 
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // Woken: not even what it holds in memory is served, before or after
+    // a write is tried.
+    let read = client
+        .get(format!("{base}/v1/accounts/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::SERVICE_UNAVAILABLE);
     let deposit = client
         .post(format!("{base}/v1/accounts/x/deposits"))
         .json(&json!({"amount": 1}))

@@ -101,7 +101,12 @@ async fn every_command_of_the_getting_started_tour_answers_as_the_page_shows() {
             "{}: every command calls the server the page starts",
             step.command
         );
-        let command = step.command.replace("localhost:8080", host);
+        // The status too, on a line of its own after the body: an answer in
+        // the error shape is a 4xx, any other a 2xx.
+        let command = format!(
+            "{} -w '\\n%{{http_code}}'",
+            step.command.replace("localhost:8080", host)
+        );
         let output = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(&command)
@@ -109,14 +114,23 @@ async fn every_command_of_the_getting_started_tour_answers_as_the_page_shows() {
             .await
             .expect("sh runs");
         assert!(output.status.success(), "{command}: {output:?}");
-        let served = String::from_utf8_lossy(&output.stdout);
+        let printed = String::from_utf8_lossy(&output.stdout);
+        let (served, status) = printed.rsplit_once('\n').unwrap_or(("", &printed));
+        let status: u16 = status.trim().parse().expect("curl printed the status");
         if step.expected.trim().is_empty() {
             assert!(served.trim().is_empty(), "{command}: printed {served}");
+            assert!((200..300).contains(&status), "{command}: {status}");
             continue;
         }
         let expected: Value = serde_json::from_str(&step.expected)
             .unwrap_or_else(|e| panic!("the page's answer to {}: {e}", step.command));
-        let mut actual: Value = serde_json::from_str(&served)
+        let want = if expected.get("error").is_some() {
+            400..500
+        } else {
+            200..300
+        };
+        assert!(want.contains(&status), "{command}: status {status}");
+        let mut actual: Value = serde_json::from_str(served)
             .unwrap_or_else(|e| panic!("{command} answered {served:?}: {e}"));
         without_test_messages(&mut actual);
         let mut found = Vec::new();
