@@ -57,6 +57,32 @@ async fn balance(client: &Client, base: &str, id: &str) -> Value {
     r.json::<Value>().await.unwrap()["balance"].clone()
 }
 
+/// alice's deposit of `amount` under the idempotency key `key`: its answer.
+async fn keyed_deposit(app: &crate::helpers::TestApp, key: &str, amount: u64) -> Value {
+    let r = app
+        .post_with_key(
+            "/v1/accounts/alice/deposits",
+            key,
+            json!({ "amount": amount }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+/// Polls `/readyz` until it answers 200, for a few seconds at most.
+async fn until_ready(app: &crate::helpers::TestApp) {
+    let mut ready = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        ready = app.get("/readyz").await.status();
+        if ready == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, StatusCode::OK);
+}
+
 /// SIGTERM, and wait until the process has exited (step 1 of both
 /// procedures).
 async fn stop(mut child: Child) {
@@ -158,16 +184,7 @@ async fn an_rdb_backup_of_redis_restores_what_was_acknowledged_before_it() {
     };
     let app = spawn_app_with(TempDir::new().unwrap(), configure(redis.url())).await;
     app.open("alice").await;
-    let first = app
-        .post_with_key(
-            "/v1/accounts/alice/deposits",
-            "before",
-            json!({"amount": 100}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
+    let first = keyed_deposit(&app, "before", 100).await;
 
     // Backup, troupe running: BGSAVE, wait for LASTSAVE to move, copy the file.
     let client = redis::Client::open(redis.url()).unwrap();
@@ -195,14 +212,7 @@ async fn an_rdb_backup_of_redis_restores_what_was_acknowledged_before_it() {
     std::fs::copy(dir.path().join(&config[1]), &backup).expect("the snapshot was written");
 
     // Acknowledged after the backup: lost by the restore.
-    let later = app
-        .post_with_key(
-            "/v1/accounts/alice/deposits",
-            "after",
-            json!({"amount": 50}),
-        )
-        .await;
-    assert_eq!(later.status(), StatusCode::OK);
+    keyed_deposit(&app, "after", 50).await;
 
     // Restore: stop troupe, stop Redis, move its files aside, put the RDB
     // in place, start Redis with AOF off, turn AOF on and wait for its
@@ -247,15 +257,7 @@ cp "$BACKUP" "$DIR/dump.rdb""#,
     // The backup holds the lease of the instance that ran then: it has
     // expired, or expires within its length, and the new one takes it.
     let app = spawn_app_with(TempDir::new().unwrap(), configure(redis.url())).await;
-    let mut ready = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..100 {
-        ready = app.get("/readyz").await.status();
-        if ready == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(ready, StatusCode::OK);
+    until_ready(&app).await;
     let account = app
         .get("/v1/accounts/alice")
         .await
@@ -263,28 +265,14 @@ cp "$BACKUP" "$DIR/dump.rdb""#,
         .await
         .unwrap();
     assert_eq!(account["balance"], json!(100), "{account}");
-    let replayed = app
-        .post_with_key(
-            "/v1/accounts/alice/deposits",
-            "before",
-            json!({"amount": 100}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
+    let replayed = keyed_deposit(&app, "before", 100).await;
     assert_eq!(replayed, first);
     // And the restored data survives a restart of Redis on its new AOF.
     app.stop().await;
     redis.set_appendonly(true);
     redis.restart();
     let app = spawn_app_with(TempDir::new().unwrap(), configure(redis.url())).await;
-    for _ in 0..100 {
-        if app.get("/readyz").await.status() == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready(&app).await;
     let account = app
         .get("/v1/accounts/alice")
         .await

@@ -53,6 +53,26 @@ async fn until_ready_is(client: &reqwest::Client, base: &str, want: StatusCode) 
     panic!("{base}/readyz never answered {want}: {last:?}");
 }
 
+/// `GET /v1/accounts/{id}` on the server at `base`.
+async fn read(client: &reqwest::Client, base: &str, id: &str) -> reqwest::Response {
+    client
+        .get(format!("{base}/v1/accounts/{id}"))
+        .send()
+        .await
+        .expect("request")
+}
+
+/// The status of a deposit of `amount` into `id` on the server at `base`.
+async fn deposit_status(client: &reqwest::Client, base: &str, id: &str, amount: u64) -> StatusCode {
+    client
+        .post(format!("{base}/v1/accounts/{id}/deposits"))
+        .json(&json!({ "amount": amount }))
+        .send()
+        .await
+        .expect("request")
+        .status()
+}
+
 async fn balance(app: &TestApp, id: &str) -> Value {
     let r = app.get(&format!("/v1/accounts/{id}")).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -141,12 +161,7 @@ async fn an_instance_frozen_past_its_lease_serves_and_writes_nothing_when_it_wak
         .unwrap();
     assert_eq!(open.status(), StatusCode::CREATED);
     // x is now in the frozen instance's memory.
-    let read = client
-        .get(format!("{base}/v1/accounts/x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read(&client, &base, "x").await.status(), StatusCode::OK);
     let pid = nix::unistd::Pid::from_raw(frozen.process.id().expect("running") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
 
@@ -178,30 +193,12 @@ async fn an_instance_frozen_past_its_lease_serves_and_writes_nothing_when_it_wak
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     // Woken: not even what it holds in memory is served, before or after
     // a write is tried.
-    let read = client
-        .get(format!("{base}/v1/accounts/x"))
-        .send()
+    let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+    assert_eq!(read(&client, &base, "x").await.status(), unavailable);
+    assert_eq!(deposit_status(&client, &base, "x", 1).await, unavailable);
+    assert_eq!(read(&client, &base, "x").await.status(), unavailable);
+    let now = read(&client, &next_address, "x")
         .await
-        .unwrap();
-    assert_eq!(read.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let deposit = client
-        .post(format!("{base}/v1/accounts/x/deposits"))
-        .json(&json!({"amount": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deposit.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let read = client
-        .get(format!("{base}/v1/accounts/x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let now = client
-        .get(format!("{next_address}/v1/accounts/x"))
-        .send()
-        .await
-        .unwrap()
         .json::<Value>()
         .await
         .unwrap();
@@ -213,13 +210,7 @@ async fn an_instance_frozen_past_its_lease_serves_and_writes_nothing_when_it_wak
     tokio::time::sleep(Duration::from_millis(LEASE_MS * 2)).await;
     let body = until_ready_is(&client, &base, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(body.contains("restarted"), "{body}");
-    let deposit = client
-        .post(format!("{base}/v1/accounts/x/deposits"))
-        .json(&json!({"amount": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deposit.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(deposit_status(&client, &base, "x", 1).await, unavailable);
 }
 
 /// The commit script checks the lease itself: a commit sent by an
