@@ -487,3 +487,78 @@ impl Settings {
         &self.store.path
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{JwtSettings, Settings, SettingsError, Sources};
+
+    /// The defaults with `pairs` set as flags would set them.
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        Settings::load(&Sources {
+            environment: Some(Default::default()),
+            config_dir: Some("/nonexistent".into()),
+            overrides: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Sources::default()
+        })
+    }
+
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        match load(pairs) {
+            Ok(_) => panic!("{pairs:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The rules that tie settings together accept their bound and refuse
+    /// one past it.
+    #[test]
+    fn rules_between_settings_accept_their_bound() {
+        let lease = |ms: &'static str| {
+            [
+                ("store.redis.command_timeout_ms", "250"),
+                ("store.redis.lease_ms", ms),
+            ]
+        };
+        assert!(load(&lease("1000")).is_ok(), "four command timeouts");
+        assert!(refused(&lease("999")).contains("store.redis.lease_ms"));
+        let timeouts = |max: &'static str| {
+            [
+                ("runtime.default_timeout_ms", "3000"),
+                ("runtime.max_timeout_ms", max),
+            ]
+        };
+        assert!(
+            load(&timeouts("3000")).is_ok(),
+            "a cap equal to the default"
+        );
+        assert!(refused(&timeouts("2999")).contains("runtime.max_timeout_ms"));
+        for bind in ["localhost", "::1", "0.0.0.0"] {
+            assert!(load(&[("server.bind", bind)]).is_ok(), "{bind}");
+        }
+        assert!(refused(&[("server.bind", "example.com")]).contains("server.bind"));
+    }
+
+    /// What the JWT verifier checks of settings never validated: a secret
+    /// as long as the hash, a leeway of five minutes at most.
+    #[test]
+    fn jwt_settings_accept_their_bounds() {
+        let mut jwt = JwtSettings {
+            issuer: "https://id.example".into(),
+            audience: "troupe".into(),
+            hs256_secret: "s".repeat(JwtSettings::MIN_SECRET_BYTES),
+            public_key_file: String::new(),
+            leeway_s: JwtSettings::MAX_LEEWAY_S,
+            ids_claim: String::new(),
+            cache_size: 0,
+        };
+        assert!(jwt.problem().is_none());
+        jwt.hs256_secret.pop();
+        assert_eq!(jwt.problem().map(|p| p.0), Some("auth.jwt.hs256_secret"));
+        jwt.hs256_secret.push('s');
+        jwt.leeway_s += 1;
+        assert_eq!(jwt.problem().map(|p| p.0), Some("auth.jwt.leeway_s"));
+    }
+}
