@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod background;
 pub mod client;
+pub mod cluster;
 pub mod http;
 pub mod reload;
 pub mod remote;
