@@ -258,13 +258,10 @@ cp "$BACKUP" "$DIR/dump.rdb""#,
     // expired, or expires within its length, and the new one takes it.
     let app = spawn_app_with(TempDir::new().unwrap(), configure(redis.url())).await;
     until_ready(&app).await;
-    let account = app
-        .get("/v1/accounts/alice")
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
-    assert_eq!(account["balance"], json!(100), "{account}");
+    assert_eq!(
+        balance(&app.client, &app.address, "alice").await,
+        json!(100)
+    );
     let replayed = keyed_deposit(&app, "before", 100).await;
     assert_eq!(replayed, first);
     // And the restored data survives a restart of Redis on its new AOF.
@@ -273,11 +270,8 @@ cp "$BACKUP" "$DIR/dump.rdb""#,
     redis.restart();
     let app = spawn_app_with(TempDir::new().unwrap(), configure(redis.url())).await;
     until_ready(&app).await;
-    let account = app
-        .get("/v1/accounts/alice")
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
-    assert_eq!(account["balance"], json!(100), "{account}");
+    assert_eq!(
+        balance(&app.client, &app.address, "alice").await,
+        json!(100)
+    );
 }
